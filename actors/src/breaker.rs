@@ -1,0 +1,590 @@
+//! Circuit breakers: the pure state machine, the `Breaker` actor that owns it,
+//! and [`Breakers`], the handle callers use to pass a unit of work through it.
+//!
+//! A *call* is one repository request as a route makes it (one registration,
+//! one login), however many statements it runs. Infrastructure failures count;
+//! domain outcomes (duplicate, not found, wrong password) are successes.
+//!
+//! While a breaker is closed, callers admit themselves from the published
+//! snapshot without a mailbox round trip; only open and half-open breakers
+//! are asked, so the actor alone decides who may try in half-open. Every
+//! permit carries the breaker's generation, and outcomes from an older
+//! generation are ignored: a slow call admitted before the breaker opened
+//! cannot close it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::system::{self, ActorKind, Names};
+
+/// The `[circuit_breaker.<name>]` section of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Consecutive failed calls that open the breaker.
+    pub failure_threshold: u32,
+    /// How long it stays open before letting trial calls through.
+    pub reset_timeout_ms: u64,
+    /// Trial calls let through at once while half open.
+    pub half_open_max_calls: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            reset_timeout_ms: 30_000,
+            half_open_max_calls: 1,
+        }
+    }
+}
+
+/// Which dependency a breaker guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerId {
+    Database,
+    Redis,
+}
+
+impl BreakerId {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Redis => "redis",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The value of the `gatehouse_circuit_breaker_state` gauge.
+    pub fn gauge(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::HalfOpen => 1.0,
+            Self::Open => 2.0,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// What operators see of a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BreakerSnapshot {
+    pub state: BreakerState,
+    pub failure_count: u32,
+    #[serde(with = "clock::rfc3339_ms::option")]
+    pub last_failure: Option<i64>,
+    #[serde(with = "clock::rfc3339_ms::option")]
+    pub next_attempt: Option<i64>,
+    #[serde(skip)]
+    pub generation: u64,
+}
+
+/// Leave to make one call; hand it back with the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    pub breaker: BreakerId,
+    generation: u64,
+    trial: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// The caller went away before knowing; frees a trial slot, counts for nothing.
+    Abandoned,
+}
+
+/// A change of state, for the log and the gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: BreakerState,
+    pub to: BreakerState,
+    pub cause: &'static str,
+}
+
+/// The state machine. Time is a parameter (`now`, Unix milliseconds).
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    settings: BreakerSettings,
+    state: BreakerState,
+    generation: u64,
+    failures: u32,
+    last_failure: Option<i64>,
+    next_attempt: Option<i64>,
+    trials_in_flight: u32,
+}
+
+impl CircuitBreaker {
+    pub fn new(settings: BreakerSettings, generation: u64) -> Self {
+        Self {
+            settings,
+            state: BreakerState::Closed,
+            generation,
+            failures: 0,
+            last_failure: None,
+            next_attempt: None,
+            trials_in_flight: 0,
+        }
+    }
+
+    pub fn snapshot(&self) -> BreakerSnapshot {
+        BreakerSnapshot {
+            state: self.state,
+            failure_count: self.failures,
+            last_failure: self.last_failure,
+            next_attempt: self.next_attempt,
+            generation: self.generation,
+        }
+    }
+
+    fn move_to(&mut self, to: BreakerState, cause: &'static str) -> Transition {
+        let from = self.state;
+        self.state = to;
+        self.generation += 1;
+        self.trials_in_flight = 0;
+        Transition { from, to, cause }
+    }
+
+    /// Lets a call through, or says after how many seconds to come back.
+    pub fn admit(&mut self, id: BreakerId, now: i64) -> (Result<Permit, u64>, Option<Transition>) {
+        let mut transition = None;
+        if self.state == BreakerState::Open {
+            match self.next_attempt {
+                Some(at) if now < at => return (Err(clock::seconds_until(now, at)), None),
+                _ => transition = Some(self.move_to(BreakerState::HalfOpen, "reset timeout elapsed")),
+            }
+        }
+        let trial = self.state == BreakerState::HalfOpen;
+        if trial {
+            if self.trials_in_flight >= self.settings.half_open_max_calls {
+                return (Err(1), transition);
+            }
+            self.trials_in_flight += 1;
+        }
+        let permit = Permit {
+            breaker: id,
+            generation: self.generation,
+            trial,
+        };
+        (Ok(permit), transition)
+    }
+
+    /// Takes a finished call's outcome into account.
+    pub fn report(&mut self, permit: Permit, outcome: Outcome, now: i64) -> Option<Transition> {
+        if permit.generation != self.generation {
+            return None;
+        }
+        if outcome == Outcome::Failure {
+            self.last_failure = Some(now);
+        }
+        match (self.state, outcome) {
+            (_, Outcome::Abandoned) => {
+                if permit.trial {
+                    self.trials_in_flight = self.trials_in_flight.saturating_sub(1);
+                }
+                None
+            }
+            (BreakerState::Closed, Outcome::Success) => {
+                self.failures = 0;
+                None
+            }
+            (BreakerState::Closed, Outcome::Failure) => {
+                self.failures += 1;
+                (self.failures >= self.settings.failure_threshold)
+                    .then(|| self.open(now, "failure threshold reached"))
+            }
+            (BreakerState::HalfOpen, Outcome::Success) => {
+                self.failures = 0;
+                self.next_attempt = None;
+                Some(self.move_to(BreakerState::Closed, "trial call succeeded"))
+            }
+            (BreakerState::HalfOpen, Outcome::Failure) => {
+                self.failures += 1;
+                Some(self.open(now, "trial call failed"))
+            }
+            // Permits are never issued while open, and the generation check
+            // above drops those from before it opened.
+            (BreakerState::Open, _) => None,
+        }
+    }
+
+    fn open(&mut self, now: i64, cause: &'static str) -> Transition {
+        let timeout = i64::try_from(self.settings.reset_timeout_ms).unwrap_or(i64::MAX);
+        self.next_attempt = Some(now.saturating_add(timeout));
+        self.move_to(BreakerState::Open, cause)
+    }
+}
+
+/// Where the `Breaker` actor publishes every breaker's state for readers:
+/// health, monitoring, and callers admitting themselves while closed.
+#[derive(Default)]
+pub struct BreakerBoard {
+    snapshots: RwLock<HashMap<BreakerId, BreakerSnapshot>>,
+}
+
+impl BreakerBoard {
+    pub fn get(&self, id: BreakerId) -> Option<BreakerSnapshot> {
+        self.snapshots.read().get(&id).copied()
+    }
+
+    /// Every breaker, in a stable order.
+    pub fn all(&self) -> Vec<(BreakerId, BreakerSnapshot)> {
+        let mut all: Vec<_> = self.snapshots.read().iter().map(|(k, v)| (*k, *v)).collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
+    fn publish(&self, id: BreakerId, snapshot: BreakerSnapshot) {
+        self.snapshots.write().insert(id, snapshot);
+    }
+}
+
+/// Messages the `Breaker` actor accepts.
+pub enum BreakerMsg {
+    /// May a call go through? `Err(seconds)` says when to come back.
+    Admit(BreakerId, RpcReplyPort<Result<Permit, u64>>),
+    /// A call admitted earlier has finished.
+    Report(Permit, Outcome),
+    /// Fail on purpose (chaos testing): the supervisor must restart us.
+    Crash,
+}
+
+/// What the `Breaker` actor is started with.
+#[derive(Clone)]
+pub struct BreakerArgs {
+    pub breakers: Vec<(BreakerId, BreakerSettings)>,
+    pub board: Arc<BreakerBoard>,
+}
+
+/// The `Breaker` actor's state: every breaker it owns.
+pub struct Circuits {
+    breakers: HashMap<BreakerId, CircuitBreaker>,
+    board: Arc<BreakerBoard>,
+}
+
+pub struct Breaker;
+
+impl Breaker {
+    fn publish(state: &Circuits, id: BreakerId, transition: Option<Transition>) {
+        let Some(breaker) = state.breakers.get(&id) else {
+            return;
+        };
+        let snapshot = breaker.snapshot();
+        state.board.publish(id, snapshot);
+        if let Some(t) = transition {
+            metrics::gauge!("gatehouse_circuit_breaker_state", "breaker" => id.name())
+                .set(t.to.gauge());
+            tracing::warn!(
+                event = "breaker.transition",
+                breaker = id.name(),
+                from = t.from.name(),
+                to = t.to.name(),
+                cause = t.cause,
+                failure_count = snapshot.failure_count,
+                "circuit breaker changed state"
+            );
+        }
+    }
+}
+
+impl Actor for Breaker {
+    type Msg = BreakerMsg;
+    type State = Circuits;
+    type Arguments = BreakerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: BreakerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut breakers = HashMap::new();
+        for (id, settings) in args.breakers {
+            // A restarted breaker starts closed, in a generation no old permit carries.
+            let generation = args.board.get(id).map_or(0, |s| s.generation + 1);
+            breakers.insert(id, CircuitBreaker::new(settings, generation));
+        }
+        let state = Circuits {
+            breakers,
+            board: args.board,
+        };
+        for id in state.breakers.keys() {
+            Self::publish(&state, *id, None);
+            metrics::gauge!("gatehouse_circuit_breaker_state", "breaker" => id.name()).set(0.0);
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = clock::unix_ms();
+        match msg {
+            BreakerMsg::Admit(id, reply) => {
+                let Some(breaker) = state.breakers.get_mut(&id) else {
+                    let _ = reply.send(Ok(Permit {
+                        breaker: id,
+                        generation: 0,
+                        trial: false,
+                    }));
+                    return Ok(());
+                };
+                let (admission, transition) = breaker.admit(id, now);
+                if let (Ok(permit), true) = (&admission, reply.is_closed()) {
+                    // The caller gave up while queued: do not hold a trial slot for it.
+                    breaker.report(*permit, Outcome::Abandoned, now);
+                }
+                Self::publish(state, id, transition);
+                let _ = reply.send(admission);
+            }
+            BreakerMsg::Report(permit, outcome) => {
+                if let Some(breaker) = state.breakers.get_mut(&permit.breaker) {
+                    let transition = breaker.report(permit, outcome, now);
+                    Self::publish(state, permit.breaker, transition);
+                }
+            }
+            BreakerMsg::Crash => return Err("crash requested through the chaos route".into()),
+        }
+        Ok(())
+    }
+}
+
+/// The callers' handle: admits, runs and reports a unit of work.
+#[derive(Clone)]
+pub struct Breakers {
+    names: Arc<Names>,
+    board: Arc<BreakerBoard>,
+    timeout: Duration,
+}
+
+impl Breakers {
+    pub fn new(names: Arc<Names>, board: Arc<BreakerBoard>, timeout: Duration) -> Self {
+        Self {
+            names,
+            board,
+            timeout,
+        }
+    }
+
+    pub fn board(&self) -> &Arc<BreakerBoard> {
+        &self.board
+    }
+
+    /// Runs `work` as one call through breaker `id`.
+    pub async fn run<T>(&self, id: BreakerId, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let mut call = self.admit(id).await?;
+        let result = call.track(work.await);
+        call.finish();
+        result
+    }
+
+    /// Leave to make one call through breaker `id`; dropping the guard without
+    /// finishing it reports the call as abandoned.
+    pub async fn admit(&self, id: BreakerId) -> Result<PermitGuard> {
+        let permit = match self.board.get(id) {
+            Some(s) if s.state == BreakerState::Closed => Permit {
+                breaker: id,
+                generation: s.generation,
+                trial: false,
+            },
+            _ => {
+                let name = self.names.get(ActorKind::Breaker);
+                system::call(name, self.timeout, |reply| BreakerMsg::Admit(id, reply))
+                    .await?
+                    .map_err(|retry_after_s| Error::BreakerOpen {
+                        breaker: id.name(),
+                        retry_after_s,
+                    })?
+            }
+        };
+        Ok(PermitGuard {
+            permit,
+            names: Arc::clone(&self.names),
+            failed: false,
+            finished: false,
+        })
+    }
+}
+
+/// An admitted call in flight. Pass the results of its dependency work
+/// through [`PermitGuard::track`]; [`PermitGuard::finish`] then reports a
+/// failure if any of them failed for infrastructure reasons, else a success.
+/// Dropped unfinished, it reports the failure it saw, or an abandoned call.
+pub struct PermitGuard {
+    permit: Permit,
+    names: Arc<Names>,
+    failed: bool,
+    finished: bool,
+}
+
+impl PermitGuard {
+    /// Notes the outcome of one piece of the call's dependency work.
+    pub fn track<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.as_ref().is_err_and(Error::is_infrastructure) {
+            self.failed = true;
+        }
+        result
+    }
+
+    pub fn finish(&mut self) {
+        let outcome = if self.failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        self.report(outcome);
+    }
+
+    fn report(&mut self, outcome: Outcome) {
+        self.finished = true;
+        system::cast(
+            self.names.get(ActorKind::Breaker),
+            BreakerMsg::Report(self.permit, outcome),
+        );
+    }
+}
+
+impl Drop for PermitGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.report(if self.failed {
+                Outcome::Failure
+            } else {
+                Outcome::Abandoned
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DB: BreakerId = BreakerId::Database;
+
+    fn breaker(threshold: u32, trials: u32) -> CircuitBreaker {
+        CircuitBreaker::new(
+            BreakerSettings {
+                failure_threshold: threshold,
+                reset_timeout_ms: 1_000,
+                half_open_max_calls: trials,
+            },
+            0,
+        )
+    }
+
+    fn call(b: &mut CircuitBreaker, now: i64, outcome: Outcome) -> Option<Transition> {
+        let (permit, _) = b.admit(DB, now);
+        b.report(permit.unwrap(), outcome, now)
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_only() {
+        let mut b = breaker(3, 1);
+        call(&mut b, 0, Outcome::Failure);
+        call(&mut b, 0, Outcome::Failure);
+        call(&mut b, 0, Outcome::Success);
+        assert_eq!(b.snapshot().failure_count, 0, "a success resets the count");
+        call(&mut b, 0, Outcome::Failure);
+        call(&mut b, 0, Outcome::Failure);
+        let t = call(&mut b, 10, Outcome::Failure).unwrap();
+        assert_eq!((t.from, t.to), (BreakerState::Closed, BreakerState::Open));
+        let s = b.snapshot();
+        assert_eq!((s.failure_count, s.last_failure, s.next_attempt), (3, Some(10), Some(1_010)));
+    }
+
+    #[test]
+    fn open_refuses_with_retry_after_until_reset_timeout() {
+        let mut b = breaker(1, 1);
+        call(&mut b, 0, Outcome::Failure);
+        assert_eq!(b.admit(DB, 1).0, Err(1));
+        assert_eq!(b.admit(DB, 999).0, Err(1));
+        let mut long = breaker(1, 1);
+        long.settings.reset_timeout_ms = 30_000;
+        call(&mut long, 0, Outcome::Failure);
+        assert_eq!(long.admit(DB, 500).0, Err(30), "rounded up to whole seconds");
+        let (permit, t) = b.admit(DB, 1_000);
+        assert!(permit.unwrap().trial);
+        assert_eq!(t.unwrap().to, BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn half_open_admits_exactly_max_calls() {
+        let mut b = breaker(1, 2);
+        call(&mut b, 0, Outcome::Failure);
+        let admitted = (0..100).filter(|_| b.admit(DB, 1_000).0.is_ok()).count();
+        assert_eq!(admitted, 2);
+    }
+
+    #[test]
+    fn good_trial_closes_and_resets() {
+        let mut b = breaker(1, 1);
+        call(&mut b, 0, Outcome::Failure);
+        let t = call(&mut b, 1_000, Outcome::Success).unwrap();
+        assert_eq!((t.from, t.to), (BreakerState::HalfOpen, BreakerState::Closed));
+        let s = b.snapshot();
+        assert_eq!((s.state, s.failure_count, s.next_attempt), (BreakerState::Closed, 0, None));
+    }
+
+    #[test]
+    fn failed_trial_reopens_with_new_next_attempt() {
+        let mut b = breaker(1, 1);
+        call(&mut b, 0, Outcome::Failure);
+        let t = call(&mut b, 1_500, Outcome::Failure).unwrap();
+        assert_eq!((t.from, t.to), (BreakerState::HalfOpen, BreakerState::Open));
+        assert_eq!(b.snapshot().next_attempt, Some(2_500));
+        assert_eq!(b.admit(DB, 2_000).0, Err(1));
+    }
+
+    #[test]
+    fn abandoned_trial_frees_its_slot() {
+        let mut b = breaker(1, 1);
+        call(&mut b, 0, Outcome::Failure);
+        let first = b.admit(DB, 1_000).0.unwrap();
+        assert!(b.admit(DB, 1_000).0.is_err());
+        assert_eq!(b.report(first, Outcome::Abandoned, 1_000), None);
+        assert!(b.admit(DB, 1_000).0.is_ok());
+        assert_eq!(b.snapshot().state, BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn outcomes_from_an_older_generation_are_ignored() {
+        let mut b = breaker(1, 1);
+        let slow = b.admit(DB, 0).0.unwrap();
+        call(&mut b, 0, Outcome::Failure);
+        // The slow call, admitted while closed, finishes after the breaker opened.
+        assert_eq!(b.report(slow, Outcome::Success, 1), None);
+        assert_eq!(b.snapshot().state, BreakerState::Open);
+        let trial = b.admit(DB, 1_000).0.unwrap();
+        assert_eq!(b.report(slow, Outcome::Failure, 1_000), None);
+        assert_eq!(b.snapshot().state, BreakerState::HalfOpen);
+        assert!(b.report(trial, Outcome::Success, 1_000).is_some());
+    }
+}

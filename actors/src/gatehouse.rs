@@ -1,0 +1,584 @@
+//! [`Gatehouse`]: the running system and the operations the front end asks of it.
+//!
+//! `start` opens the store, builds the shared state that outlives actor
+//! restarts (session cache, breaker and actor boards, tallies) and starts
+//! the supervision tree. Each public method is one use case (register, log
+//! in, authenticate a bearer token, …): it validates, talks to the actors
+//! and passes its repository work through the database breaker as one call.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use email_address::{EmailAddress, Options};
+use ractor::{Actor, ActorRef};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::breaker::{
+    Breaker, BreakerArgs, BreakerBoard, BreakerId, BreakerMsg, BreakerSettings, BreakerSnapshot,
+    BreakerState, Breakers,
+};
+use crate::clock;
+use crate::error::{Error, FieldError, RateLimitInfo, Result};
+use crate::metrics::{Metrics, MetricsArgs, MetricsHandle, MetricsMsg, Summary};
+use crate::model::{NewSession, NewUser, User};
+use crate::passwords::{PasswordSettings, Passwords};
+use crate::rate_limiter::{
+    AttemptDecision, OnBackendFailure, RateLimitSettings, RateLimiter, RateLimiterArgs,
+    RateLimiterMsg, RouteClass, ThrottleRule, normalize_login,
+};
+use crate::supervisor::{
+    ActorBoard, ActorReport, ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg,
+};
+use crate::system::{self, ActorKind, Names};
+use crate::token_issuer::{AuthSettings, TokenIssuer, TokenIssuerMsg, TokenKeys};
+use crate::user_repo::sqlite::SqliteStore;
+use crate::user_repo::{
+    DatabaseSettings, SessionCache, UserRepo, UserRepoArgs, UserRepoClient, UserRepoMsg, UserStore,
+};
+
+/// Everything the actor system needs from the configuration.
+pub struct Settings {
+    pub auth: AuthSettings,
+    /// The HS256 key, resolved from `jwt_secret` or `jwt_secret_file`.
+    pub jwt_secret: SecretString,
+    pub password: PasswordSettings,
+    pub database: DatabaseSettings,
+    pub rate_limit: RateLimitSettings,
+    pub database_breaker: BreakerSettings,
+    pub restart: RestartPolicy,
+}
+
+/// Who an access token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub session_id: String,
+}
+
+/// What a successful login or refresh hands the client.
+pub struct Tokens {
+    pub access_token: SecretString,
+    pub expires_in: u64,
+    pub refresh_token: SecretString,
+}
+
+/// A login attempt as the front end received it.
+pub struct LoginRequest {
+    /// Username or email, as typed.
+    pub login: String,
+    pub password: SecretString,
+    pub ip: IpAddr,
+    pub user_agent: Option<String>,
+}
+
+/// A registration as the front end received it.
+pub struct Registration {
+    pub email: String,
+    pub username: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// The running system. Cheap to clone; every clone talks to the same actors.
+#[derive(Clone)]
+pub struct Gatehouse {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    names: Arc<Names>,
+    actors: Arc<ActorBoard>,
+    breakers: Breakers,
+    repo: UserRepoClient,
+    cache: Arc<SessionCache>,
+    store: Arc<dyn UserStore>,
+    keys: Arc<TokenKeys>,
+    passwords: Passwords,
+    metrics: MetricsHandle,
+    auth: AuthSettings,
+    on_limiter_failure: OnBackendFailure,
+    call_timeout: Duration,
+    started: Instant,
+    supervisor: ActorRef<SupervisorMsg>,
+    supervisor_done: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A child whose arguments are cloned for every incarnation.
+fn child<A>(kind: ActorKind, names: &Names, make: fn() -> A, args: A::Arguments) -> ChildSpec
+where
+    A: Actor,
+    A::Arguments: Clone + Sync,
+{
+    let name = names.get(kind).to_owned();
+    ChildSpec {
+        kind,
+        spawn: Arc::new(move |supervisor| {
+            let (name, args) = (name.clone(), args.clone());
+            Box::pin(async move {
+                let (actor, _) = A::spawn_linked(Some(name), make(), args, supervisor).await?;
+                Ok(actor.get_cell())
+            })
+        }),
+    }
+}
+
+impl Gatehouse {
+    /// Opens the store and starts the supervision tree.
+    pub async fn start(settings: Settings) -> Result<Self> {
+        let db = settings.database.clone();
+        let store: Arc<dyn UserStore> = Arc::new(
+            tokio::task::spawn_blocking(move || SqliteStore::open(&db))
+                .await
+                .map_err(|e| Error::Internal(format!("opening the store: {e}")))??,
+        );
+        Self::start_with_store(settings, store).await
+    }
+
+    pub async fn start_with_store(settings: Settings, store: Arc<dyn UserStore>) -> Result<Self> {
+        let names = Arc::new(Names::unique());
+        let started = Instant::now();
+        // The longest a store call may legitimately wait, plus slack for the queue.
+        let db = &settings.database;
+        let repo_timeout =
+            Duration::from_millis(db.busy_timeout_ms.max(db.statement_timeout_ms) + 1_000);
+        let call_timeout = Duration::from_secs(2);
+
+        let cache = Arc::new(SessionCache::default());
+        let keys = Arc::new(TokenKeys::new(&settings.jwt_secret, &settings.auth)?);
+        let passwords = Passwords::new(settings.password.clone())?;
+        let actors = Arc::new(ActorBoard::default());
+        let breaker_board = Arc::new(BreakerBoard::default());
+        let tally = Arc::default();
+
+        let children = vec![
+            child(
+                ActorKind::RateLimiter,
+                &names,
+                || RateLimiter,
+                RateLimiterArgs {
+                    routes: settings.rate_limit.routes,
+                    throttle: ThrottleRule {
+                        max_failures: settings.auth.max_failed_logins,
+                        lockout_ms: i64::try_from(settings.auth.lockout_s.saturating_mul(1000))
+                            .unwrap_or(i64::MAX),
+                    },
+                    max_keys: settings.rate_limit.max_tracked_keys,
+                },
+            ),
+            child(
+                ActorKind::Breaker,
+                &names,
+                || Breaker,
+                BreakerArgs {
+                    breakers: vec![(BreakerId::Database, settings.database_breaker)],
+                    board: Arc::clone(&breaker_board),
+                },
+            ),
+            child(
+                ActorKind::UserRepo,
+                &names,
+                || UserRepo,
+                UserRepoArgs {
+                    store: Arc::clone(&store),
+                    cache: Arc::clone(&cache),
+                },
+            ),
+            child(ActorKind::TokenIssuer, &names, || TokenIssuer, Arc::clone(&keys)),
+            child(
+                ActorKind::Metrics,
+                &names,
+                || Metrics,
+                MetricsArgs { tally, started },
+            ),
+        ];
+        let (supervisor, supervisor_done) = Actor::spawn(
+            Some(names.supervisor().to_owned()),
+            Supervisor,
+            SupervisorArgs {
+                children,
+                names: Arc::clone(&names),
+                board: Arc::clone(&actors),
+                policy: settings.restart,
+            },
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("starting the actors: {e}")))?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                breakers: Breakers::new(Arc::clone(&names), breaker_board, call_timeout),
+                repo: UserRepoClient::new(Arc::clone(&names), repo_timeout),
+                metrics: MetricsHandle::new(Arc::clone(&names), call_timeout),
+                names,
+                actors,
+                cache,
+                store,
+                keys,
+                passwords,
+                auth: settings.auth,
+                on_limiter_failure: settings.rate_limit.on_backend_failure,
+                call_timeout,
+                started,
+                supervisor,
+                supervisor_done: parking_lot::Mutex::new(Some(supervisor_done)),
+            }),
+        })
+    }
+
+    /// Stops every actor (each finishes the message in hand) and flushes the store.
+    pub async fn shutdown(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.supervisor.stop(None);
+        let done = inner.supervisor_done.lock().take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+        inner.store.close().await
+    }
+
+    pub fn metrics(&self) -> &MetricsHandle {
+        &self.inner.metrics
+    }
+
+    /// Counts one request of `class` from `client`.
+    pub async fn check_rate(&self, class: RouteClass, client: IpAddr) -> Result<RateLimitInfo> {
+        let name = self.inner.names.get(ActorKind::RateLimiter);
+        let decision = system::call(name, self.inner.call_timeout, |reply| {
+            RateLimiterMsg::Check {
+                class,
+                client,
+                reply,
+            }
+        })
+        .await;
+        match decision {
+            Ok(decision) => decision,
+            Err(e) => self.limiter_unavailable(e).map(|()| RateLimitInfo {
+                limit: 0,
+                remaining: 0,
+                reset_s: 0,
+            }),
+        }
+    }
+
+    fn limiter_unavailable(&self, e: Error) -> Result<()> {
+        tracing::warn!(error = %e, policy = ?self.inner.on_limiter_failure, "rate limiter unavailable");
+        match self.inner.on_limiter_failure {
+            OnBackendFailure::Allow => Ok(()),
+            OnBackendFailure::Deny => Err(e),
+        }
+    }
+
+    /// Creates an account.
+    pub async fn register(&self, r: Registration) -> Result<User> {
+        let inner = &self.inner;
+        let email = r.email.trim().to_lowercase();
+        let username = r.username.trim().to_owned();
+        let mut problems = Vec::new();
+        if let Some(p) = email_problem(&email) {
+            problems.push(p);
+        }
+        if let Some(p) = username_problem(&username) {
+            problems.push(p);
+        }
+        if let Some(p) = inner
+            .passwords
+            .check_policy(r.password.expose_secret(), &username, &email)
+        {
+            problems.push(p);
+        }
+        if !problems.is_empty() {
+            return Err(Error::Validation(problems));
+        }
+        let password_hash = inner.passwords.hash(r.password).await?;
+        let new = NewUser {
+            id: uuid::Uuid::now_v7().to_string(),
+            email,
+            username,
+            password_hash,
+            now: clock::unix_ms(),
+        };
+        let user = inner
+            .breakers
+            .run(BreakerId::Database, inner.repo.write(move |s| async move { s.create_user(new).await }))
+            .await?;
+        inner.metrics.registration();
+        tracing::info!(event = "user.registered", user_id = %user.id, "account created");
+        Ok(user)
+    }
+
+    /// Verifies a login and opens a session.
+    pub async fn login(&self, req: LoginRequest) -> Result<Tokens> {
+        let inner = &self.inner;
+        let name = normalize_login(&req.login);
+        if let AttemptDecision::Locked {
+            retry_after_s,
+            first,
+        } = self.attempt(&name).await?
+        {
+            if first {
+                tracing::warn!(event = "account.throttled", login = %req.login, ip = %req.ip,
+                    retry_after_s, "login name locked after repeated failures");
+            }
+            return Err(Error::AccountThrottled { retry_after_s });
+        }
+
+        let mut call = inner.breakers.admit(BreakerId::Database).await?;
+        let lookup = name.clone();
+        let found = call
+            .track(inner.repo.read(move |s| async move { s.credentials(lookup).await }).await)?;
+        let (stored, user) = match found {
+            Some(c) => (Some(c.password_hash), Some(c.user)),
+            None => (None, None),
+        };
+        let verdict = inner.passwords.verify(req.password.clone(), stored).await?;
+        let user = match user {
+            Some(user) if verdict.matches && user.is_active => user,
+            other => {
+                call.finish();
+                let reason = match other {
+                    None => "unknown_user",
+                    Some(u) if !u.is_active => "inactive",
+                    Some(_) => "wrong_password",
+                };
+                inner.metrics.login(false);
+                tracing::warn!(event = "login.failure", login = %req.login, ip = %req.ip, reason,
+                    "login refused");
+                return Err(Error::InvalidCredentials);
+            }
+        };
+
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let issued = self.issue(&user.id, &session_id).await?;
+        let rehash = if verdict.needs_rehash {
+            Some(inner.passwords.hash(req.password).await?)
+        } else {
+            None
+        };
+        let now = clock::unix_ms();
+        let auth = &inner.auth;
+        let absolute = now.saturating_add(secs_to_ms(auth.session_max_lifetime_s));
+        let session = NewSession {
+            id: session_id,
+            user_id: user.id.clone(),
+            refresh_digest: issued.refresh.digest.clone(),
+            ip: Some(req.ip.to_string()),
+            user_agent: req.user_agent,
+            now,
+            expires_at: now
+                .saturating_add(secs_to_ms(auth.refresh_token_ttl_s))
+                .min(absolute),
+            absolute_expires_at: absolute,
+        };
+        let session = call.track(
+            inner
+                .repo
+                .write(move |s| async move { s.create_session(session, rehash).await })
+                .await,
+        )?;
+        call.finish();
+        system::cast(
+            inner.names.get(ActorKind::RateLimiter),
+            RateLimiterMsg::Succeeded { login: name },
+        );
+        inner.metrics.login(true);
+        tracing::info!(event = "login.success", login = %req.login, ip = %req.ip,
+            user_id = %user.id, "login accepted");
+        tracing::info!(event = "session.created", user_id = %user.id, session_id = %session.id,
+            "session opened");
+        Ok(Tokens {
+            access_token: issued.access_token,
+            expires_in: issued.expires_in,
+            refresh_token: issued.refresh.token,
+        })
+    }
+
+    async fn attempt(&self, login: &str) -> Result<AttemptDecision> {
+        let name = self.inner.names.get(ActorKind::RateLimiter);
+        let login = login.to_owned();
+        match system::call(name, self.inner.call_timeout, |reply| RateLimiterMsg::Attempt {
+            login,
+            reply,
+        })
+        .await
+        {
+            Ok(decision) => Ok(decision),
+            Err(e) => self.limiter_unavailable(e).map(|()| AttemptDecision::Allowed),
+        }
+    }
+
+    async fn issue(&self, user_id: &str, session_id: &str) -> Result<crate::token_issuer::IssuedTokens> {
+        let name = self.inner.names.get(ActorKind::TokenIssuer);
+        let (user_id, session_id) = (user_id.to_owned(), session_id.to_owned());
+        system::call(name, self.inner.call_timeout, |reply| TokenIssuerMsg::Issue {
+            user_id,
+            session_id,
+            reply,
+        })
+        .await?
+    }
+
+    /// Checks a bearer token and that its session is still active.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal> {
+        let inner = &self.inner;
+        let now = clock::unix_ms();
+        let claims = inner.keys.verify(token, now.div_euclid(1000))?;
+        let session = match inner.cache.session(&claims.sid, now) {
+            Some(session) => session,
+            None => {
+                let epoch = inner.cache.epoch();
+                let sid = claims.sid.clone();
+                let found = inner
+                    .breakers
+                    .run(
+                        BreakerId::Database,
+                        inner.repo.read(move |s| async move { s.active_session(sid, now).await }),
+                    )
+                    .await?
+                    .ok_or(Error::SessionRevoked)?;
+                inner.cache.put_session(found.clone(), epoch);
+                found
+            }
+        };
+        if session.user_id != claims.sub {
+            return Err(Error::InvalidToken);
+        }
+        Ok(Principal {
+            user_id: claims.sub,
+            session_id: claims.sid,
+        })
+    }
+
+    /// The caller's own account.
+    pub async fn me(&self, who: &Principal) -> Result<User> {
+        let inner = &self.inner;
+        let now = clock::unix_ms();
+        if let Some(user) = inner.cache.user(&who.user_id, now) {
+            return Ok(user);
+        }
+        let epoch = inner.cache.epoch();
+        let id = who.user_id.clone();
+        let user = inner
+            .breakers
+            .run(BreakerId::Database, inner.repo.read(move |s| async move { s.user(id).await }))
+            .await?
+            .filter(|u| u.is_active)
+            .ok_or(Error::SessionRevoked)?;
+        inner.cache.put_user(user.clone(), epoch);
+        Ok(user)
+    }
+
+    /// Every breaker's state.
+    pub fn breakers(&self) -> Vec<(BreakerId, BreakerSnapshot)> {
+        self.inner.breakers.board().all()
+    }
+
+    /// Every actor's status.
+    pub fn actors(&self) -> Vec<(ActorKind, ActorReport)> {
+        self.inner.actors.all()
+    }
+
+    /// Unhealthy while an actor is down, degraded while a breaker is not closed.
+    pub fn health(&self) -> HealthStatus {
+        if !self.inner.actors.all_running() {
+            HealthStatus::Unhealthy
+        } else if self
+            .breakers()
+            .iter()
+            .any(|(_, b)| b.state != BreakerState::Closed)
+        {
+            HealthStatus::Degraded
+        } else {
+            HealthStatus::Healthy
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    pub async fn metrics_summary(&self) -> Result<Summary> {
+        self.inner.metrics.summary().await
+    }
+
+    /// Makes one actor fail for real, so that its supervisor restarts it.
+    pub fn kill(&self, kind: ActorKind) -> Result<()> {
+        let name = self.inner.names.get(kind);
+        match kind {
+            ActorKind::RateLimiter => system::send(name, RateLimiterMsg::Crash),
+            ActorKind::Breaker => system::send(name, BreakerMsg::Crash),
+            ActorKind::UserRepo => system::send(name, UserRepoMsg::Crash),
+            ActorKind::TokenIssuer => system::send(name, TokenIssuerMsg::Crash),
+            ActorKind::Metrics => system::send(name, MetricsMsg::Crash),
+        }
+    }
+}
+
+fn secs_to_ms(s: u64) -> i64 {
+    i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn email_problem(email: &str) -> Option<FieldError> {
+    let options = Options::default()
+        .with_required_tld()
+        .without_display_text()
+        .without_domain_literal();
+    if email.is_empty() {
+        Some(FieldError::new("email", "is required"))
+    } else if email.len() > 254 || EmailAddress::parse_with_options(email, options).is_err() {
+        Some(FieldError::new("email", "must be a valid email address"))
+    } else {
+        None
+    }
+}
+
+fn username_problem(username: &str) -> Option<FieldError> {
+    let valid_chars = username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !(3..=32).contains(&username.len()) || !valid_chars {
+        Some(FieldError::new(
+            "username",
+            "must be 3 to 32 characters of letters, digits, '_', '.' or '-'",
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for ok in ["abc", "Alice_01", "a.b-c", &"x".repeat(32)] {
+            assert!(username_problem(ok).is_none(), "{ok}");
+        }
+        for bad in ["ab", &"x".repeat(33), "has space", "émile", "semi;colon", ""] {
+            assert!(username_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        for ok in ["a@example.com", "first.last+tag@sub.example.org"] {
+            assert!(email_problem(ok).is_none(), "{ok}");
+        }
+        for bad in ["", "plain", "a@b", "Name <a@example.com>", "a@[127.0.0.1]", "@example.com"] {
+            assert!(email_problem(bad).is_some(), "{bad}");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(email_problem(&long).is_some());
+    }
+}

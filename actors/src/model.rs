@@ -1,0 +1,97 @@
+//! Domain records as the repository stores them and the API shows them.
+//!
+//! Times are Unix milliseconds inside Gatehouse and RFC 3339 UTC strings on
+//! the wire. Password hashes live only in [`Credentials`], which is never
+//! serialized.
+
+use serde::Serialize;
+
+use crate::clock::rfc3339_ms;
+
+/// An account, as its owner may see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: String,
+    /// Stored lower-cased.
+    pub email: String,
+    /// Stored as chosen; unique ignoring case.
+    pub username: String,
+    pub is_active: bool,
+    #[serde(with = "rfc3339_ms")]
+    pub created_at: i64,
+    #[serde(with = "rfc3339_ms")]
+    pub updated_at: i64,
+}
+
+/// A user with the PHC string of their password, for verification only.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registration that passed validation and hashing.
+#[derive(Clone)]
+pub struct NewUser {
+    pub id: String,
+    pub email: String,
+    pub username: String,
+    pub password_hash: String,
+    pub now: i64,
+}
+
+/// A login session: what a refresh token is bound to and what access tokens name in `sid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Session {
+    pub id: String,
+    #[serde(skip)]
+    pub user_id: String,
+    #[serde(with = "rfc3339_ms")]
+    pub created_at: i64,
+    #[serde(with = "rfc3339_ms")]
+    pub last_used_at: i64,
+    /// Slides forward on each refresh, never past `created_at + session_max_lifetime_s`.
+    #[serde(with = "rfc3339_ms")]
+    pub expires_at: i64,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A session about to be created at login.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: String,
+    pub user_id: String,
+    pub refresh_digest: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub now: i64,
+    /// When the refresh token (and, unless refreshed, the session) expires.
+    pub expires_at: i64,
+    /// The hard end of the session, however often it is refreshed.
+    pub absolute_expires_at: i64,
+}
+
+/// What an authenticated request needs to know about its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveSession {
+    pub session_id: String,
+    pub user_id: String,
+    pub expires_at: i64,
+}
+
+/// A change another request (or another process) made that cached views must drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    pub user_id: String,
+    /// One session, or every session and the profile of the user when `None`.
+    pub session_id: Option<String>,
+}

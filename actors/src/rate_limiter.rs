@@ -1,0 +1,521 @@
+//! Per-IP rate limits and the per-account login throttle: the pure sliding
+//! window, the in-memory store, and the `RateLimiter` actor that owns it.
+//!
+//! The window is a true sliding log: a request is allowed when fewer than
+//! `limit` allowed requests happened in the last `window_s`, so "at most
+//! `limit` in any window" holds at every instant, with no fixed-window burst
+//! at boundaries. Refused requests are not recorded. Idle keys are swept and
+//! the number of tracked keys is capped, so a flood of distinct addresses costs
+//! bounded memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+
+use crate::clock;
+use crate::error::{Error, RateLimitInfo, Result};
+
+/// Which allowance a route draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteClass {
+    Login,
+    Register,
+    Refresh,
+    Password,
+    Default,
+}
+
+impl RouteClass {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Register => "register",
+            Self::Refresh => "refresh",
+            Self::Password => "password",
+            Self::Default => "default",
+        }
+    }
+}
+
+/// One class's allowance; what is left out keeps the class's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimit {
+    /// Requests allowed in any window.
+    pub limit: Option<u32>,
+    /// Window length in seconds.
+    pub window_s: Option<u64>,
+}
+
+/// The `[rate_limit.routes]` table.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteLimits {
+    pub login: RouteLimit,
+    pub register: RouteLimit,
+    pub refresh: RouteLimit,
+    pub password: RouteLimit,
+    pub default: RouteLimit,
+}
+
+impl RouteLimits {
+    pub fn window(&self, class: RouteClass) -> Window {
+        let (configured, default_limit) = match class {
+            RouteClass::Login => (self.login, 5),
+            RouteClass::Register => (self.register, 3),
+            RouteClass::Refresh => (self.refresh, 30),
+            RouteClass::Password => (self.password, 5),
+            RouteClass::Default => (self.default, 300),
+        };
+        let window_s = configured.window_s.unwrap_or(60);
+        Window {
+            limit: configured.limit.unwrap_or(default_limit),
+            window_ms: i64::try_from(window_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Every class with its allowance, for validation and documentation.
+    pub fn all(&self) -> [(RouteClass, Window); 5] {
+        [
+            RouteClass::Login,
+            RouteClass::Register,
+            RouteClass::Refresh,
+            RouteClass::Password,
+            RouteClass::Default,
+        ]
+        .map(|c| (c, self.window(c)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBackendFailure {
+    Allow,
+    Deny,
+}
+
+/// The `[rate_limit]` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    pub backend: Backend,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub on_backend_failure: OnBackendFailure,
+    pub routes: RouteLimits,
+    /// Most (client, class) windows and login names tracked at once; beyond it
+    /// the least recently active are forgotten.
+    pub max_tracked_keys: usize,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "gatehouse:".into(),
+            on_backend_failure: OnBackendFailure::Allow,
+            routes: RouteLimits::default(),
+            max_tracked_keys: 250_000,
+        }
+    }
+}
+
+/// A sliding window: at most `limit` allowed requests in any `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub limit: u32,
+    pub window_ms: i64,
+}
+
+impl Window {
+    /// Decides one request at `now` against the times of earlier allowed
+    /// requests, recording it when allowed. `Ok` and `Err` both carry the
+    /// header values.
+    pub fn decide(
+        self,
+        hits: &mut VecDeque<i64>,
+        now: i64,
+    ) -> std::result::Result<RateLimitInfo, RateLimitInfo> {
+        let horizon = now.saturating_sub(self.window_ms);
+        while hits.front().is_some_and(|&t| t <= horizon) {
+            hits.pop_front();
+        }
+        let used = u32::try_from(hits.len()).unwrap_or(u32::MAX);
+        let allowed = used < self.limit;
+        if allowed {
+            hits.push_back(now);
+        }
+        let used = used + u32::from(allowed);
+        let info = RateLimitInfo {
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(used),
+            reset_s: hits
+                .front()
+                .map_or(0, |&oldest| clock::seconds_until(now, oldest + self.window_ms)),
+        };
+        if allowed { Ok(info) } else { Err(info) }
+    }
+}
+
+/// Failed-login bookkeeping for one login name.
+#[derive(Debug, Clone, Copy, Default)]
+struct Strikes {
+    /// Attempts since the last success; counted when they start, so parallel
+    /// guesses cannot overtake the limit.
+    attempts: u32,
+    locked_until: Option<i64>,
+    /// Whether the lock in force has been logged as `account.throttled`.
+    announced: bool,
+    last_seen: i64,
+}
+
+/// What a login attempt may do, as the throttle sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptDecision {
+    Allowed,
+    /// Locked; `first` is true for the first refusal of this lock (log it once).
+    Locked { retry_after_s: u64, first: bool },
+}
+
+/// The per-account throttle's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleRule {
+    pub max_failures: u32,
+    pub lockout_ms: i64,
+}
+
+/// All limiter state of one process.
+#[derive(Debug)]
+pub struct MemoryLimiter {
+    routes: RouteLimits,
+    throttle: ThrottleRule,
+    max_keys: usize,
+    windows: HashMap<(IpAddr, RouteClass), VecDeque<i64>>,
+    strikes: HashMap<String, Strikes>,
+}
+
+impl MemoryLimiter {
+    pub fn new(routes: RouteLimits, throttle: ThrottleRule, max_keys: usize) -> Self {
+        Self {
+            routes,
+            throttle,
+            max_keys: max_keys.max(1),
+            windows: HashMap::new(),
+            strikes: HashMap::new(),
+        }
+    }
+
+    pub fn check(
+        &mut self,
+        class: RouteClass,
+        client: IpAddr,
+        now: i64,
+    ) -> std::result::Result<RateLimitInfo, RateLimitInfo> {
+        let window = self.routes.window(class);
+        if self.windows.len() >= self.max_keys && !self.windows.contains_key(&(client, class)) {
+            self.make_room(now);
+        }
+        let hits = self.windows.entry((client, class)).or_default();
+        window.decide(hits, now)
+    }
+
+    /// Starts a login attempt for `login` (already normalized).
+    pub fn attempt(&mut self, login: &str, now: i64) -> AttemptDecision {
+        let rule = self.throttle;
+        if self.strikes.len() >= self.max_keys && !self.strikes.contains_key(login) {
+            self.make_room(now);
+        }
+        let entry = self.strikes.entry(login.to_owned()).or_default();
+        entry.last_seen = now;
+        match entry.locked_until {
+            Some(until) if now < until => {
+                let first = !entry.announced;
+                entry.announced = true;
+                return AttemptDecision::Locked {
+                    retry_after_s: clock::seconds_until(now, until),
+                    first,
+                };
+            }
+            Some(_) => *entry = Strikes { last_seen: now, ..Strikes::default() },
+            None => {}
+        }
+        entry.attempts += 1;
+        if entry.attempts >= rule.max_failures {
+            entry.locked_until = Some(now.saturating_add(rule.lockout_ms));
+        }
+        AttemptDecision::Allowed
+    }
+
+    /// A login for `login` succeeded: its failures are forgiven.
+    pub fn succeeded(&mut self, login: &str) {
+        self.strikes.remove(login);
+    }
+
+    /// Forgets windows with no hit inside them and login names idle for a lockout.
+    pub fn sweep(&mut self, now: i64) {
+        let routes = self.routes;
+        self.windows.retain(|(_, class), hits| {
+            hits.back()
+                .is_some_and(|&t| t > now.saturating_sub(routes.window(*class).window_ms))
+        });
+        let idle = now.saturating_sub(self.throttle.lockout_ms);
+        self.strikes.retain(|_, s| {
+            s.locked_until.is_some_and(|until| until > now) || s.last_seen > idle
+        });
+        self.windows.shrink_to_fit();
+        self.strikes.shrink_to_fit();
+    }
+
+    /// At the key cap: sweep, and if that frees nothing, forget the least
+    /// recently active tenth.
+    fn make_room(&mut self, now: i64) {
+        self.sweep(now);
+        if self.windows.len() >= self.max_keys {
+            forget_least_recent_tenth(&mut self.windows, |h| h.back().copied().unwrap_or(i64::MIN));
+        }
+        if self.strikes.len() >= self.max_keys {
+            forget_least_recent_tenth(&mut self.strikes, |s| s.last_seen);
+        }
+    }
+
+    /// Keys tracked now: (client, class) windows and login names.
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.windows.len(), self.strikes.len())
+    }
+}
+
+fn forget_least_recent_tenth<K, V>(map: &mut HashMap<K, V>, last_seen: impl Fn(&V) -> i64) {
+    let mut seen: Vec<i64> = map.values().map(&last_seen).collect();
+    if seen.is_empty() {
+        return;
+    }
+    let cut = seen.len() / 10;
+    let (_, &mut threshold, _) = seen.select_nth_unstable(cut);
+    map.retain(|_, v| last_seen(v) > threshold);
+}
+
+/// Login names are throttled case-insensitively, trimmed, as typed.
+pub fn normalize_login(login: &str) -> String {
+    login.trim().to_lowercase()
+}
+
+/// Messages the `RateLimiter` accepts.
+pub enum RateLimiterMsg {
+    /// Count one request of `class` from `client`; `Err(RateLimited)` when refused.
+    Check {
+        class: RouteClass,
+        client: IpAddr,
+        reply: RpcReplyPort<Result<RateLimitInfo>>,
+    },
+    /// Start a login attempt for a (normalized) login name.
+    Attempt {
+        login: String,
+        reply: RpcReplyPort<AttemptDecision>,
+    },
+    /// A login for this (normalized) name succeeded.
+    Succeeded { login: String },
+    /// Forget idle keys.
+    Sweep,
+    /// How many keys are tracked.
+    Tracked(RpcReplyPort<(usize, usize)>),
+    /// Fail on purpose (chaos testing): the supervisor must restart us.
+    Crash,
+}
+
+/// What the `RateLimiter` is started with.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimiterArgs {
+    pub routes: RouteLimits,
+    pub throttle: ThrottleRule,
+    pub max_keys: usize,
+}
+
+pub struct RateLimiter;
+
+/// How often idle keys are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+impl Actor for RateLimiter {
+    type Msg = RateLimiterMsg;
+    type State = MemoryLimiter;
+    type Arguments = RateLimiterArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RateLimiterArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(SWEEP_EVERY, || RateLimiterMsg::Sweep);
+        Ok(MemoryLimiter::new(args.routes, args.throttle, args.max_keys))
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        limiter: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = clock::unix_ms();
+        match msg {
+            RateLimiterMsg::Check {
+                class,
+                client,
+                reply,
+            } => {
+                let _ = reply.send(limiter.check(class, client, now).map_err(Error::RateLimited));
+            }
+            RateLimiterMsg::Attempt { login, reply } => {
+                let _ = reply.send(limiter.attempt(&login, now));
+            }
+            RateLimiterMsg::Succeeded { login } => limiter.succeeded(&login),
+            RateLimiterMsg::Sweep => limiter.sweep(now),
+            RateLimiterMsg::Tracked(reply) => {
+                let _ = reply.send(limiter.tracked());
+            }
+            RateLimiterMsg::Crash => return Err("crash requested through the chaos route".into()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    fn window(limit: u32, window_s: i64) -> Window {
+        Window {
+            limit,
+            window_ms: window_s * 1000,
+        }
+    }
+
+    #[test]
+    fn allows_limit_then_refuses_and_reports_headers() {
+        let w = window(3, 60);
+        let mut hits = VecDeque::new();
+        let r: Vec<_> = (0..4).map(|i| w.decide(&mut hits, i * 1000)).collect();
+        assert_eq!(r[0], Ok(RateLimitInfo { limit: 3, remaining: 2, reset_s: 60 }));
+        assert_eq!(r[2].unwrap().remaining, 0);
+        assert_eq!(r[3], Err(RateLimitInfo { limit: 3, remaining: 0, reset_s: 57 }));
+        assert_eq!(hits.len(), 3, "refused requests are not recorded");
+    }
+
+    #[test]
+    fn no_double_burst_at_window_boundaries() {
+        // Three at the very end of one minute: a fixed window would allow three
+        // more at the start of the next.
+        let w = window(3, 60);
+        let mut hits = VecDeque::new();
+        for t in [59_000, 59_500, 59_900] {
+            assert!(w.decide(&mut hits, t).is_ok());
+        }
+        assert!(w.decide(&mut hits, 60_100).is_err());
+        assert!(w.decide(&mut hits, 118_999).is_err());
+        assert!(w.decide(&mut hits, 119_000).is_ok(), "the first hit left the window");
+        assert!(w.decide(&mut hits, 119_001).is_err());
+    }
+
+    /// Brute force: no interval of window length ever holds more than `limit` allowed hits.
+    #[test]
+    fn at_most_limit_in_any_window() {
+        let w = window(5, 10);
+        let mut hits = VecDeque::new();
+        let mut allowed = Vec::new();
+        let mut t = 0i64;
+        for i in 0..2_000i64 {
+            t += (i * 7919) % 1_300; // irregular gaps, some bursts
+            if w.decide(&mut hits, t).is_ok() {
+                allowed.push(t);
+            }
+        }
+        for (i, &start) in allowed.iter().enumerate() {
+            let inside = allowed[i..].iter().take_while(|&&x| x < start + w.window_ms).count();
+            assert!(inside <= 5, "{inside} hits in the window from {start}");
+        }
+        assert!(allowed.len() > 100);
+    }
+
+    #[test]
+    fn classes_and_clients_are_separate() {
+        let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 100);
+        for _ in 0..5 {
+            assert!(l.check(RouteClass::Login, IP, 0).is_ok());
+        }
+        assert!(l.check(RouteClass::Login, IP, 0).is_err());
+        assert!(l.check(RouteClass::Register, IP, 0).is_ok());
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(l.check(RouteClass::Login, other, 0).is_ok());
+    }
+
+    fn rule() -> ThrottleRule {
+        ThrottleRule {
+            max_failures: 3,
+            lockout_ms: 300_000,
+        }
+    }
+
+    #[test]
+    fn throttle_locks_after_max_failures_and_success_resets() {
+        let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 100);
+        for _ in 0..3 {
+            assert_eq!(l.attempt("alice", 0), AttemptDecision::Allowed);
+        }
+        assert_eq!(
+            l.attempt("alice", 1_000),
+            AttemptDecision::Locked { retry_after_s: 299, first: true }
+        );
+        assert_eq!(
+            l.attempt("alice", 2_000),
+            AttemptDecision::Locked { retry_after_s: 298, first: false }
+        );
+        assert_eq!(l.attempt("bob", 2_000), AttemptDecision::Allowed);
+        // After the lockout the name starts afresh.
+        assert_eq!(l.attempt("alice", 300_000), AttemptDecision::Allowed);
+        assert_eq!(l.attempt("alice", 300_001), AttemptDecision::Allowed);
+        l.succeeded("alice");
+        for _ in 0..3 {
+            assert_eq!(l.attempt("alice", 300_002), AttemptDecision::Allowed);
+        }
+        assert!(matches!(l.attempt("alice", 300_003), AttemptDecision::Locked { .. }));
+    }
+
+    #[test]
+    fn sweep_and_cap_bound_memory() {
+        let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 1_000);
+        for i in 0..5_000u32 {
+            let ip = IpAddr::V4(i.into());
+            assert!(l.check(RouteClass::Default, ip, i64::from(i)).is_ok());
+        }
+        assert!(l.tracked().0 <= 1_000, "{:?}", l.tracked());
+        l.sweep(61_000 + 5_000);
+        assert_eq!(l.tracked().0, 0);
+        for i in 0..2_000 {
+            l.attempt(&format!("user{i}"), 0);
+        }
+        assert!(l.tracked().1 <= 1_000);
+        l.sweep(300_001);
+        assert_eq!(l.tracked().1, 0);
+    }
+
+    #[test]
+    fn config_overrides_one_field_and_keeps_class_defaults() {
+        let limits: RouteLimits = serde_json::from_str(r#"{"login": {"window_s": 30}}"#).unwrap();
+        assert_eq!(limits.window(RouteClass::Login), Window { limit: 5, window_ms: 30_000 });
+        assert_eq!(limits.window(RouteClass::Default).limit, 300);
+        assert!(serde_json::from_str::<RouteLimits>(r#"{"logn": {}}"#).is_err());
+    }
+}

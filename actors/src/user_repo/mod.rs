@@ -1,0 +1,189 @@
+//! The `UserRepo` actor: the only way to the user store.
+//!
+//! Writes are serialized through the mailbox: the actor awaits each one (it
+//! runs on a blocking thread or the driver's socket, never on the mailbox
+//! loop's worker) before taking the next, so two registrations never race
+//! inside the database and a write queued behind a caller that gave up is
+//! skipped rather than committed unseen. Reads run concurrently on the pool.
+//!
+//! Operations travel as jobs: a closure over the [`UserStore`] that sends its
+//! typed result back on a oneshot channel. The store methods are the typed
+//! interface; the actor decides only *how* they run (serial or concurrent),
+//! which keeps one message type for every operation.
+//!
+//! The actor also polls the store's invalidation log four times a second and
+//! applies it to the shared [`SessionCache`].
+
+pub mod cache;
+pub mod sqlite;
+pub mod store;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::model::Invalidation;
+use crate::system::{self, ActorKind, Names};
+pub use cache::SessionCache;
+pub use store::{DatabaseSettings, UserStore};
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One operation on the store, carrying its own reply channel.
+pub type Job = Box<dyn FnOnce(Arc<dyn UserStore>) -> BoxFuture + Send>;
+
+/// Messages the `UserRepo` accepts.
+pub enum UserRepoMsg {
+    /// Runs alone, in arrival order.
+    Write(Job),
+    /// Runs concurrently with other reads.
+    Read(Job),
+    /// Time to read the invalidation log.
+    Poll,
+    /// A poll that started at `started` came back.
+    Polled {
+        started: i64,
+        result: Result<(Vec<Invalidation>, i64)>,
+    },
+    /// Fail on purpose (chaos testing): the supervisor must restart us.
+    Crash,
+}
+
+/// What the `UserRepo` is started with; both outlive any one incarnation of the actor.
+#[derive(Clone)]
+pub struct UserRepoArgs {
+    pub store: Arc<dyn UserStore>,
+    pub cache: Arc<SessionCache>,
+}
+
+pub struct RepoState {
+    store: Arc<dyn UserStore>,
+    cache: Arc<SessionCache>,
+    polling: bool,
+}
+
+/// How often the invalidation log is read.
+pub const POLL_EVERY: Duration = Duration::from_millis(250);
+
+pub struct UserRepo;
+
+impl Actor for UserRepo {
+    type Msg = UserRepoMsg;
+    type State = RepoState;
+    type Arguments = UserRepoArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: UserRepoArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(POLL_EVERY, || UserRepoMsg::Poll);
+        Ok(RepoState {
+            store: args.store,
+            cache: args.cache,
+            polling: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            UserRepoMsg::Write(job) => job(Arc::clone(&state.store)).await,
+            UserRepoMsg::Read(job) => {
+                tokio::spawn(job(Arc::clone(&state.store)));
+            }
+            UserRepoMsg::Poll if !state.polling => {
+                state.polling = true;
+                let store = Arc::clone(&state.store);
+                let cursor = state.cache.cursor();
+                tokio::spawn(async move {
+                    let started = clock::unix_ms();
+                    let result = store.invalidations_since(cursor).await;
+                    let _ = myself.send_message(UserRepoMsg::Polled { started, result });
+                });
+            }
+            UserRepoMsg::Poll => {}
+            UserRepoMsg::Polled { started, result } => {
+                state.polling = false;
+                match result {
+                    Ok((changes, cursor)) => {
+                        for change in &changes {
+                            state.cache.invalidate(change);
+                        }
+                        state.cache.polled(started, cursor);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the invalidation log failed"),
+                }
+            }
+            UserRepoMsg::Crash => return Err("crash requested through the chaos route".into()),
+        }
+        Ok(())
+    }
+}
+
+/// The callers' handle to the `UserRepo`, valid across its restarts.
+#[derive(Clone)]
+pub struct UserRepoClient {
+    names: Arc<Names>,
+    timeout: Duration,
+}
+
+impl UserRepoClient {
+    pub fn new(names: Arc<Names>, timeout: Duration) -> Self {
+        Self { names, timeout }
+    }
+
+    /// Runs `op` as a write: after every write queued before it, alone.
+    pub async fn write<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn UserStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        self.run(op, UserRepoMsg::Write).await
+    }
+
+    /// Runs `op` as a read, concurrently with other reads.
+    pub async fn read<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn UserStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        self.run(op, UserRepoMsg::Read).await
+    }
+
+    async fn run<T, F, Fut>(&self, op: F, kind: fn(Job) -> UserRepoMsg) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn UserStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            Box::pin(async move {
+                // The caller timed out or went away: do not commit what nobody will see.
+                if tx.is_closed() {
+                    return;
+                }
+                let _ = tx.send(op(store).await);
+            })
+        });
+        system::send(self.names.get(ActorKind::UserRepo), kind(job))?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Unavailable("user_repo dropped the call".into())),
+            Err(_) => Err(Error::Unavailable("user_repo call timed out".into())),
+        }
+    }
+}

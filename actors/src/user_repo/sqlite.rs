@@ -1,0 +1,381 @@
+//! The embedded SQLite store: one write connection, a pool of readers.
+//!
+//! The database runs in WAL mode with `synchronous = FULL`, so every
+//! committed write survives a crash of the process or the machine, and readers
+//! never wait for the writer. Every call runs on a blocking thread; the
+//! `UserRepo` actor makes sure only one write is in flight at a time, and
+//! writes take the lock up front (`BEGIN IMMEDIATE`) so that a busy database
+//! waits `busy_timeout_ms` and then fails cleanly instead of deadlocking.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite_migration::{M, Migrations};
+
+use super::store::{DatabaseSettings, UserStore};
+use crate::error::{Error, Result, Taken};
+use crate::model::{ActiveSession, Credentials, Invalidation, NewSession, NewUser, Session, User};
+
+/// The schema, one entry per version; never edit a released entry, append.
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("migrations/sqlite/001_initial.sql"))];
+
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+}
+
+fn pragmas(conn: &Connection, busy_timeout_ms: u64) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file, migrates it to the latest schema
+    /// and opens the reader pool. Blocking: call it from a blocking thread.
+    pub fn open(settings: &DatabaseSettings) -> Result<Self> {
+        let path = &settings.path;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let busy = settings.busy_timeout_ms;
+        let mut writer = Connection::open(path).map_err(classify)?;
+        writer
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(classify)?;
+        pragmas(&writer, busy).map_err(classify)?;
+        migrate(&mut writer)?;
+
+        let manager = SqliteConnectionManager::file(path).with_init(move |c| pragmas(c, busy));
+        let readers = r2d2::Pool::builder()
+            .max_size(settings.pool_size.max(1))
+            .connection_timeout(Duration::from_millis(busy.max(250)))
+            .build(manager)
+            .map_err(|e| Error::Unavailable(format!("sqlite reader pool: {e}")))?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers,
+        })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.readers.clone();
+        blocking(move || {
+            let conn = pool
+                .get()
+                .map_err(|e| Error::Unavailable(format!("sqlite reader pool: {e}")))?;
+            work(&conn).map_err(classify)
+        })
+        .await
+    }
+
+    /// Runs `work` in an immediate transaction on the write connection.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let writer = Arc::clone(&self.writer);
+        blocking(move || {
+            let mut conn = writer.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(classify)?;
+            let out = work(&tx).map_err(classify)?;
+            tx.commit().map_err(classify)?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("sqlite task failed: {e}")))?
+}
+
+/// Applies pending migrations. Two processes starting on one new file at the
+/// same moment race here; the loser sees the winner's schema on its next try.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let migrations = Migrations::from_slice(MIGRATIONS);
+    let mut last = None;
+    for _ in 0..20 {
+        match migrations.to_latest(conn) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        // Blocking start-up code on a blocking thread: waiting here is the point.
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    Err(Error::Unavailable(format!(
+        "sqlite migration failed: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
+
+/// Maps SQLite's errors onto ours: constraint violations on the unique
+/// indexes are domain outcomes, lock and I/O trouble is unavailability,
+/// anything else is a bug.
+fn classify(e: rusqlite::Error) -> Error {
+    if let rusqlite::Error::SqliteFailure(failure, message) = &e {
+        let message = message.as_deref().unwrap_or_default();
+        match failure.code {
+            ErrorCode::ConstraintViolation if message.contains("users_email_key") => {
+                return Error::Conflict(Taken::Email);
+            }
+            ErrorCode::ConstraintViolation if message.contains("users_username_key") => {
+                return Error::Conflict(Taken::Username);
+            }
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen
+            | ErrorCode::OutOfMemory
+            | ErrorCode::FileLockingProtocolFailed => {
+                return Error::Unavailable(format!("sqlite: {e}"));
+            }
+            _ => {}
+        }
+    }
+    Error::Internal(format!("sqlite: {e}"))
+}
+
+const USER_COLUMNS: &str = "id, email, username, is_active, created_at, updated_at";
+
+fn user_from(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        email: row.get(1)?,
+        username: row.get(2)?,
+        is_active: row.get(3)?,
+        created_at: row.get(4)?,
+        updated_at: row.get(5)?,
+    })
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create_user(&self, user: NewUser) -> Result<User> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO users (id, email, username, password_hash, is_active, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)",
+                params![user.id, user.email, user.username, user.password_hash, user.now],
+            )?;
+            Ok(User {
+                id: user.id,
+                email: user.email,
+                username: user.username,
+                is_active: true,
+                created_at: user.now,
+                updated_at: user.now,
+            })
+        })
+        .await
+    }
+
+    async fn credentials(&self, login: String) -> Result<Option<Credentials>> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS}, password_hash FROM users
+                 WHERE lower(username) = ?1 OR lower(email) = ?1"
+            ))?
+            .query_row([login.to_lowercase()], |row| {
+                Ok(Credentials {
+                    user: user_from(row)?,
+                    password_hash: row.get(6)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn create_session(&self, s: NewSession, rehash: Option<String>) -> Result<Session> {
+        self.write(move |tx| {
+            if let Some(hash) = rehash {
+                tx.execute(
+                    "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                    params![s.user_id, hash],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
+                                       expires_at, absolute_expires_at, ip, user_agent)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    s.id,
+                    s.user_id,
+                    s.refresh_digest,
+                    s.now,
+                    s.expires_at,
+                    s.absolute_expires_at,
+                    s.ip,
+                    s.user_agent
+                ],
+            )?;
+            Ok(Session {
+                id: s.id,
+                user_id: s.user_id,
+                created_at: s.now,
+                last_used_at: s.now,
+                expires_at: s.expires_at,
+                ip: s.ip,
+                user_agent: s.user_agent,
+            })
+        })
+        .await
+    }
+
+    async fn active_session(&self, session_id: String, now: i64) -> Result<Option<ActiveSession>> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT s.user_id, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.is_active = 1",
+            )?
+            .query_row(params![session_id, now], |row| {
+                Ok(ActiveSession {
+                    session_id: session_id.clone(),
+                    user_id: row.get(0)?,
+                    expires_at: row.get(1)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn user(&self, user_id: String) -> Result<Option<User>> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+                .query_row([user_id], user_from)
+                .optional()
+        })
+        .await
+    }
+
+    async fn invalidations_since(&self, cursor: i64) -> Result<(Vec<Invalidation>, i64)> {
+        self.read(move |conn| {
+            if cursor == 0 {
+                let head: i64 =
+                    conn.query_row("SELECT coalesce(max(seq), 0) FROM invalidations", [], |r| {
+                        r.get(0)
+                    })?;
+                return Ok((Vec::new(), head.max(1)));
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, user_id, session_id FROM invalidations WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let mut next = cursor;
+            let rows = stmt
+                .query_map([cursor], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        Invalidation {
+                            user_id: row.get(1)?,
+                            session_id: row.get(2)?,
+                        },
+                    ))
+                })?
+                .map(|r| {
+                    r.map(|(seq, inv)| {
+                        next = next.max(seq);
+                        inv
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((rows, next))
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let writer = Arc::clone(&self.writer);
+        blocking(move || {
+            writer
+                .lock()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(classify)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&DatabaseSettings {
+            path: dir.path().join("nested/dir/test.db"),
+            ..DatabaseSettings::default()
+        })
+        .unwrap()
+    }
+
+    fn new_user(id: &str, email: &str, username: &str) -> NewUser {
+        NewUser {
+            id: id.into(),
+            email: email.into(),
+            username: username.into(),
+            password_hash: "$scrypt$x".into(),
+            now: 1_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn unique_ignoring_case_and_lookup_by_either_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        s.create_user(new_user("u1", "a@example.com", "Alice")).await.unwrap();
+        assert!(matches!(
+            s.create_user(new_user("u2", "a@example.com", "bob")).await,
+            Err(Error::Conflict(Taken::Email))
+        ));
+        assert!(matches!(
+            s.create_user(new_user("u3", "b@example.com", "ALICE")).await,
+            Err(Error::Conflict(Taken::Username))
+        ));
+        for login in ["alice", "ALICE", "A@Example.com"] {
+            let c = s.credentials(login.into()).await.unwrap().unwrap();
+            assert_eq!(c.user.id, "u1");
+        }
+        assert!(s.credentials("nobody".into()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        store(&dir).create_user(new_user("u1", "a@example.com", "alice")).await.unwrap();
+        let again = store(&dir);
+        assert_eq!(again.user("u1".into()).await.unwrap().unwrap().username, "alice");
+    }
+
+    #[tokio::test]
+    async fn a_held_write_lock_makes_writes_unavailable_not_internal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&DatabaseSettings {
+            path: dir.path().join("t.db"),
+            busy_timeout_ms: 50,
+            ..DatabaseSettings::default()
+        })
+        .unwrap();
+        let blocker = Connection::open(dir.path().join("t.db")).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let err = s.create_user(new_user("u1", "a@example.com", "alice")).await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        // Readers are not blocked by a writer in WAL mode.
+        assert!(s.user("u1".into()).await.unwrap().is_none());
+        blocker.execute_batch("COMMIT").unwrap();
+        s.create_user(new_user("u1", "a@example.com", "alice")).await.unwrap();
+    }
+}

@@ -1,0 +1,70 @@
+//! The storage interface behind the `UserRepo` actor, and the `[database]` settings.
+//!
+//! Each method is one statement or one transaction. Implementations map
+//! their driver's errors onto [`Error`]: unique violations on email or
+//! username become [`Error::Conflict`] (a domain outcome), busy or
+//! unreachable databases become [`Error::Unavailable`] (what the breaker
+//! counts), and nothing of the driver's text ever leaves as more than a log line.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::error::Result;
+use crate::model::{ActiveSession, Credentials, Invalidation, NewSession, NewUser, Session, User};
+
+/// The `[database]` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// SQLite file; its parent directories are created.
+    pub path: PathBuf,
+    /// `postgres://…` selects PostgreSQL instead of the SQLite file.
+    pub url: String,
+    /// PostgreSQL statement timeout.
+    pub statement_timeout_ms: u64,
+    /// Read connections.
+    pub pool_size: u32,
+    /// How long SQLite waits for a lock before giving up.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("gatehouse.db"),
+            url: String::new(),
+            statement_timeout_ms: 2_000,
+            pool_size: 4,
+            busy_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Where users and sessions live.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Inserts a user; `Conflict` when the email or username is taken (ignoring case).
+    async fn create_user(&self, user: NewUser) -> Result<User>;
+
+    /// The user whose username or email is `login` (ignoring case), with their hash.
+    async fn credentials(&self, login: String) -> Result<Option<Credentials>>;
+
+    /// Creates a session; when `rehash` is given, replaces the user's password
+    /// hash in the same transaction (parameters were upgraded).
+    async fn create_session(&self, session: NewSession, rehash: Option<String>) -> Result<Session>;
+
+    /// The session if it is neither revoked nor expired and its user is active.
+    async fn active_session(&self, session_id: String, now: i64) -> Result<Option<ActiveSession>>;
+
+    /// A user by id, active or not.
+    async fn user(&self, user_id: String) -> Result<Option<User>>;
+
+    /// Invalidations recorded after `cursor`, and the cursor to ask with next.
+    /// `cursor` 0 means "from now on".
+    async fn invalidations_since(&self, cursor: i64) -> Result<(Vec<Invalidation>, i64)>;
+
+    /// Flushes everything to durable storage; called once at shutdown.
+    async fn close(&self) -> Result<()>;
+}
