@@ -1,1 +1,95 @@
-fn main(){}
+//! The `gatehouse` binary: command line → configuration → tracing → [`gatehouse::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gatehouse::{config, telemetry};
+
+/// Gatehouse, an authentication service.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, env = "GATEHOUSE_CONFIG", default_value = "config.toml")]
+    config: PathBuf,
+    /// Load and validate the configuration, report, and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Exit code for an invalid configuration.
+const INVALID_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let loaded = match config::load(&args.config) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("invalid configuration: {problem}");
+            }
+            return ExitCode::from(INVALID_CONFIG);
+        }
+    };
+    if args.check_config {
+        for warning in &loaded.warnings {
+            eprintln!("warning: {warning}");
+        }
+        println!("configuration {} is valid", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = telemetry::init_tracing(&loaded.config.logging) {
+        eprintln!("cannot start logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let prometheus = telemetry::init_metrics().map_err(|e| format!("metrics: {e}"))?;
+        gatehouse::run(loaded, prometheus, shutdown_signal()).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(target: telemetry::LIFECYCLE, "{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {},
+                    _ = terminate.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!(target: telemetry::LIFECYCLE, "shutdown signal received");
+}

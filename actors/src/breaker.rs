@@ -176,7 +176,9 @@ impl CircuitBreaker {
         if self.state == BreakerState::Open {
             match self.next_attempt {
                 Some(at) if now < at => return (Err(clock::seconds_until(now, at)), None),
-                _ => transition = Some(self.move_to(BreakerState::HalfOpen, "reset timeout elapsed")),
+                _ => {
+                    transition = Some(self.move_to(BreakerState::HalfOpen, "reset timeout elapsed"))
+                }
             }
         }
         let trial = self.state == BreakerState::HalfOpen;
@@ -254,7 +256,12 @@ impl BreakerBoard {
 
     /// Every breaker, in a stable order.
     pub fn all(&self) -> Vec<(BreakerId, BreakerSnapshot)> {
-        let mut all: Vec<_> = self.snapshots.read().iter().map(|(k, v)| (*k, *v)).collect();
+        let mut all: Vec<_> = self
+            .snapshots
+            .read()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
         all.sort_by_key(|(id, _)| *id);
         all
     }
@@ -517,7 +524,10 @@ mod tests {
         let t = call(&mut b, 10, Outcome::Failure).unwrap();
         assert_eq!((t.from, t.to), (BreakerState::Closed, BreakerState::Open));
         let s = b.snapshot();
-        assert_eq!((s.failure_count, s.last_failure, s.next_attempt), (3, Some(10), Some(1_010)));
+        assert_eq!(
+            (s.failure_count, s.last_failure, s.next_attempt),
+            (3, Some(10), Some(1_010))
+        );
     }
 
     #[test]
@@ -529,7 +539,11 @@ mod tests {
         let mut long = breaker(1, 1);
         long.settings.reset_timeout_ms = 30_000;
         call(&mut long, 0, Outcome::Failure);
-        assert_eq!(long.admit(DB, 500).0, Err(30), "rounded up to whole seconds");
+        assert_eq!(
+            long.admit(DB, 500).0,
+            Err(30),
+            "rounded up to whole seconds"
+        );
         let (permit, t) = b.admit(DB, 1_000);
         assert!(permit.unwrap().trial);
         assert_eq!(t.unwrap().to, BreakerState::HalfOpen);
@@ -548,9 +562,15 @@ mod tests {
         let mut b = breaker(1, 1);
         call(&mut b, 0, Outcome::Failure);
         let t = call(&mut b, 1_000, Outcome::Success).unwrap();
-        assert_eq!((t.from, t.to), (BreakerState::HalfOpen, BreakerState::Closed));
+        assert_eq!(
+            (t.from, t.to),
+            (BreakerState::HalfOpen, BreakerState::Closed)
+        );
         let s = b.snapshot();
-        assert_eq!((s.state, s.failure_count, s.next_attempt), (BreakerState::Closed, 0, None));
+        assert_eq!(
+            (s.state, s.failure_count, s.next_attempt),
+            (BreakerState::Closed, 0, None)
+        );
     }
 
     #[test]

@@ -193,7 +193,12 @@ impl Gatehouse {
                     cache: Arc::clone(&cache),
                 },
             ),
-            child(ActorKind::TokenIssuer, &names, || TokenIssuer, Arc::clone(&keys)),
+            child(
+                ActorKind::TokenIssuer,
+                &names,
+                || TokenIssuer,
+                Arc::clone(&keys),
+            ),
             child(
                 ActorKind::Metrics,
                 &names,
@@ -310,7 +315,12 @@ impl Gatehouse {
         };
         let user = inner
             .breakers
-            .run(BreakerId::Database, inner.repo.write(move |s| async move { s.create_user(new).await }))
+            .run(
+                BreakerId::Database,
+                inner
+                    .repo
+                    .write(move |s| async move { s.create_user(new).await }),
+            )
             .await?;
         inner.metrics.registration();
         tracing::info!(event = "user.registered", user_id = %user.id, "account created");
@@ -335,8 +345,12 @@ impl Gatehouse {
 
         let mut call = inner.breakers.admit(BreakerId::Database).await?;
         let lookup = name.clone();
-        let found = call
-            .track(inner.repo.read(move |s| async move { s.credentials(lookup).await }).await)?;
+        let found = call.track(
+            inner
+                .repo
+                .read(move |s| async move { s.credentials(lookup).await })
+                .await,
+        )?;
         let (stored, user) = match found {
             Some(c) => (Some(c.password_hash), Some(c.user)),
             None => (None, None),
@@ -406,24 +420,31 @@ impl Gatehouse {
     async fn attempt(&self, login: &str) -> Result<AttemptDecision> {
         let name = self.inner.names.get(ActorKind::RateLimiter);
         let login = login.to_owned();
-        match system::call(name, self.inner.call_timeout, |reply| RateLimiterMsg::Attempt {
-            login,
-            reply,
+        match system::call(name, self.inner.call_timeout, |reply| {
+            RateLimiterMsg::Attempt { login, reply }
         })
         .await
         {
             Ok(decision) => Ok(decision),
-            Err(e) => self.limiter_unavailable(e).map(|()| AttemptDecision::Allowed),
+            Err(e) => self
+                .limiter_unavailable(e)
+                .map(|()| AttemptDecision::Allowed),
         }
     }
 
-    async fn issue(&self, user_id: &str, session_id: &str) -> Result<crate::token_issuer::IssuedTokens> {
+    async fn issue(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<crate::token_issuer::IssuedTokens> {
         let name = self.inner.names.get(ActorKind::TokenIssuer);
         let (user_id, session_id) = (user_id.to_owned(), session_id.to_owned());
-        system::call(name, self.inner.call_timeout, |reply| TokenIssuerMsg::Issue {
-            user_id,
-            session_id,
-            reply,
+        system::call(name, self.inner.call_timeout, |reply| {
+            TokenIssuerMsg::Issue {
+                user_id,
+                session_id,
+                reply,
+            }
         })
         .await?
     }
@@ -442,7 +463,9 @@ impl Gatehouse {
                     .breakers
                     .run(
                         BreakerId::Database,
-                        inner.repo.read(move |s| async move { s.active_session(sid, now).await }),
+                        inner
+                            .repo
+                            .read(move |s| async move { s.active_session(sid, now).await }),
                     )
                     .await?
                     .ok_or(Error::SessionRevoked)?;
@@ -470,7 +493,10 @@ impl Gatehouse {
         let id = who.user_id.clone();
         let user = inner
             .breakers
-            .run(BreakerId::Database, inner.repo.read(move |s| async move { s.user(id).await }))
+            .run(
+                BreakerId::Database,
+                inner.repo.read(move |s| async move { s.user(id).await }),
+            )
             .await?
             .filter(|u| u.is_active)
             .ok_or(Error::SessionRevoked)?;
@@ -565,7 +591,14 @@ mod tests {
         for ok in ["abc", "Alice_01", "a.b-c", &"x".repeat(32)] {
             assert!(username_problem(ok).is_none(), "{ok}");
         }
-        for bad in ["ab", &"x".repeat(33), "has space", "émile", "semi;colon", ""] {
+        for bad in [
+            "ab",
+            &"x".repeat(33),
+            "has space",
+            "émile",
+            "semi;colon",
+            "",
+        ] {
             assert!(username_problem(bad).is_some(), "{bad}");
         }
     }
@@ -575,7 +608,14 @@ mod tests {
         for ok in ["a@example.com", "first.last+tag@sub.example.org"] {
             assert!(email_problem(ok).is_none(), "{ok}");
         }
-        for bad in ["", "plain", "a@b", "Name <a@example.com>", "a@[127.0.0.1]", "@example.com"] {
+        for bad in [
+            "",
+            "plain",
+            "a@b",
+            "Name <a@example.com>",
+            "a@[127.0.0.1]",
+            "@example.com",
+        ] {
             assert!(email_problem(bad).is_some(), "{bad}");
         }
         let long = format!("{}@example.com", "a".repeat(250));

@@ -46,4 +46,6 @@ pub mod token_issuer;
 pub mod user_repo;
 
 pub use error::{Error, FieldError, RateLimitInfo, Result, Taken};
-pub use gatehouse::{Gatehouse, HealthStatus, LoginRequest, Principal, Registration, Settings, Tokens};
+pub use gatehouse::{
+    Gatehouse, HealthStatus, LoginRequest, Principal, Registration, Settings, Tokens,
+};

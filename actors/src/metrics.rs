@@ -84,8 +84,12 @@ impl Tally {
 
 /// Messages the `Metrics` actor accepts.
 pub enum MetricsMsg {
-    Request { latency_ms: f64 },
-    Login { success: bool },
+    Request {
+        latency_ms: f64,
+    },
+    Login {
+        success: bool,
+    },
     Registration,
     RateLimited,
     Summary(RpcReplyPort<Summary>),
@@ -159,7 +163,13 @@ impl MetricsHandle {
     }
 
     /// One answered HTTP request; `route` is the template, never the raw path.
-    pub fn request(&self, method: &'static str, route: &'static str, status: u16, latency: Duration) {
+    pub fn request(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        latency: Duration,
+    ) {
         let status = status_label(status);
         metrics::counter!("gatehouse_http_requests_total",
             "method" => method, "route" => route, "status" => status)
@@ -189,7 +199,12 @@ impl MetricsHandle {
     }
 
     pub async fn summary(&self) -> Result<Summary> {
-        system::call(self.names.get(ActorKind::Metrics), self.timeout, MetricsMsg::Summary).await
+        system::call(
+            self.names.get(ActorKind::Metrics),
+            self.timeout,
+            MetricsMsg::Summary,
+        )
+        .await
     }
 }
 
@@ -228,6 +243,9 @@ mod tests {
         }
         let p = t.summary(Duration::from_secs(3)).latency_ms;
         assert_eq!((p.p50, p.p95, p.p99), (50.0, 95.0, 99.0));
-        assert_eq!(Tally::default().summary(Duration::ZERO).latency_ms, Percentiles::default());
+        assert_eq!(
+            Tally::default().summary(Duration::ZERO).latency_ms,
+            Percentiles::default()
+        );
     }
 }

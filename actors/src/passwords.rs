@@ -228,12 +228,25 @@ mod tests {
         let check = |pw: &str| p.check_policy(pw, "alice_01", "alice@example.com");
         assert!(check("correct horse battery").is_none());
         assert!(check("short1").unwrap().message.contains("at least 8"));
-        assert!(check(&"x".repeat(129)).unwrap().message.contains("at most 128"));
+        assert!(
+            check(&"x".repeat(129))
+                .unwrap()
+                .message
+                .contains("at most 128")
+        );
         for common in ["password123", "12345678", "qwerty123", "PASSWORD123"] {
-            assert!(check(common).unwrap().message.contains("common"), "{common}");
+            assert!(
+                check(common).unwrap().message.contains("common"),
+                "{common}"
+            );
         }
         assert!(check("ALICE_01").unwrap().message.contains("same as"));
-        assert!(check("Alice@Example.com").unwrap().message.contains("same as"));
+        assert!(
+            check("Alice@Example.com")
+                .unwrap()
+                .message
+                .contains("same as")
+        );
         // Length counts characters, not bytes.
         assert!(check("ééééééé").unwrap().message.contains("at least 8"));
         assert!(check("éééééééé").is_none());
@@ -261,7 +274,13 @@ mod tests {
             .verify(SecretString::from("s3cret-enough"), Some(hash.clone()))
             .await
             .unwrap();
-        assert_eq!(good, Verification { matches: true, needs_rehash: false });
+        assert_eq!(
+            good,
+            Verification {
+                matches: true,
+                needs_rehash: false
+            }
+        );
         let bad = p
             .verify(SecretString::from("wrong"), Some(hash))
             .await
@@ -272,7 +291,10 @@ mod tests {
     #[tokio::test]
     async fn unknown_user_never_matches_and_old_params_want_rehash() {
         let p = fast();
-        let none = p.verify(SecretString::from("anything"), None).await.unwrap();
+        let none = p
+            .verify(SecretString::from("anything"), None)
+            .await
+            .unwrap();
         assert!(!none.matches);
 
         let old = Passwords::new(PasswordSettings {
@@ -281,7 +303,16 @@ mod tests {
         })
         .unwrap();
         let hash = old.hash(SecretString::from("s3cret-enough")).await.unwrap();
-        let v = p.verify(SecretString::from("s3cret-enough"), Some(hash)).await.unwrap();
-        assert_eq!(v, Verification { matches: true, needs_rehash: true });
+        let v = p
+            .verify(SecretString::from("s3cret-enough"), Some(hash))
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Verification {
+                matches: true,
+                needs_rehash: true
+            }
+        );
     }
 }

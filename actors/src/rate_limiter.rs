@@ -161,9 +161,9 @@ impl Window {
         let info = RateLimitInfo {
             limit: self.limit,
             remaining: self.limit.saturating_sub(used),
-            reset_s: hits
-                .front()
-                .map_or(0, |&oldest| clock::seconds_until(now, oldest + self.window_ms)),
+            reset_s: hits.front().map_or(0, |&oldest| {
+                clock::seconds_until(now, oldest + self.window_ms)
+            }),
         };
         if allowed { Ok(info) } else { Err(info) }
     }
@@ -186,7 +186,10 @@ struct Strikes {
 pub enum AttemptDecision {
     Allowed,
     /// Locked; `first` is true for the first refusal of this lock (log it once).
-    Locked { retry_after_s: u64, first: bool },
+    Locked {
+        retry_after_s: u64,
+        first: bool,
+    },
 }
 
 /// The per-account throttle's rules.
@@ -248,7 +251,12 @@ impl MemoryLimiter {
                     first,
                 };
             }
-            Some(_) => *entry = Strikes { last_seen: now, ..Strikes::default() },
+            Some(_) => {
+                *entry = Strikes {
+                    last_seen: now,
+                    ..Strikes::default()
+                }
+            }
             None => {}
         }
         entry.attempts += 1;
@@ -271,9 +279,8 @@ impl MemoryLimiter {
                 .is_some_and(|&t| t > now.saturating_sub(routes.window(*class).window_ms))
         });
         let idle = now.saturating_sub(self.throttle.lockout_ms);
-        self.strikes.retain(|_, s| {
-            s.locked_until.is_some_and(|until| until > now) || s.last_seen > idle
-        });
+        self.strikes
+            .retain(|_, s| s.locked_until.is_some_and(|until| until > now) || s.last_seen > idle);
         self.windows.shrink_to_fit();
         self.strikes.shrink_to_fit();
     }
@@ -358,7 +365,11 @@ impl Actor for RateLimiter {
         args: RateLimiterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(SWEEP_EVERY, || RateLimiterMsg::Sweep);
-        Ok(MemoryLimiter::new(args.routes, args.throttle, args.max_keys))
+        Ok(MemoryLimiter::new(
+            args.routes,
+            args.throttle,
+            args.max_keys,
+        ))
     }
 
     async fn handle(
@@ -374,7 +385,11 @@ impl Actor for RateLimiter {
                 client,
                 reply,
             } => {
-                let _ = reply.send(limiter.check(class, client, now).map_err(Error::RateLimited));
+                let _ = reply.send(
+                    limiter
+                        .check(class, client, now)
+                        .map_err(Error::RateLimited),
+                );
             }
             RateLimiterMsg::Attempt { login, reply } => {
                 let _ = reply.send(limiter.attempt(&login, now));
@@ -408,9 +423,23 @@ mod tests {
         let w = window(3, 60);
         let mut hits = VecDeque::new();
         let r: Vec<_> = (0..4).map(|i| w.decide(&mut hits, i * 1000)).collect();
-        assert_eq!(r[0], Ok(RateLimitInfo { limit: 3, remaining: 2, reset_s: 60 }));
+        assert_eq!(
+            r[0],
+            Ok(RateLimitInfo {
+                limit: 3,
+                remaining: 2,
+                reset_s: 60
+            })
+        );
         assert_eq!(r[2].unwrap().remaining, 0);
-        assert_eq!(r[3], Err(RateLimitInfo { limit: 3, remaining: 0, reset_s: 57 }));
+        assert_eq!(
+            r[3],
+            Err(RateLimitInfo {
+                limit: 3,
+                remaining: 0,
+                reset_s: 57
+            })
+        );
         assert_eq!(hits.len(), 3, "refused requests are not recorded");
     }
 
@@ -425,7 +454,10 @@ mod tests {
         }
         assert!(w.decide(&mut hits, 60_100).is_err());
         assert!(w.decide(&mut hits, 118_999).is_err());
-        assert!(w.decide(&mut hits, 119_000).is_ok(), "the first hit left the window");
+        assert!(
+            w.decide(&mut hits, 119_000).is_ok(),
+            "the first hit left the window"
+        );
         assert!(w.decide(&mut hits, 119_001).is_err());
     }
 
@@ -443,7 +475,10 @@ mod tests {
             }
         }
         for (i, &start) in allowed.iter().enumerate() {
-            let inside = allowed[i..].iter().take_while(|&&x| x < start + w.window_ms).count();
+            let inside = allowed[i..]
+                .iter()
+                .take_while(|&&x| x < start + w.window_ms)
+                .count();
             assert!(inside <= 5, "{inside} hits in the window from {start}");
         }
         assert!(allowed.len() > 100);
@@ -476,11 +511,17 @@ mod tests {
         }
         assert_eq!(
             l.attempt("alice", 1_000),
-            AttemptDecision::Locked { retry_after_s: 299, first: true }
+            AttemptDecision::Locked {
+                retry_after_s: 299,
+                first: true
+            }
         );
         assert_eq!(
             l.attempt("alice", 2_000),
-            AttemptDecision::Locked { retry_after_s: 298, first: false }
+            AttemptDecision::Locked {
+                retry_after_s: 298,
+                first: false
+            }
         );
         assert_eq!(l.attempt("bob", 2_000), AttemptDecision::Allowed);
         // After the lockout the name starts afresh.
@@ -490,7 +531,10 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(l.attempt("alice", 300_002), AttemptDecision::Allowed);
         }
-        assert!(matches!(l.attempt("alice", 300_003), AttemptDecision::Locked { .. }));
+        assert!(matches!(
+            l.attempt("alice", 300_003),
+            AttemptDecision::Locked { .. }
+        ));
     }
 
     #[test]
@@ -514,7 +558,13 @@ mod tests {
     #[test]
     fn config_overrides_one_field_and_keeps_class_defaults() {
         let limits: RouteLimits = serde_json::from_str(r#"{"login": {"window_s": 30}}"#).unwrap();
-        assert_eq!(limits.window(RouteClass::Login), Window { limit: 5, window_ms: 30_000 });
+        assert_eq!(
+            limits.window(RouteClass::Login),
+            Window {
+                limit: 5,
+                window_ms: 30_000
+            }
+        );
         assert_eq!(limits.window(RouteClass::Default).limit, 300);
         assert!(serde_json::from_str::<RouteLimits>(r#"{"logn": {}}"#).is_err());
     }

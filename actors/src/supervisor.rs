@@ -126,15 +126,24 @@ impl Supervisor {
     }
 
     /// A child is down: restart it, unless it has used up its restarts.
-    async fn restart(myself: &ActorRef<SupervisorMsg>, kind: ActorKind, state: &mut SupervisorState) {
+    async fn restart(
+        myself: &ActorRef<SupervisorMsg>,
+        kind: ActorKind,
+        state: &mut SupervisorState,
+    ) {
         let now = Instant::now();
         let window = state.policy.window;
         let history = state.restarts.entry(kind).or_default();
-        while history.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while history
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             history.pop_front();
         }
         if history.len() >= state.policy.max_restarts {
-            state.board.update(kind, |r| r.status = ActorStatus::Stopped);
+            state
+                .board
+                .update(kind, |r| r.status = ActorStatus::Stopped);
             tracing::error!(
                 event = "actor.escalated",
                 actor = kind.name(),
@@ -145,7 +154,9 @@ impl Supervisor {
             return;
         }
         history.push_back(now);
-        state.board.update(kind, |r| r.status = ActorStatus::Restarting);
+        state
+            .board
+            .update(kind, |r| r.status = ActorStatus::Restarting);
         let Some(spawn) = state.children.get(&kind).cloned() else {
             return;
         };
@@ -157,7 +168,11 @@ impl Supervisor {
                 });
                 metrics::counter!("gatehouse_actor_restarts_total", "actor" => kind.name())
                     .increment(1);
-                tracing::warn!(event = "actor.restarted", actor = kind.name(), "actor restarted");
+                tracing::warn!(
+                    event = "actor.restarted",
+                    actor = kind.name(),
+                    "actor restarted"
+                );
             }
             Err(e) => {
                 tracing::error!(actor = kind.name(), error = %e, "actor failed to restart; retrying");
@@ -180,7 +195,8 @@ impl Actor for Supervisor {
         let mut children = HashMap::new();
         for child in args.children {
             (child.spawn)(myself.get_cell()).await?;
-            args.board.update(child.kind, |r| r.status = ActorStatus::Running);
+            args.board
+                .update(child.kind, |r| r.status = ActorStatus::Running);
             metrics::counter!("gatehouse_actor_restarts_total", "actor" => child.kind.name())
                 .absolute(0);
             children.insert(child.kind, child.spawn);
@@ -199,7 +215,9 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         _state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        myself.stop_children_and_wait(None, Some(Duration::from_secs(5))).await;
+        myself
+            .stop_children_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
         Ok(())
     }
 

@@ -343,7 +343,10 @@ mod tests {
     fn future_nbf_is_refused() {
         let k = keys();
         let (token, _) = k.sign("u1", "s1", NOW + 60).unwrap();
-        assert!(matches!(k.verify(token.expose_secret(), NOW), Err(Error::InvalidToken)));
+        assert!(matches!(
+            k.verify(token.expose_secret(), NOW),
+            Err(Error::InvalidToken)
+        ));
         assert!(k.verify(token.expose_secret(), NOW + 55).is_ok());
     }
 
@@ -381,10 +384,23 @@ mod tests {
         let cases = [
             ("alg none", none),
             ("wrong key", forge(hs256(), claims(NOW), &[b'x'; 32])),
-            ("HS512", forge(json!({"alg": "HS512", "typ": "JWT"}), claims(NOW), &key)),
-            ("typ", forge(json!({"alg": "HS256", "typ": "at+jwt"}), claims(NOW), &key)),
+            (
+                "HS512",
+                forge(json!({"alg": "HS512", "typ": "JWT"}), claims(NOW), &key),
+            ),
+            (
+                "typ",
+                forge(json!({"alg": "HS256", "typ": "at+jwt"}), claims(NOW), &key),
+            ),
             ("no typ", forge(json!({"alg": "HS256"}), claims(NOW), &key)),
-            ("crit", forge(json!({"alg": "HS256", "typ": "JWT", "crit": ["exp"]}), claims(NOW), &key)),
+            (
+                "crit",
+                forge(
+                    json!({"alg": "HS256", "typ": "JWT", "crit": ["exp"]}),
+                    claims(NOW),
+                    &key,
+                ),
+            ),
             ("iss", forge(hs256(), wrong_iss, &key)),
             ("aud", forge(hs256(), wrong_aud, &key)),
             ("kind", forge(hs256(), refresh_kind, &key)),
@@ -392,10 +408,20 @@ mod tests {
             ("tampered", tampered),
             ("garbage", "not.a.jwt".into()),
             ("oversized", "a".repeat(MAX_TOKEN_BYTES + 1)),
-            ("refresh token", RefreshToken::generate().unwrap().token.expose_secret().to_owned()),
+            (
+                "refresh token",
+                RefreshToken::generate()
+                    .unwrap()
+                    .token
+                    .expose_secret()
+                    .to_owned(),
+            ),
         ];
         for (name, token) in cases {
-            assert!(matches!(k.verify(&token, NOW), Err(Error::InvalidToken)), "{name}");
+            assert!(
+                matches!(k.verify(&token, NOW), Err(Error::InvalidToken)),
+                "{name}"
+            );
         }
     }
 

@@ -130,7 +130,10 @@ mod tests {
         assert!(c.session("s1", 0).is_none(), "never polled");
         c.polled(100, 1);
         assert!(c.session("s1", 500).is_some());
-        assert!(c.session("s1", 100 + TRUST_FOR_MS).is_none(), "poll too old");
+        assert!(
+            c.session("s1", 100 + TRUST_FOR_MS).is_none(),
+            "poll too old"
+        );
         assert!(c.session("s1", 9_999).is_none());
     }
 
@@ -152,13 +155,19 @@ mod tests {
         for (s, u) in [("s1", "u1"), ("s2", "u1"), ("s3", "u2")] {
             c.put_session(session(s, u), before);
         }
-        c.invalidate(&Invalidation { user_id: "u1".into(), session_id: Some("s1".into()) });
+        c.invalidate(&Invalidation {
+            user_id: "u1".into(),
+            session_id: Some("s1".into()),
+        });
         assert!(c.session("s1", 1).is_none());
         assert!(c.session("s2", 1).is_some());
         // A lookup that read the database before the revocation must not resurrect it.
         c.put_session(session("s1", "u1"), before);
         assert!(c.session("s1", 1).is_none());
-        c.invalidate(&Invalidation { user_id: "u1".into(), session_id: None });
+        c.invalidate(&Invalidation {
+            user_id: "u1".into(),
+            session_id: None,
+        });
         assert!(c.session("s2", 1).is_none());
         assert!(c.session("s3", 1).is_some());
     }

@@ -96,7 +96,9 @@ impl SqliteStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Internal(format!("sqlite task failed: {e}")))?
@@ -336,13 +338,16 @@ mod tests {
     async fn unique_ignoring_case_and_lookup_by_either_name() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir);
-        s.create_user(new_user("u1", "a@example.com", "Alice")).await.unwrap();
+        s.create_user(new_user("u1", "a@example.com", "Alice"))
+            .await
+            .unwrap();
         assert!(matches!(
             s.create_user(new_user("u2", "a@example.com", "bob")).await,
             Err(Error::Conflict(Taken::Email))
         ));
         assert!(matches!(
-            s.create_user(new_user("u3", "b@example.com", "ALICE")).await,
+            s.create_user(new_user("u3", "b@example.com", "ALICE"))
+                .await,
             Err(Error::Conflict(Taken::Username))
         ));
         for login in ["alice", "ALICE", "A@Example.com"] {
@@ -355,9 +360,15 @@ mod tests {
     #[tokio::test]
     async fn reopening_keeps_data_and_schema() {
         let dir = tempfile::tempdir().unwrap();
-        store(&dir).create_user(new_user("u1", "a@example.com", "alice")).await.unwrap();
+        store(&dir)
+            .create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
         let again = store(&dir);
-        assert_eq!(again.user("u1".into()).await.unwrap().unwrap().username, "alice");
+        assert_eq!(
+            again.user("u1".into()).await.unwrap().unwrap().username,
+            "alice"
+        );
     }
 
     #[tokio::test]
@@ -371,11 +382,16 @@ mod tests {
         .unwrap();
         let blocker = Connection::open(dir.path().join("t.db")).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let err = s.create_user(new_user("u1", "a@example.com", "alice")).await.unwrap_err();
+        let err = s
+            .create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
         // Readers are not blocked by a writer in WAL mode.
         assert!(s.user("u1".into()).await.unwrap().is_none());
         blocker.execute_batch("COMMIT").unwrap();
-        s.create_user(new_user("u1", "a@example.com", "alice")).await.unwrap();
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
     }
 }

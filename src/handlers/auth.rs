@@ -1,0 +1,128 @@
+//! `/api/v1/auth/*`: registration, login.
+
+use gatehouse_actors::{LoginRequest, Registration, Tokens};
+use hyper::body::Incoming;
+use hyper::header::USER_AGENT;
+use hyper::{Request, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::http::body::{self, FORM, JSON};
+use crate::http::{AppState, Ctx, HttpResponse, json};
+
+/// Longest `User-Agent` kept with a session.
+const MAX_USER_AGENT: usize = 512;
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    email: Option<String>,
+    username: Option<String>,
+    password: Option<SecretString>,
+}
+
+pub async fn register(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    body::expect_media_type(req.headers(), &[JSON])?;
+    let (parts, incoming) = req.into_parts();
+    let bytes = body::read(incoming, &parts.headers, state.max_body_bytes).await?;
+    let RegisterBody {
+        email,
+        username,
+        password,
+    } = body::json(&bytes)?;
+    let (email, username, password) = match (email, username, password) {
+        (Some(email), Some(username), Some(password)) => (email, username, password),
+        (email, username, password) => {
+            return Err(body::missing(&[
+                ("email", email.is_none()),
+                ("username", username.is_none()),
+                ("password", password.is_none()),
+            ]));
+        }
+    };
+    let user = state
+        .gatehouse
+        .register(Registration {
+            email,
+            username,
+            password,
+        })
+        .await?;
+    json(StatusCode::CREATED, &user)
+}
+
+/// The login body, as JSON or as an OAuth2 password-grant form.
+#[derive(Deserialize)]
+struct LoginBody {
+    username: Option<String>,
+    password: Option<SecretString>,
+    grant_type: Option<String>,
+}
+
+pub async fn login(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let media = body::expect_media_type(req.headers(), &[JSON, FORM])?;
+    let (parts, incoming) = req.into_parts();
+    let bytes = body::read(incoming, &parts.headers, state.max_body_bytes).await?;
+    let LoginBody {
+        username,
+        password,
+        grant_type,
+    } = if media == FORM {
+        body::form(&bytes)?
+    } else {
+        body::json(&bytes)?
+    };
+    if grant_type.as_deref().is_some_and(|g| g != "password") {
+        return Err(
+            gatehouse_actors::Error::validation("grant_type", "must be \"password\"").into(),
+        );
+    }
+    let (login, password) = match (username, password) {
+        (Some(login), Some(password)) => (login, password),
+        (login, password) => {
+            return Err(body::missing(&[
+                ("username", login.is_none()),
+                ("password", password.is_none()),
+            ]));
+        }
+    };
+    let user_agent = parts
+        .headers
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    let tokens = state
+        .gatehouse
+        .login(LoginRequest {
+            login,
+            password,
+            ip: ctx.client,
+            user_agent,
+        })
+        .await?;
+    json(StatusCode::OK, &TokenBody::from(&tokens))
+}
+
+/// The contract's token response.
+#[derive(Serialize)]
+pub struct TokenBody<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+    refresh_token: &'a str,
+}
+
+impl<'a> From<&'a Tokens> for TokenBody<'a> {
+    fn from(t: &'a Tokens) -> Self {
+        Self {
+            access_token: t.access_token.expose_secret(),
+            token_type: "bearer",
+            expires_in: t.expires_in,
+            refresh_token: t.refresh_token.expose_secret(),
+        }
+    }
+}

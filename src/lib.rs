@@ -1,0 +1,96 @@
+//! # Gatehouse
+//!
+//! An authentication service: register, log in, hold sessions, change
+//! credentials. This crate is the HTTP front end and the binary; the actors
+//! that do the work live in the `gatehouse-actors` crate.
+//!
+//! ## Layout
+//!
+//! * [`config`]: typed configuration, file + environment overlay, validation.
+//! * [`server`]: accept loop, connection limits and timeouts, graceful shutdown.
+//! * [`router`]: the route table, 404 / 405.
+//! * [`http`]: the request pipeline, bodies, headers, client IP.
+//! * [`handlers`]: one module per route group, thin.
+//! * [`error`]: every failure and its contract code, mapped in one place.
+//! * [`telemetry`]: the tracing subscriber and the Prometheus recorder.
+//!
+//! [`run`] ties them together; `main.rs` only parses the command line.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod router;
+pub mod server;
+pub mod telemetry;
+
+use std::future::Future;
+use std::time::Duration;
+
+use gatehouse_actors::{Gatehouse, Settings};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use config::Loaded;
+
+/// Starts the actors, binds the listener, serves until `shutdown`, then
+/// drains requests, stops the actors and flushes the database.
+pub async fn run(
+    loaded: Loaded,
+    prometheus: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let Loaded {
+        config, jwt_secret, ..
+    } = loaded;
+    let gatehouse = Gatehouse::start(Settings {
+        auth: config.auth.clone(),
+        jwt_secret,
+        password: config.password.clone(),
+        database: config.database.clone(),
+        rate_limit: config.rate_limit.clone(),
+        database_breaker: config.circuit_breaker.database,
+        restart: config.supervisor.policy(),
+    })
+    .await
+    .map_err(|e| format!("cannot start: {e}"))?;
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    tracing::info!(target: telemetry::LIFECYCLE, "listening on {address}");
+
+    let upkeep = {
+        let prometheus = prometheus.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                prometheus.run_upkeep();
+            }
+        })
+    };
+    let app = http::App::new(&config, gatehouse.clone(), prometheus)
+        .map_err(|e| format!("route table: {e}"))?;
+    let limits = server::ServerLimits {
+        header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+        shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        max_connections: config.server.max_connections,
+    };
+    server::serve(listener, app, limits, shutdown).await;
+    upkeep.abort();
+
+    gatehouse
+        .shutdown()
+        .await
+        .map_err(|e| format!("flushing the database at shutdown: {e}"))?;
+    tracing::info!(target: telemetry::LIFECYCLE, "stopped");
+    Ok(())
+}

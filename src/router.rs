@@ -1,0 +1,151 @@
+//! Routes: (method, path template) → endpoint, with 404 and 405 + `Allow`.
+//!
+//! [`ROUTES`] is the one list of what Gatehouse serves; the OpenAPI document
+//! is checked against it, and metrics and logs label requests with its
+//! templates, never with raw paths.
+
+use gatehouse_actors::rate_limiter::RouteClass;
+use hyper::Method;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Register,
+    Login,
+    GetMe,
+    Health,
+    Prometheus,
+}
+
+impl Endpoint {
+    /// The rate-limit allowance this endpoint draws from, if any.
+    pub fn rate_class(self) -> Option<RouteClass> {
+        match self {
+            Self::Login => Some(RouteClass::Login),
+            Self::Register => Some(RouteClass::Register),
+            Self::GetMe => Some(RouteClass::Default),
+            Self::Health | Self::Prometheus => None,
+        }
+    }
+
+    /// Needs the monitoring token when one is configured.
+    pub fn monitoring_protected(self) -> bool {
+        matches!(self, Self::Prometheus)
+    }
+}
+
+pub struct RouteSpec {
+    pub template: &'static str,
+    pub methods: &'static [(Method, Endpoint)],
+}
+
+/// Everything Gatehouse serves.
+pub const ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        template: "/api/v1/auth/register",
+        methods: &[(Method::POST, Endpoint::Register)],
+    },
+    RouteSpec {
+        template: "/api/v1/auth/login",
+        methods: &[(Method::POST, Endpoint::Login)],
+    },
+    RouteSpec {
+        template: "/api/v1/users/me",
+        methods: &[(Method::GET, Endpoint::GetMe)],
+    },
+    RouteSpec {
+        template: "/api/v1/monitoring/health",
+        methods: &[(Method::GET, Endpoint::Health)],
+    },
+    RouteSpec {
+        template: "/metrics",
+        methods: &[(Method::GET, Endpoint::Prometheus)],
+    },
+];
+
+/// The label used for requests that matched no route.
+pub const UNMATCHED: &str = "unmatched";
+
+pub enum Matched<'r> {
+    Found {
+        endpoint: Endpoint,
+        template: &'static str,
+        /// The `{id}` or `{name}` segment, for routes that have one.
+        param: Option<String>,
+    },
+    MethodNotAllowed {
+        template: &'static str,
+        /// The `Allow` header value: this path's methods.
+        allow: &'r str,
+    },
+    NotFound,
+}
+
+pub struct Router {
+    paths: matchit::Router<usize>,
+    allow: Vec<String>,
+}
+
+impl Router {
+    /// `chaos` adds the actor-kill route; without it that path does not exist.
+    pub fn new(chaos: bool) -> Result<Self, matchit::InsertError> {
+        let _ = chaos;
+        let mut paths = matchit::Router::new();
+        let mut allow = Vec::new();
+        for (i, spec) in ROUTES.iter().enumerate() {
+            paths.insert(spec.template, i)?;
+            let methods: Vec<&str> = spec.methods.iter().map(|(m, _)| m.as_str()).collect();
+            allow.push(methods.join(", "));
+        }
+        Ok(Self { paths, allow })
+    }
+
+    pub fn route(&self, method: &Method, path: &str) -> Matched<'_> {
+        let Ok(found) = self.paths.at(path) else {
+            return Matched::NotFound;
+        };
+        let index = *found.value;
+        let Some(spec) = ROUTES.get(index) else {
+            return Matched::NotFound;
+        };
+        match spec.methods.iter().find(|(m, _)| m == method) {
+            Some((_, endpoint)) => Matched::Found {
+                endpoint: *endpoint,
+                template: spec.template,
+                param: found.params.iter().next().map(|(_, v)| v.to_owned()),
+            },
+            None => Matched::MethodNotAllowed {
+                template: spec.template,
+                allow: self.allow.get(index).map_or("", String::as_str),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_methods_and_unknown_paths() {
+        let r = Router::new(false).unwrap();
+        assert!(matches!(
+            r.route(&Method::POST, "/api/v1/auth/login"),
+            Matched::Found {
+                endpoint: Endpoint::Login,
+                ..
+            }
+        ));
+        match r.route(&Method::GET, "/api/v1/auth/login") {
+            Matched::MethodNotAllowed { allow, .. } => assert_eq!(allow, "POST"),
+            _ => panic!("expected 405"),
+        }
+        assert!(matches!(
+            r.route(&Method::GET, "/api/v1/nope"),
+            Matched::NotFound
+        ));
+        assert!(matches!(
+            r.route(&Method::GET, "/api/v1/users/me/"),
+            Matched::NotFound
+        ));
+    }
+}
