@@ -41,21 +41,41 @@ pub fn expect_media_type(
 
 /// Reads the whole body, refusing more than `limit` bytes (413) before reading
 /// them when `Content-Length` already says so.
-pub async fn read(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(body, declared).await;
         return Err(ApiError::TooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    match Limited::new(&mut body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(limit)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            drain(body, declared).await;
+            Err(ApiError::TooLarge(limit))
+        }
         Err(_) => Err(ApiError::Malformed(
             "the request body could not be read".into(),
         )),
     }
+}
+
+/// Reads and drops what is left of a refused body, when it is small enough,
+/// so that the client gets to read our 413 instead of a reset connection.
+/// Anything larger or slower is cut off with the connection.
+async fn drain(body: Incoming, declared: Option<u64>) {
+    const DRAIN_AT_MOST: usize = 1 << 20;
+    if declared.is_some_and(|n| n > DRAIN_AT_MOST as u64) {
+        return;
+    }
+    let rest = Limited::new(body, DRAIN_AT_MOST).collect();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rest).await;
 }
 
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
