@@ -219,6 +219,10 @@ impl Gatehouse {
         .await
         .map_err(|e| Error::Internal(format!("starting the actors: {e}")))?;
 
+        // Pay for the dummy hash now, not on the first unknown login name.
+        let warm = passwords.clone();
+        tokio::spawn(async move { warm.warm_up().await });
+
         Ok(Self {
             inner: Arc::new(Inner {
                 breakers: Breakers::new(Arc::clone(&names), breaker_board, call_timeout),
@@ -305,6 +309,8 @@ impl Gatehouse {
         if !problems.is_empty() {
             return Err(Error::Validation(problems));
         }
+        // Ask the breaker first: while it is open, refuse before paying for a hash.
+        let mut call = inner.breakers.admit(BreakerId::Database).await?;
         let password_hash = inner.passwords.hash(r.password).await?;
         let new = NewUser {
             id: uuid::Uuid::now_v7().to_string(),
@@ -313,15 +319,14 @@ impl Gatehouse {
             password_hash,
             now: clock::unix_ms(),
         };
-        let user = inner
-            .breakers
-            .run(
-                BreakerId::Database,
-                inner
-                    .repo
-                    .write(move |s| async move { s.create_user(new).await }),
-            )
-            .await?;
+        let user = call.track(
+            inner
+                .repo
+                .write(move |s| async move { s.create_user(new).await })
+                .await,
+        );
+        call.finish();
+        let user = user?;
         inner.metrics.registration();
         tracing::info!(event = "user.registered", user_id = %user.id, "account created");
         Ok(user)

@@ -166,6 +166,13 @@ impl Passwords {
         .await
     }
 
+    /// Computes the dummy hash ahead of the first login that needs it.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.dummy_hash().await {
+            tracing::warn!(error = %e, "could not precompute the dummy password hash");
+        }
+    }
+
     async fn dummy_hash(&self) -> Result<String> {
         self.inner
             .dummy
