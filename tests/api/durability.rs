@@ -101,3 +101,37 @@ async fn sigterm_during_a_burst_of_writes_loses_no_acknowledged_write() {
         again.login(&format!("burst{i}"), PASSWORD).await.ok(200);
     }
 }
+
+#[tokio::test]
+async fn a_hash_with_old_parameters_is_upgraded_at_the_next_login() {
+    let dir = DataDir::new();
+    let stored_hash = |dir: &DataDir| -> String {
+        let db = rusqlite::Connection::open(dir.db()).unwrap();
+        db.query_row(
+            "SELECT password_hash FROM users WHERE username = 'upgrade'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    {
+        let s = Server::builder().dir(&dir).start();
+        s.register("upgrade").await.ok(201);
+    }
+    assert!(
+        stored_hash(&dir).starts_with("$scrypt$ln=10,"),
+        "{}",
+        stored_hash(&dir)
+    );
+    let s = Server::builder()
+        .dir(&dir)
+        .env("GATEHOUSE__PASSWORD__SCRYPT_LOG_N", "11")
+        .start();
+    s.login("upgrade", PASSWORD).await.ok(200);
+    assert!(
+        stored_hash(&dir).starts_with("$scrypt$ln=11,"),
+        "{}",
+        stored_hash(&dir)
+    );
+    s.login("upgrade", PASSWORD).await.ok(200);
+}
