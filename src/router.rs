@@ -13,6 +13,7 @@ pub enum Endpoint {
     Login,
     GetMe,
     Health,
+    CircuitBreakers,
     Prometheus,
 }
 
@@ -23,13 +24,13 @@ impl Endpoint {
             Self::Login => Some(RouteClass::Login),
             Self::Register => Some(RouteClass::Register),
             Self::GetMe => Some(RouteClass::Default),
-            Self::Health | Self::Prometheus => None,
+            Self::Health | Self::CircuitBreakers | Self::Prometheus => None,
         }
     }
 
     /// Needs the monitoring token when one is configured.
     pub fn monitoring_protected(self) -> bool {
-        matches!(self, Self::Prometheus)
+        matches!(self, Self::CircuitBreakers | Self::Prometheus)
     }
 }
 
@@ -55,6 +56,10 @@ pub const ROUTES: &[RouteSpec] = &[
     RouteSpec {
         template: "/api/v1/monitoring/health",
         methods: &[(Method::GET, Endpoint::Health)],
+    },
+    RouteSpec {
+        template: "/api/v1/monitoring/circuit-breakers",
+        methods: &[(Method::GET, Endpoint::CircuitBreakers)],
     },
     RouteSpec {
         template: "/metrics",

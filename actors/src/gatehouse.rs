@@ -262,22 +262,31 @@ impl Gatehouse {
     /// Counts one request of `class` from `client`.
     pub async fn check_rate(&self, class: RouteClass, client: IpAddr) -> Result<RateLimitInfo> {
         let name = self.inner.names.get(ActorKind::RateLimiter);
-        let decision = system::call(name, self.inner.call_timeout, |reply| {
+        let call = system::call(name, self.inner.call_timeout, |reply| {
             RateLimiterMsg::Check {
                 class,
                 client,
                 reply,
             }
-        })
-        .await;
-        match decision {
+        });
+        let decision = match call.await {
             Ok(decision) => decision,
-            Err(e) => self.limiter_unavailable(e).map(|()| RateLimitInfo {
-                limit: 0,
-                remaining: 0,
-                reset_s: 0,
-            }),
+            Err(e) => {
+                return self.limiter_unavailable(e).map(|()| RateLimitInfo {
+                    limit: 0,
+                    remaining: 0,
+                    reset_s: 0,
+                });
+            }
+        };
+        if decision.allowed {
+            return Ok(decision.info);
         }
+        if decision.first_refusal {
+            tracing::warn!(event = "rate_limit.exceeded", ip = %client, class = class.name(),
+                limit = decision.info.limit, "client exceeded its rate limit");
+        }
+        Err(Error::RateLimited(decision.info))
     }
 
     fn limiter_unavailable(&self, e: Error) -> Result<()> {

@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
 use crate::clock;
-use crate::error::{Error, RateLimitInfo, Result};
+use crate::error::{RateLimitInfo, Result};
 
 /// Which allowance a route draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -169,6 +169,24 @@ impl Window {
     }
 }
 
+/// One client's recent allowed requests for one class.
+#[derive(Debug, Default)]
+struct Hits {
+    times: VecDeque<i64>,
+    /// The last decision was a refusal (so the next one is not the first).
+    refusing: bool,
+}
+
+/// The outcome of counting one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Refused, and the first refusal since this client was last allowed:
+    /// worth one log line, where the rest are not.
+    pub first_refusal: bool,
+    pub info: RateLimitInfo,
+}
+
 /// Failed-login bookkeeping for one login name.
 #[derive(Debug, Clone, Copy, Default)]
 struct Strikes {
@@ -205,7 +223,7 @@ pub struct MemoryLimiter {
     routes: RouteLimits,
     throttle: ThrottleRule,
     max_keys: usize,
-    windows: HashMap<(IpAddr, RouteClass), VecDeque<i64>>,
+    windows: HashMap<(IpAddr, RouteClass), Hits>,
     strikes: HashMap<String, Strikes>,
 }
 
@@ -220,18 +238,23 @@ impl MemoryLimiter {
         }
     }
 
-    pub fn check(
-        &mut self,
-        class: RouteClass,
-        client: IpAddr,
-        now: i64,
-    ) -> std::result::Result<RateLimitInfo, RateLimitInfo> {
+    pub fn check(&mut self, class: RouteClass, client: IpAddr, now: i64) -> Decision {
         let window = self.routes.window(class);
         if self.windows.len() >= self.max_keys && !self.windows.contains_key(&(client, class)) {
             self.make_room(now);
         }
         let hits = self.windows.entry((client, class)).or_default();
-        window.decide(hits, now)
+        let (allowed, info) = match window.decide(&mut hits.times, now) {
+            Ok(info) => (true, info),
+            Err(info) => (false, info),
+        };
+        let first_refusal = !allowed && !hits.refusing;
+        hits.refusing = !allowed;
+        Decision {
+            allowed,
+            first_refusal,
+            info,
+        }
     }
 
     /// Starts a login attempt for `login` (already normalized).
@@ -275,7 +298,8 @@ impl MemoryLimiter {
     pub fn sweep(&mut self, now: i64) {
         let routes = self.routes;
         self.windows.retain(|(_, class), hits| {
-            hits.back()
+            hits.times
+                .back()
                 .is_some_and(|&t| t > now.saturating_sub(routes.window(*class).window_ms))
         });
         let idle = now.saturating_sub(self.throttle.lockout_ms);
@@ -290,7 +314,9 @@ impl MemoryLimiter {
     fn make_room(&mut self, now: i64) {
         self.sweep(now);
         if self.windows.len() >= self.max_keys {
-            forget_least_recent_tenth(&mut self.windows, |h| h.back().copied().unwrap_or(i64::MIN));
+            forget_least_recent_tenth(&mut self.windows, |h| {
+                h.times.back().copied().unwrap_or(i64::MIN)
+            });
         }
         if self.strikes.len() >= self.max_keys {
             forget_least_recent_tenth(&mut self.strikes, |s| s.last_seen);
@@ -320,11 +346,11 @@ pub fn normalize_login(login: &str) -> String {
 
 /// Messages the `RateLimiter` accepts.
 pub enum RateLimiterMsg {
-    /// Count one request of `class` from `client`; `Err(RateLimited)` when refused.
+    /// Count one request of `class` from `client`.
     Check {
         class: RouteClass,
         client: IpAddr,
-        reply: RpcReplyPort<Result<RateLimitInfo>>,
+        reply: RpcReplyPort<Decision>,
     },
     /// Start a login attempt for a (normalized) login name.
     Attempt {
@@ -385,11 +411,7 @@ impl Actor for RateLimiter {
                 client,
                 reply,
             } => {
-                let _ = reply.send(
-                    limiter
-                        .check(class, client, now)
-                        .map_err(Error::RateLimited),
-                );
+                let _ = reply.send(limiter.check(class, client, now));
             }
             RateLimiterMsg::Attempt { login, reply } => {
                 let _ = reply.send(limiter.attempt(&login, now));
@@ -488,12 +510,29 @@ mod tests {
     fn classes_and_clients_are_separate() {
         let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 100);
         for _ in 0..5 {
-            assert!(l.check(RouteClass::Login, IP, 0).is_ok());
+            assert!(l.check(RouteClass::Login, IP, 0).allowed);
         }
-        assert!(l.check(RouteClass::Login, IP, 0).is_err());
-        assert!(l.check(RouteClass::Register, IP, 0).is_ok());
+        let refused = l.check(RouteClass::Login, IP, 0);
+        assert!(!refused.allowed && refused.first_refusal);
+        let again = l.check(RouteClass::Login, IP, 0);
+        assert!(
+            !again.allowed && !again.first_refusal,
+            "logged once, not per request"
+        );
+        assert!(l.check(RouteClass::Register, IP, 0).allowed);
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(l.check(RouteClass::Login, other, 0).is_ok());
+        assert!(l.check(RouteClass::Login, other, 0).allowed);
+        assert!(
+            l.check(RouteClass::Login, IP, 60_000).allowed,
+            "the window slid"
+        );
+        for _ in 0..4 {
+            l.check(RouteClass::Login, IP, 60_000);
+        }
+        assert!(
+            l.check(RouteClass::Login, IP, 60_000).first_refusal,
+            "a new run is logged again"
+        );
     }
 
     fn rule() -> ThrottleRule {
@@ -542,7 +581,7 @@ mod tests {
         let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 1_000);
         for i in 0..5_000u32 {
             let ip = IpAddr::V4(i.into());
-            assert!(l.check(RouteClass::Default, ip, i64::from(i)).is_ok());
+            assert!(l.check(RouteClass::Default, ip, i64::from(i)).allowed);
         }
         assert!(l.tracked().0 <= 1_000, "{:?}", l.tracked());
         l.sweep(61_000 + 5_000);

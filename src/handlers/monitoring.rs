@@ -64,6 +64,23 @@ pub fn health(state: &AppState) -> Result<HttpResponse, ApiError> {
     json(code, &body)
 }
 
+#[derive(Serialize)]
+struct CircuitBreakers {
+    circuit_breakers: BTreeMap<&'static str, gatehouse_actors::breaker::BreakerSnapshot>,
+}
+
+pub fn circuit_breakers(state: &AppState) -> Result<HttpResponse, ApiError> {
+    let body = CircuitBreakers {
+        circuit_breakers: state
+            .gatehouse
+            .breakers()
+            .into_iter()
+            .map(|(id, snapshot)| (id.name(), snapshot))
+            .collect(),
+    };
+    json(StatusCode::OK, &body)
+}
+
 pub fn prometheus(state: &AppState) -> Result<HttpResponse, ApiError> {
     let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(
         state.prometheus.render(),

@@ -180,8 +180,6 @@ impl App {
                 Err(gatehouse_actors::Error::RateLimited(info)) => {
                     ctx.rate = Some(info);
                     state.gatehouse.metrics().rate_limited(template);
-                    tracing::warn!(event = "rate_limit.exceeded", ip = %ctx.client,
-                        class = class.name(), "rate limit exceeded");
                     return Err(gatehouse_actors::Error::RateLimited(info).into());
                 }
                 Err(e) => return Err(e.into()),
@@ -193,6 +191,7 @@ impl App {
             Endpoint::Login => handlers::auth::login(state, req, ctx).await,
             Endpoint::GetMe => handlers::users::me(state, &req).await,
             Endpoint::Health => handlers::monitoring::health(state),
+            Endpoint::CircuitBreakers => handlers::monitoring::circuit_breakers(state),
             Endpoint::Prometheus => handlers::monitoring::prometheus(state),
         }
     }
