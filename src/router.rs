@@ -11,7 +11,15 @@ use hyper::Method;
 pub enum Endpoint {
     Register,
     Login,
+    Refresh,
+    Logout,
+    LogoutAll,
     GetMe,
+    UpdateMe,
+    DeleteMe,
+    ChangePassword,
+    ListSessions,
+    DeleteSession,
     Health,
     CircuitBreakers,
     Prometheus,
@@ -23,7 +31,15 @@ impl Endpoint {
         match self {
             Self::Login => Some(RouteClass::Login),
             Self::Register => Some(RouteClass::Register),
-            Self::GetMe => Some(RouteClass::Default),
+            Self::Refresh => Some(RouteClass::Refresh),
+            Self::ChangePassword => Some(RouteClass::Password),
+            Self::Logout
+            | Self::LogoutAll
+            | Self::GetMe
+            | Self::UpdateMe
+            | Self::DeleteMe
+            | Self::ListSessions
+            | Self::DeleteSession => Some(RouteClass::Default),
             Self::Health | Self::CircuitBreakers | Self::Prometheus => None,
         }
     }
@@ -50,8 +66,36 @@ pub const ROUTES: &[RouteSpec] = &[
         methods: &[(Method::POST, Endpoint::Login)],
     },
     RouteSpec {
+        template: "/api/v1/auth/refresh",
+        methods: &[(Method::POST, Endpoint::Refresh)],
+    },
+    RouteSpec {
+        template: "/api/v1/auth/logout",
+        methods: &[(Method::POST, Endpoint::Logout)],
+    },
+    RouteSpec {
+        template: "/api/v1/auth/logout-all",
+        methods: &[(Method::POST, Endpoint::LogoutAll)],
+    },
+    RouteSpec {
         template: "/api/v1/users/me",
-        methods: &[(Method::GET, Endpoint::GetMe)],
+        methods: &[
+            (Method::GET, Endpoint::GetMe),
+            (Method::PUT, Endpoint::UpdateMe),
+            (Method::DELETE, Endpoint::DeleteMe),
+        ],
+    },
+    RouteSpec {
+        template: "/api/v1/users/me/password",
+        methods: &[(Method::PATCH, Endpoint::ChangePassword)],
+    },
+    RouteSpec {
+        template: "/api/v1/users/me/sessions",
+        methods: &[(Method::GET, Endpoint::ListSessions)],
+    },
+    RouteSpec {
+        template: "/api/v1/users/me/sessions/{id}",
+        methods: &[(Method::DELETE, Endpoint::DeleteSession)],
     },
     RouteSpec {
         template: "/api/v1/monitoring/health",

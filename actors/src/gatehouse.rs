@@ -23,7 +23,9 @@ use crate::breaker::{
 use crate::clock;
 use crate::error::{Error, FieldError, RateLimitInfo, Result};
 use crate::metrics::{Metrics, MetricsArgs, MetricsHandle, MetricsMsg, Summary};
-use crate::model::{NewSession, NewUser, User};
+use crate::model::{
+    Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation, Session, User,
+};
 use crate::passwords::{PasswordSettings, Passwords};
 use crate::rate_limiter::{
     AttemptDecision, OnBackendFailure, RateLimitSettings, RateLimiter, RateLimiterArgs,
@@ -33,7 +35,10 @@ use crate::supervisor::{
     ActorBoard, ActorReport, ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg,
 };
 use crate::system::{self, ActorKind, Names};
-use crate::token_issuer::{AuthSettings, TokenIssuer, TokenIssuerMsg, TokenKeys};
+use crate::token_issuer::{
+    AccessToken, AuthSettings, MAX_TOKEN_BYTES, RefreshToken, TokenIssuer, TokenIssuerMsg,
+    TokenKeys, refresh_digest,
+};
 use crate::user_repo::sqlite::SqliteStore;
 use crate::user_repo::{
     DatabaseSettings, SessionCache, UserRepo, UserRepoArgs, UserRepoClient, UserRepoMsg, UserStore,
@@ -79,6 +84,15 @@ pub struct Registration {
     pub email: String,
     pub username: String,
     pub password: SecretString,
+}
+
+/// A session as its owner sees it in the list.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    #[serde(flatten)]
+    pub session: Session,
+    /// The session making this request.
+    pub current: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -386,8 +400,7 @@ impl Gatehouse {
             }
         };
 
-        let session_id = uuid::Uuid::now_v7().to_string();
-        let issued = self.issue(&user.id, &session_id).await?;
+        let refresh = self.mint_refresh().await?;
         let rehash = if verdict.needs_rehash {
             Some(inner.passwords.hash(req.password).await?)
         } else {
@@ -397,9 +410,9 @@ impl Gatehouse {
         let auth = &inner.auth;
         let absolute = now.saturating_add(secs_to_ms(auth.session_max_lifetime_s));
         let session = NewSession {
-            id: session_id,
+            id: uuid::Uuid::now_v7().to_string(),
             user_id: user.id.clone(),
-            refresh_digest: issued.refresh.digest.clone(),
+            refresh_digest: refresh.digest.clone(),
             ip: Some(req.ip.to_string()),
             user_agent: req.user_agent,
             now,
@@ -419,16 +432,268 @@ impl Gatehouse {
             inner.names.get(ActorKind::RateLimiter),
             RateLimiterMsg::Succeeded { login: name },
         );
+        let access = self.sign_access(&user.id, &session.id).await?;
         inner.metrics.login(true);
         tracing::info!(event = "login.success", login = %req.login, ip = %req.ip,
             user_id = %user.id, "login accepted");
         tracing::info!(event = "session.created", user_id = %user.id, session_id = %session.id,
             "session opened");
         Ok(Tokens {
-            access_token: issued.access_token,
-            expires_in: issued.expires_in,
-            refresh_token: issued.refresh.token,
+            access_token: access.token,
+            expires_in: access.expires_in,
+            refresh_token: refresh.token,
         })
+    }
+
+    /// Exchanges a refresh token for a new pair; a spent one revokes its session.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens> {
+        let inner = &self.inner;
+        if refresh_token.is_empty() || refresh_token.len() > MAX_TOKEN_BYTES {
+            return Err(Error::SessionRevoked);
+        }
+        let old = refresh_digest(refresh_token);
+        let fresh = self.mint_refresh().await?;
+        let now = clock::unix_ms();
+        let expires_at = now.saturating_add(secs_to_ms(inner.auth.refresh_token_ttl_s));
+        let new = fresh.digest.clone();
+        let rotation = inner
+            .breakers
+            .run(
+                BreakerId::Database,
+                inner.repo.write(move |s| async move {
+                    s.rotate_refresh(old, new, now, expires_at).await
+                }),
+            )
+            .await?;
+        match rotation {
+            Rotation::Rotated {
+                session_id,
+                user_id,
+            } => {
+                let access = self.sign_access(&user_id, &session_id).await?;
+                tracing::info!(event = "session.refreshed", user_id = %user_id,
+                    session_id = %session_id, "refresh token rotated");
+                Ok(Tokens {
+                    access_token: access.token,
+                    expires_in: access.expires_in,
+                    refresh_token: fresh.token,
+                })
+            }
+            Rotation::Reused {
+                session_id,
+                user_id,
+                changes,
+            } => {
+                self.forget(&changes);
+                tracing::warn!(event = "refresh.reuse_detected", user_id = %user_id,
+                    session_id = %session_id, "a spent refresh token was presented");
+                tracing::warn!(event = "session.revoked", user_id = %user_id,
+                    session_id = %session_id, reason = "refresh_reuse", "session revoked");
+                Err(Error::SessionRevoked)
+            }
+            Rotation::Invalid => Err(Error::SessionRevoked),
+        }
+    }
+
+    /// Revokes sessions of the caller; `Ok(false)` when none matched.
+    async fn revoke(&self, who: &Principal, scope: Revoke, reason: &'static str) -> Result<bool> {
+        let inner = &self.inner;
+        let user_id = who.user_id.clone();
+        let now = clock::unix_ms();
+        let target = scope.clone();
+        let changes = inner
+            .breakers
+            .run(
+                BreakerId::Database,
+                inner
+                    .repo
+                    .write(move |s| async move { s.revoke(user_id, target, now).await }),
+            )
+            .await?;
+        self.forget(&changes);
+        if !changes.is_empty() {
+            let session = match &scope {
+                Revoke::Session(id) => id.as_str(),
+                Revoke::All | Revoke::AllBut(_) => "*",
+            };
+            tracing::info!(event = "session.revoked", user_id = %who.user_id,
+                session_id = session, reason, "session revoked");
+        }
+        Ok(!changes.is_empty())
+    }
+
+    /// Ends the calling session.
+    pub async fn logout(&self, who: &Principal) -> Result<()> {
+        self.revoke(who, Revoke::Session(who.session_id.clone()), "logout")
+            .await
+            .map(drop)
+    }
+
+    /// Ends every session of the caller.
+    pub async fn logout_all(&self, who: &Principal) -> Result<()> {
+        self.revoke(who, Revoke::All, "logout_all").await.map(drop)
+    }
+
+    /// Ends one of the caller's sessions; `NotFound` for anyone else's.
+    pub async fn revoke_session(&self, who: &Principal, session_id: &str) -> Result<()> {
+        let scope = Revoke::Session(session_id.to_owned());
+        match self.revoke(who, scope, "deleted").await? {
+            true => Ok(()),
+            false => Err(Error::NotFound),
+        }
+    }
+
+    /// The caller's active sessions, the calling one marked `current`.
+    pub async fn sessions(&self, who: &Principal) -> Result<Vec<SessionInfo>> {
+        let inner = &self.inner;
+        let user_id = who.user_id.clone();
+        let now = clock::unix_ms();
+        let sessions = inner
+            .breakers
+            .run(
+                BreakerId::Database,
+                inner
+                    .repo
+                    .read(move |s| async move { s.sessions(user_id, now).await }),
+            )
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .map(|session| SessionInfo {
+                current: session.id == who.session_id,
+                session,
+            })
+            .collect())
+    }
+
+    /// Changes the caller's email and/or username under the registration rules.
+    pub async fn update_profile(&self, who: &Principal, change: ProfileChange) -> Result<User> {
+        let inner = &self.inner;
+        let change = ProfileChange {
+            email: change.email.map(|e| e.trim().to_lowercase()),
+            username: change.username.map(|u| u.trim().to_owned()),
+        };
+        let mut problems: Vec<FieldError> = Vec::new();
+        if change.email.is_none() && change.username.is_none() {
+            problems.push(FieldError::new(
+                "email",
+                "give an email, a username, or both",
+            ));
+        }
+        problems.extend(change.email.as_deref().and_then(email_problem));
+        problems.extend(change.username.as_deref().and_then(username_problem));
+        if !problems.is_empty() {
+            return Err(Error::Validation(problems));
+        }
+        let user_id = who.user_id.clone();
+        let now = clock::unix_ms();
+        let (user, changes) = inner
+            .breakers
+            .run(
+                BreakerId::Database,
+                inner
+                    .repo
+                    .write(move |s| async move { s.update_profile(user_id, change, now).await }),
+            )
+            .await?;
+        self.forget(&changes);
+        tracing::info!(event = "profile.changed", user_id = %who.user_id, "profile updated");
+        Ok(user)
+    }
+
+    /// Changes the caller's password; every other session is revoked.
+    pub async fn change_password(
+        &self,
+        who: &Principal,
+        current: SecretString,
+        new: SecretString,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let mut call = inner.breakers.admit(BreakerId::Database).await?;
+        let user_id = who.user_id.clone();
+        let credentials = call
+            .track(
+                inner
+                    .repo
+                    .read(move |s| async move { s.credentials_by_id(user_id).await })
+                    .await,
+            )?
+            .filter(|c| c.user.is_active)
+            .ok_or(Error::SessionRevoked)?;
+        let user = &credentials.user;
+        let verdict = inner
+            .passwords
+            .verify(current.clone(), Some(credentials.password_hash.clone()))
+            .await?;
+        if !verdict.matches {
+            call.finish();
+            tracing::warn!(event = "password.change_refused", user_id = %user.id,
+                "current password did not match");
+            return Err(Error::WrongCurrentPassword);
+        }
+        let new_password = new.expose_secret();
+        if let Some(problem) =
+            inner
+                .passwords
+                .check_policy(new_password, &user.username, &user.email)
+        {
+            call.finish();
+            return Err(Error::Validation(vec![FieldError {
+                field: "new_password",
+                ..problem
+            }]));
+        }
+        if new_password == current.expose_secret() {
+            call.finish();
+            return Err(Error::validation(
+                "new_password",
+                "must differ from the current password",
+            ));
+        }
+        let hash = inner.passwords.hash(new).await?;
+        let (user_id, keep, now) = (user.id.clone(), who.session_id.clone(), clock::unix_ms());
+        let changes = call.track(
+            inner
+                .repo
+                .write(move |s| async move { s.set_password(user_id, hash, keep, now).await })
+                .await,
+        )?;
+        call.finish();
+        self.forget(&changes);
+        tracing::info!(event = "password.changed", user_id = %user.id,
+            sessions_revoked = changes.len(), "password changed");
+        if !changes.is_empty() {
+            tracing::info!(event = "session.revoked", user_id = %user.id, session_id = "*",
+                reason = "password_change", count = changes.len(), "other sessions revoked");
+        }
+        Ok(())
+    }
+
+    /// Deactivates the caller's account and revokes all its sessions.
+    pub async fn deactivate(&self, who: &Principal) -> Result<()> {
+        let inner = &self.inner;
+        let (user_id, now) = (who.user_id.clone(), clock::unix_ms());
+        let changes = inner
+            .breakers
+            .run(
+                BreakerId::Database,
+                inner
+                    .repo
+                    .write(move |s| async move { s.deactivate(user_id, now).await }),
+            )
+            .await?;
+        self.forget(&changes);
+        tracing::warn!(event = "account.deactivated", user_id = %who.user_id, "account deactivated");
+        tracing::info!(event = "session.revoked", user_id = %who.user_id, session_id = "*",
+            reason = "deactivation", "all sessions revoked");
+        Ok(())
+    }
+
+    /// Drops what this process's own changes made stale, without waiting for the poll.
+    fn forget(&self, changes: &[Invalidation]) {
+        for change in changes {
+            self.inner.cache.invalidate(change);
+        }
     }
 
     async fn attempt(&self, login: &str) -> Result<AttemptDecision> {
@@ -446,15 +711,19 @@ impl Gatehouse {
         }
     }
 
-    async fn issue(
-        &self,
-        user_id: &str,
-        session_id: &str,
-    ) -> Result<crate::token_issuer::IssuedTokens> {
+    async fn mint_refresh(&self) -> Result<RefreshToken> {
+        let name = self.inner.names.get(ActorKind::TokenIssuer);
+        system::call(name, self.inner.call_timeout, |reply| {
+            TokenIssuerMsg::MintRefresh { reply }
+        })
+        .await?
+    }
+
+    async fn sign_access(&self, user_id: &str, session_id: &str) -> Result<AccessToken> {
         let name = self.inner.names.get(ActorKind::TokenIssuer);
         let (user_id, session_id) = (user_id.to_owned(), session_id.to_owned());
         system::call(name, self.inner.call_timeout, |reply| {
-            TokenIssuerMsg::Issue {
+            TokenIssuerMsg::SignAccess {
                 user_id,
                 session_id,
                 reply,
@@ -483,12 +752,25 @@ impl Gatehouse {
                     )
                     .await?
                     .ok_or(Error::SessionRevoked)?;
-                inner.cache.put_session(found.clone(), epoch);
+                inner.cache.put_session(found.clone(), epoch, now);
                 found
             }
         };
         if session.user_id != claims.sub {
             return Err(Error::InvalidToken);
+        }
+        if inner.cache.touch_due(&claims.sid, now) {
+            let sid = claims.sid.clone();
+            let repo = inner.repo.clone();
+            // Bookkeeping only: the request does not wait for it, and a failure is no error.
+            tokio::spawn(async move {
+                let touched = repo
+                    .write(move |s| async move { s.touch_session(sid, now).await })
+                    .await;
+                if let Err(e) = touched {
+                    tracing::debug!(error = %e, "could not record session use");
+                }
+            });
         }
         Ok(Principal {
             user_id: claims.sub,
@@ -514,7 +796,7 @@ impl Gatehouse {
             .await?
             .filter(|u| u.is_active)
             .ok_or(Error::SessionRevoked)?;
-        inner.cache.put_user(user.clone(), epoch);
+        inner.cache.put_user(user.clone(), epoch, now);
         Ok(user)
     }
 

@@ -95,3 +95,36 @@ pub struct Invalidation {
     /// One session, or every session and the profile of the user when `None`.
     pub session_id: Option<String>,
 }
+
+/// Which sessions of a user a revocation covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoke {
+    /// This one, if it is the user's and still active.
+    Session(String),
+    /// Every session (logout everywhere, deactivation).
+    All,
+    /// Every session but this one (password change).
+    AllBut(String),
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was current: the session now answers to the new one.
+    Rotated { session_id: String, user_id: String },
+    /// The token was spent already: its session has been revoked.
+    Reused {
+        session_id: String,
+        user_id: String,
+        changes: Vec<Invalidation>,
+    },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// A profile change; absent fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileChange {
+    pub email: Option<String>,
+    pub username: Option<String>,
+}

@@ -119,13 +119,6 @@ pub fn refresh_digest(token: &str) -> String {
         .collect()
 }
 
-/// A signed access token plus the refresh token that goes with it.
-pub struct IssuedTokens {
-    pub access_token: SecretString,
-    pub expires_in: u64,
-    pub refresh: RefreshToken,
-}
-
 /// Keys and validation rules, shared by the issuer actor and every verifier.
 pub struct TokenKeys {
     encoding: EncodingKey,
@@ -212,13 +205,23 @@ impl TokenKeys {
     }
 }
 
+/// An access token as handed to a client.
+pub struct AccessToken {
+    pub token: SecretString,
+    pub expires_in: u64,
+}
+
 /// Messages the `TokenIssuer` accepts.
 pub enum TokenIssuerMsg {
-    /// Mint an access token and a fresh refresh token for a session.
-    Issue {
+    /// Mint a fresh refresh token (before the session that will hold its digest is written).
+    MintRefresh {
+        reply: RpcReplyPort<Result<RefreshToken>>,
+    },
+    /// Sign an access token for a session that exists.
+    SignAccess {
         user_id: String,
         session_id: String,
-        reply: RpcReplyPort<Result<IssuedTokens>>,
+        reply: RpcReplyPort<Result<AccessToken>>,
     },
     /// Fail on purpose (chaos testing): the supervisor must restart us.
     Crash,
@@ -245,27 +248,24 @@ impl Actor for TokenIssuer {
         msg: Self::Msg,
         keys: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // A caller that gave up is not an error of ours: replies may go nowhere.
         match msg {
-            TokenIssuerMsg::Issue {
+            TokenIssuerMsg::MintRefresh { reply } => {
+                let _ = reply.send(RefreshToken::generate());
+            }
+            TokenIssuerMsg::SignAccess {
                 user_id,
                 session_id,
                 reply,
             } => {
-                let issued = keys
+                let signed = keys
                     .sign(&user_id, &session_id, crate::clock::unix_s())
-                    .and_then(|(access_token, expires_in)| {
-                        Ok(IssuedTokens {
-                            access_token,
-                            expires_in,
-                            refresh: RefreshToken::generate()?,
-                        })
-                    });
-                // The caller may have given up; nothing to do then.
-                let _ = reply.send(issued);
-                Ok(())
+                    .map(|(token, expires_in)| AccessToken { token, expires_in });
+                let _ = reply.send(signed);
             }
-            TokenIssuerMsg::Crash => Err("crash requested through the chaos route".into()),
+            TokenIssuerMsg::Crash => return Err("crash requested through the chaos route".into()),
         }
+        Ok(())
     }
 }
 

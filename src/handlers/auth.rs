@@ -1,4 +1,4 @@
-//! `/api/v1/auth/*`: registration, login.
+//! `/api/v1/auth/*`: registration, login, refresh, logout.
 
 use gatehouse_actors::{LoginRequest, Registration, Tokens};
 use hyper::body::Incoming;
@@ -7,9 +7,10 @@ use hyper::{Request, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::authenticate;
 use crate::error::ApiError;
 use crate::http::body::{self, FORM, JSON};
-use crate::http::{AppState, Ctx, HttpResponse, json};
+use crate::http::{AppState, Ctx, HttpResponse, empty, json};
 
 /// Longest `User-Agent` kept with a session.
 const MAX_USER_AGENT: usize = 512;
@@ -22,14 +23,11 @@ struct RegisterBody {
 }
 
 pub async fn register(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    body::expect_media_type(req.headers(), &[JSON])?;
-    let (parts, incoming) = req.into_parts();
-    let bytes = body::read(incoming, &parts.headers, state.max_body_bytes).await?;
     let RegisterBody {
         email,
         username,
         password,
-    } = body::json(&bytes)?;
+    } = body::json_request(state, req).await?;
     let (email, username, password) = match (email, username, password) {
         (Some(email), Some(username), Some(password)) => (email, username, password),
         (email, username, password) => {
@@ -105,6 +103,38 @@ pub async fn login(
         })
         .await?;
     json(StatusCode::OK, &TokenBody::from(&tokens))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: Option<SecretString>,
+}
+
+pub async fn refresh(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let RefreshBody { refresh_token } = body::json_request(state, req).await?;
+    let Some(refresh_token) = refresh_token else {
+        return Err(body::missing(&[("refresh_token", true)]));
+    };
+    let tokens = state
+        .gatehouse
+        .refresh(refresh_token.expose_secret())
+        .await?;
+    json(StatusCode::OK, &TokenBody::from(&tokens))
+}
+
+pub async fn logout(state: &AppState, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(state, req).await?;
+    state.gatehouse.logout(&who).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+pub async fn logout_all(
+    state: &AppState,
+    req: &Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(state, req).await?;
+    state.gatehouse.logout_all(&who).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
 }
 
 /// The contract's token response.

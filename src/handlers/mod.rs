@@ -5,11 +5,21 @@ pub mod auth;
 pub mod monitoring;
 pub mod users;
 
-use gatehouse_actors::Error;
-use hyper::HeaderMap;
+use gatehouse_actors::{Error, Principal};
+use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
+use hyper::{HeaderMap, Request};
 
 use crate::error::ApiError;
+use crate::http::AppState;
+
+/// The caller behind the request's bearer token, with a live session.
+pub async fn authenticate(
+    state: &AppState,
+    req: &Request<Incoming>,
+) -> Result<Principal, ApiError> {
+    Ok(state.gatehouse.authenticate(bearer(req.headers())?).await?)
+}
 
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {

@@ -78,6 +78,17 @@ async fn drain(body: Incoming, declared: Option<u64>) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rest).await;
 }
 
+/// The body of a JSON-only route: media type, size, then decoding.
+pub async fn json_request<T: DeserializeOwned>(
+    state: &crate::http::AppState,
+    req: hyper::Request<Incoming>,
+) -> Result<T, ApiError> {
+    expect_media_type(req.headers(), &[JSON])?;
+    let (parts, incoming) = req.into_parts();
+    let bytes = read(incoming, &parts.headers, state.max_body_bytes).await?;
+    json(&bytes)
+}
+
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::Malformed("a JSON object is required".into()));

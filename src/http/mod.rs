@@ -185,11 +185,19 @@ impl App {
                 Err(e) => return Err(e.into()),
             }
         }
-        let _ = param;
+        use handlers::{auth, users};
         match endpoint {
-            Endpoint::Register => handlers::auth::register(state, req).await,
-            Endpoint::Login => handlers::auth::login(state, req, ctx).await,
-            Endpoint::GetMe => handlers::users::me(state, &req).await,
+            Endpoint::Register => auth::register(state, req).await,
+            Endpoint::Login => auth::login(state, req, ctx).await,
+            Endpoint::Refresh => auth::refresh(state, req).await,
+            Endpoint::Logout => auth::logout(state, &req).await,
+            Endpoint::LogoutAll => auth::logout_all(state, &req).await,
+            Endpoint::GetMe => users::me(state, &req).await,
+            Endpoint::UpdateMe => users::update(state, req).await,
+            Endpoint::DeleteMe => users::deactivate(state, &req).await,
+            Endpoint::ChangePassword => users::change_password(state, req).await,
+            Endpoint::ListSessions => users::sessions(state, &req).await,
+            Endpoint::DeleteSession => users::delete_session(state, &req, param).await,
             Endpoint::Health => handlers::monitoring::health(state),
             Endpoint::CircuitBreakers => handlers::monitoring::circuit_breakers(state),
             Endpoint::Prometheus => handlers::monitoring::prometheus(state),

@@ -8,4 +8,5 @@ mod durability;
 mod edges;
 mod harness;
 mod resilience;
+mod sessions;
 mod tokens;

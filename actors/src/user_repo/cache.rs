@@ -7,6 +7,8 @@
 //! trusted while those polls keep succeeding: once the last good poll is older
 //! than [`TRUST_FOR_MS`], every lookup misses and goes to the database (and
 //! its breaker), so a stalled poller can never let a revoked session through.
+//! Entries also expire after [`MAX_AGE_MS`], which bounds what any gap in the
+//! invalidation log could leave behind.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -18,20 +20,50 @@ use crate::model::{ActiveSession, Invalidation, User};
 /// How long after a successful poll the cache may answer on its own.
 pub const TRUST_FOR_MS: i64 = 1_000;
 
+/// How long an entry is used before it is read from the database again.
+pub const MAX_AGE_MS: i64 = 60_000;
+
+/// How often a session's `last_used_at` is written while it is in use.
+pub const TOUCH_EVERY_MS: i64 = 60_000;
+
 /// Entries kept per map; a full map is emptied and refilled on demand.
 const CAPACITY: usize = 100_000;
 
-#[derive(Default)]
+struct CachedSession {
+    session: ActiveSession,
+    cached_at: i64,
+    /// When `last_used_at` was last written for this session.
+    touched_at: AtomicI64,
+}
+
+struct CachedUser {
+    user: User,
+    cached_at: i64,
+}
+
 pub struct SessionCache {
-    sessions: RwLock<HashMap<String, ActiveSession>>,
-    users: RwLock<HashMap<String, User>>,
+    sessions: RwLock<HashMap<String, CachedSession>>,
+    users: RwLock<HashMap<String, CachedUser>>,
     /// Bumped by every invalidation; a lookup that started in an older epoch
     /// may not store what it read, since it may predate the change.
     epoch: AtomicU64,
     /// Unix ms until which cached entries may be trusted.
     trusted_until: AtomicI64,
-    /// Where the poller left off in the invalidation log (survives actor restarts).
+    /// Where the poller left off in the invalidation log (survives actor
+    /// restarts); negative until the first poll.
     cursor: AtomicI64,
+}
+
+impl Default for SessionCache {
+    fn default() -> Self {
+        Self {
+            sessions: RwLock::default(),
+            users: RwLock::default(),
+            epoch: AtomicU64::new(0),
+            trusted_until: AtomicI64::new(i64::MIN),
+            cursor: AtomicI64::new(-1),
+        }
+    }
 }
 
 impl SessionCache {
@@ -50,35 +82,62 @@ impl SessionCache {
         self.sessions
             .read()
             .get(session_id)
-            .filter(|s| s.expires_at > now)
-            .cloned()
+            .filter(|c| c.session.expires_at > now && now - c.cached_at < MAX_AGE_MS)
+            .map(|c| c.session.clone())
     }
 
     pub fn user(&self, user_id: &str, now: i64) -> Option<User> {
         if !self.trusted(now) {
             return None;
         }
-        self.users.read().get(user_id).cloned()
+        self.users
+            .read()
+            .get(user_id)
+            .filter(|c| now - c.cached_at < MAX_AGE_MS)
+            .map(|c| c.user.clone())
     }
 
-    /// Stores what a lookup that began in `epoch` read, unless something was invalidated since.
-    pub fn put_session(&self, session: ActiveSession, epoch: u64) {
+    /// True, once a minute per cached session, when its `last_used_at` should be written.
+    pub fn touch_due(&self, session_id: &str, now: i64) -> bool {
+        self.sessions.read().get(session_id).is_some_and(|c| {
+            let last = c.touched_at.load(Ordering::Acquire);
+            now - last >= TOUCH_EVERY_MS
+                && c.touched_at
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+        })
+    }
+
+    /// Stores what a lookup that began in `epoch` read at `now`, unless
+    /// something was invalidated since.
+    pub fn put_session(&self, session: ActiveSession, epoch: u64, now: i64) {
         let mut sessions = self.sessions.write();
         if self.epoch() == epoch {
             if sessions.len() >= CAPACITY {
                 sessions.clear();
             }
-            sessions.insert(session.session_id.clone(), session);
+            let cached = CachedSession {
+                session,
+                cached_at: now,
+                touched_at: AtomicI64::new(now),
+            };
+            sessions.insert(cached.session.session_id.clone(), cached);
         }
     }
 
-    pub fn put_user(&self, user: User, epoch: u64) {
+    pub fn put_user(&self, user: User, epoch: u64, now: i64) {
         let mut users = self.users.write();
         if self.epoch() == epoch {
             if users.len() >= CAPACITY {
                 users.clear();
             }
-            users.insert(user.id.clone(), user);
+            users.insert(
+                user.id.clone(),
+                CachedUser {
+                    user,
+                    cached_at: now,
+                },
+            );
         }
     }
 
@@ -93,7 +152,7 @@ impl SessionCache {
                 sessions.remove(id);
             }
             None => {
-                sessions.retain(|_, s| s.user_id != change.user_id);
+                sessions.retain(|_, c| c.session.user_id != change.user_id);
             }
         }
         users.remove(&change.user_id);
@@ -126,7 +185,7 @@ mod tests {
     #[test]
     fn untrusted_until_polled_and_again_when_polls_stop() {
         let c = SessionCache::default();
-        c.put_session(session("s1", "u1"), c.epoch());
+        c.put_session(session("s1", "u1"), c.epoch(), 0);
         assert!(c.session("s1", 0).is_none(), "never polled");
         c.polled(100, 1);
         assert!(c.session("s1", 500).is_some());
@@ -141,7 +200,7 @@ mod tests {
     fn expired_sessions_miss() {
         let c = SessionCache::default();
         c.polled(9_500, 1);
-        c.put_session(session("s1", "u1"), c.epoch());
+        c.put_session(session("s1", "u1"), c.epoch(), 9_000);
         assert!(c.session("s1", 9_999).is_some());
         c.polled(10_000, 1);
         assert!(c.session("s1", 10_000).is_none());
@@ -153,7 +212,7 @@ mod tests {
         c.polled(0, 1);
         let before = c.epoch();
         for (s, u) in [("s1", "u1"), ("s2", "u1"), ("s3", "u2")] {
-            c.put_session(session(s, u), before);
+            c.put_session(session(s, u), before, 0);
         }
         c.invalidate(&Invalidation {
             user_id: "u1".into(),
@@ -162,7 +221,7 @@ mod tests {
         assert!(c.session("s1", 1).is_none());
         assert!(c.session("s2", 1).is_some());
         // A lookup that read the database before the revocation must not resurrect it.
-        c.put_session(session("s1", "u1"), before);
+        c.put_session(session("s1", "u1"), before, 0);
         assert!(c.session("s1", 1).is_none());
         c.invalidate(&Invalidation {
             user_id: "u1".into(),
@@ -170,5 +229,27 @@ mod tests {
         });
         assert!(c.session("s2", 1).is_none());
         assert!(c.session("s3", 1).is_some());
+    }
+
+    #[test]
+    fn entries_age_out_and_touches_are_rationed() {
+        let long_lived = || ActiveSession {
+            expires_at: i64::MAX,
+            ..session("s1", "u1")
+        };
+        let c = SessionCache::default();
+        c.put_session(long_lived(), c.epoch(), 0);
+        c.polled(MAX_AGE_MS - 500, 1);
+        assert!(c.session("s1", MAX_AGE_MS - 1).is_some());
+        assert!(c.session("s1", MAX_AGE_MS).is_none(), "too old");
+        let c = SessionCache::default();
+        c.put_session(long_lived(), c.epoch(), 0);
+        assert!(!c.touch_due("s1", TOUCH_EVERY_MS - 1));
+        assert!(c.touch_due("s1", TOUCH_EVERY_MS));
+        assert!(
+            !c.touch_due("s1", TOUCH_EVERY_MS + 1),
+            "one writer per interval"
+        );
+        assert!(!c.touch_due("unknown", TOUCH_EVERY_MS));
     }
 }

@@ -46,6 +46,8 @@ pub enum UserRepoMsg {
     Read(Job),
     /// Time to read the invalidation log.
     Poll,
+    /// Time to delete expired sessions and old log entries.
+    Purge,
     /// A poll that started at `started` came back.
     Polled {
         started: i64,
@@ -71,6 +73,9 @@ pub struct RepoState {
 /// How often the invalidation log is read.
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
 
+/// How often expired sessions are purged.
+pub const PURGE_EVERY: Duration = Duration::from_secs(600);
+
 pub struct UserRepo;
 
 impl Actor for UserRepo {
@@ -84,6 +89,7 @@ impl Actor for UserRepo {
         args: UserRepoArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(POLL_EVERY, || UserRepoMsg::Poll);
+        myself.send_interval(PURGE_EVERY, || UserRepoMsg::Purge);
         Ok(RepoState {
             store: args.store,
             cache: args.cache,
@@ -113,6 +119,10 @@ impl Actor for UserRepo {
                 });
             }
             UserRepoMsg::Poll => {}
+            UserRepoMsg::Purge => match state.store.purge(clock::unix_ms()).await {
+                Ok(purged) => tracing::info!(purged, "purged expired and revoked sessions"),
+                Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+            },
             UserRepoMsg::Polled { started, result } => {
                 state.polling = false;
                 match result {

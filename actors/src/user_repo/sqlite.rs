@@ -18,7 +18,10 @@ use rusqlite_migration::{M, Migrations};
 
 use super::store::{DatabaseSettings, UserStore};
 use crate::error::{Error, Result, Taken};
-use crate::model::{ActiveSession, Credentials, Invalidation, NewSession, NewUser, Session, User};
+use crate::model::{
+    ActiveSession, Credentials, Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation,
+    Session, User,
+};
 
 /// The schema, one entry per version; never edit a released entry, append.
 const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("migrations/sqlite/001_initial.sql"))];
@@ -153,6 +156,75 @@ fn classify(e: rusqlite::Error) -> Error {
 
 const USER_COLUMNS: &str = "id, email, username, is_active, created_at, updated_at";
 
+/// How long revoked sessions (and the invalidation log) are kept before purging.
+const KEEP_REVOKED_MS: i64 = 3_600_000;
+
+/// Revokes the sessions in `scope` inside `tx` and logs what caches must drop.
+fn revoke_in(
+    tx: &rusqlite::Transaction<'_>,
+    user_id: &str,
+    scope: &Revoke,
+    now: i64,
+) -> rusqlite::Result<Vec<Invalidation>> {
+    let revoked: Vec<Option<String>> = match scope {
+        Revoke::Session(id) => {
+            let n = tx.execute(
+                "UPDATE sessions SET revoked_at = ?3
+                 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL AND expires_at > ?3",
+                params![id, user_id, now],
+            )?;
+            if n == 0 {
+                Vec::new()
+            } else {
+                vec![Some(id.clone())]
+            }
+        }
+        Revoke::All => {
+            tx.execute(
+                "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+                params![user_id, now],
+            )?;
+            // One entry for the user: caches drop the profile and every session.
+            vec![None]
+        }
+        Revoke::AllBut(keep) => {
+            let ids = tx
+                .prepare_cached(
+                    "UPDATE sessions SET revoked_at = ?3
+                     WHERE user_id = ?1 AND id <> ?2 AND revoked_at IS NULL RETURNING id",
+                )?
+                .query_map(params![user_id, keep, now], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            ids.into_iter().map(Some).collect()
+        }
+    };
+    let mut log = tx.prepare_cached(
+        "INSERT INTO invalidations (at, user_id, session_id) VALUES (?1, ?2, ?3)",
+    )?;
+    revoked
+        .into_iter()
+        .map(|session_id| {
+            log.execute(params![now, user_id, session_id])?;
+            Ok(Invalidation {
+                user_id: user_id.to_owned(),
+                session_id,
+            })
+        })
+        .collect()
+}
+
+fn session_from(row: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        created_at: row.get(2)?,
+        last_used_at: row.get(3)?,
+        expires_at: row.get(4)?,
+        ip: row.get(5)?,
+        user_agent: row.get(6)?,
+    })
+}
+
 fn user_from(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: row.get(0)?,
@@ -267,12 +339,12 @@ impl UserStore for SqliteStore {
 
     async fn invalidations_since(&self, cursor: i64) -> Result<(Vec<Invalidation>, i64)> {
         self.read(move |conn| {
-            if cursor == 0 {
+            if cursor < 0 {
                 let head: i64 =
                     conn.query_row("SELECT coalesce(max(seq), 0) FROM invalidations", [], |r| {
                         r.get(0)
                     })?;
-                return Ok((Vec::new(), head.max(1)));
+                return Ok((Vec::new(), head));
             }
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, user_id, session_id FROM invalidations WHERE seq > ?1 ORDER BY seq",
@@ -296,6 +368,182 @@ impl UserStore for SqliteStore {
                 })
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok((rows, next))
+        })
+        .await
+    }
+
+    async fn credentials_by_id(&self, user_id: String) -> Result<Option<Credentials>> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS}, password_hash FROM users WHERE id = ?1"
+            ))?
+            .query_row([user_id], |row| {
+                Ok(Credentials {
+                    user: user_from(row)?,
+                    password_hash: row.get(6)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old_digest: String,
+        new_digest: String,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Rotation> {
+        self.write(move |tx| {
+            let current = tx
+                .prepare_cached(
+                    "SELECT s.id, s.user_id, s.absolute_expires_at,
+                            s.revoked_at IS NULL AND s.expires_at > ?2 AND u.is_active = 1
+                     FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.refresh_digest = ?1",
+                )?
+                .query_row(params![old_digest, now], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, bool>(3)?))
+                })
+                .optional()?;
+            match current {
+                Some((session_id, user_id, absolute, true)) => {
+                    tx.execute(
+                        "UPDATE sessions SET refresh_digest = ?2, last_used_at = ?3, expires_at = ?4
+                         WHERE id = ?1",
+                        params![session_id, new_digest, now, expires_at.min(absolute)],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO spent_refresh_tokens (digest, session_id, spent_at) VALUES (?1, ?2, ?3)",
+                        params![old_digest, session_id, now],
+                    )?;
+                    Ok(Rotation::Rotated {
+                        session_id,
+                        user_id,
+                    })
+                }
+                Some(_) => Ok(Rotation::Invalid),
+                None => {
+                    let spent = tx
+                        .prepare_cached(
+                            "SELECT s.id, s.user_id FROM spent_refresh_tokens t
+                             JOIN sessions s ON s.id = t.session_id WHERE t.digest = ?1",
+                        )?
+                        .query_row([&old_digest], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                        .optional()?;
+                    let Some((session_id, user_id)) = spent else {
+                        return Ok(Rotation::Invalid);
+                    };
+                    let changes = revoke_in(tx, &user_id, &Revoke::Session(session_id.clone()), now)?;
+                    Ok(Rotation::Reused {
+                        session_id,
+                        user_id,
+                        changes,
+                    })
+                }
+            }
+        })
+        .await
+    }
+
+    async fn revoke(&self, user_id: String, scope: Revoke, now: i64) -> Result<Vec<Invalidation>> {
+        self.write(move |tx| revoke_in(tx, &user_id, &scope, now))
+            .await
+    }
+
+    async fn sessions(&self, user_id: String, now: i64) -> Result<Vec<Session>> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, user_id, created_at, last_used_at, expires_at, ip, user_agent
+                 FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2
+                 ORDER BY created_at DESC",
+            )?
+            .query_map(params![user_id, now], session_from)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn update_profile(
+        &self,
+        user_id: String,
+        change: ProfileChange,
+        now: i64,
+    ) -> Result<(User, Vec<Invalidation>)> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE users SET email = coalesce(?2, email), username = coalesce(?3, username),
+                                  updated_at = ?4
+                 WHERE id = ?1",
+                params![user_id, change.email, change.username, now],
+            )?;
+            let user = tx
+                .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+                .query_row([&user_id], user_from)?;
+            tx.execute(
+                "INSERT INTO invalidations (at, user_id, session_id) VALUES (?1, ?2, NULL)",
+                params![now, user_id],
+            )?;
+            let changed = Invalidation {
+                user_id,
+                session_id: None,
+            };
+            Ok((user, vec![changed]))
+        })
+        .await
+    }
+
+    async fn set_password(
+        &self,
+        user_id: String,
+        hash: String,
+        keep: String,
+        now: i64,
+    ) -> Result<Vec<Invalidation>> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1",
+                params![user_id, hash, now],
+            )?;
+            revoke_in(tx, &user_id, &Revoke::AllBut(keep), now)
+        })
+        .await
+    }
+
+    async fn deactivate(&self, user_id: String, now: i64) -> Result<Vec<Invalidation>> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE users SET is_active = 0, updated_at = ?2 WHERE id = ?1",
+                params![user_id, now],
+            )?;
+            revoke_in(tx, &user_id, &Revoke::All, now)
+        })
+        .await
+    }
+
+    async fn touch_session(&self, session_id: String, now: i64) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE sessions SET last_used_at = max(last_used_at, ?2) WHERE id = ?1",
+                params![session_id, now],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn purge(&self, now: i64) -> Result<u64> {
+        self.write(move |tx| {
+            let sessions = tx.execute(
+                "DELETE FROM sessions WHERE expires_at <= ?1 OR revoked_at <= ?2",
+                params![now, now - KEEP_REVOKED_MS],
+            )?;
+            tx.execute(
+                "DELETE FROM invalidations WHERE at <= ?1",
+                [now - KEEP_REVOKED_MS],
+            )?;
+            Ok(sessions as u64)
         })
         .await
     }
@@ -393,5 +641,146 @@ mod tests {
         s.create_user(new_user("u1", "a@example.com", "alice"))
             .await
             .unwrap();
+    }
+
+    fn new_session(id: &str, user: &str, digest: &str, now: i64) -> NewSession {
+        NewSession {
+            id: id.into(),
+            user_id: user.into(),
+            refresh_digest: digest.into(),
+            ip: None,
+            user_agent: None,
+            now,
+            expires_at: now + 10_000,
+            absolute_expires_at: now + 20_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        s.create_session(new_session("s1", "u1", "d1", 1_000), None)
+            .await
+            .unwrap();
+        s.revoke("u1".into(), Revoke::Session("s1".into()), 1_100)
+            .await
+            .unwrap();
+        let (nothing, head) = s.invalidations_since(-1).await.unwrap();
+        assert!(
+            nothing.is_empty(),
+            "history before start-up is not replayed"
+        );
+        s.create_session(new_session("s2", "u1", "d2", 1_000), None)
+            .await
+            .unwrap();
+        let changes = s
+            .revoke("u1".into(), Revoke::Session("s2".into()), 1_200)
+            .await
+            .unwrap();
+        assert_eq!(changes.len(), 1);
+        let (seen, next) = s.invalidations_since(head).await.unwrap();
+        assert_eq!(seen, changes);
+        assert!(next > head);
+        assert!(s.invalidations_since(next).await.unwrap().0.is_empty());
+        // Revoking what is already revoked, or someone else's, changes nothing.
+        assert!(
+            s.revoke("u1".into(), Revoke::Session("s2".into()), 1_300)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.revoke("u2".into(), Revoke::Session("s1".into()), 1_300)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn rotation_spends_the_old_token_and_reuse_revokes_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        s.create_session(new_session("s1", "u1", "d1", 1_000), None)
+            .await
+            .unwrap();
+        let rotated = s
+            .rotate_refresh("d1".into(), "d2".into(), 2_000, 50_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            rotated,
+            Rotation::Rotated {
+                session_id: "s1".into(),
+                user_id: "u1".into()
+            }
+        );
+        let listed = s.sessions("u1".into(), 2_000).await.unwrap();
+        assert_eq!(
+            listed[0].expires_at, 21_000,
+            "slides, but never past the absolute end"
+        );
+        assert_eq!(listed[0].last_used_at, 2_000);
+        match s
+            .rotate_refresh("d1".into(), "d3".into(), 3_000, 50_000)
+            .await
+            .unwrap()
+        {
+            Rotation::Reused {
+                session_id,
+                changes,
+                ..
+            } => {
+                assert_eq!(session_id, "s1");
+                assert_eq!(changes.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.rotate_refresh("d2".into(), "d4".into(), 3_000, 50_000)
+                .await
+                .unwrap(),
+            Rotation::Invalid
+        );
+        assert_eq!(
+            s.rotate_refresh("nope".into(), "d5".into(), 3_000, 50_000)
+                .await
+                .unwrap(),
+            Rotation::Invalid
+        );
+        assert!(
+            s.active_session("s1".into(), 3_000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_drops_expired_sessions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        s.create_session(new_session("old", "u1", "d1", 0), None)
+            .await
+            .unwrap();
+        s.create_session(new_session("live", "u1", "d2", 100_000), None)
+            .await
+            .unwrap();
+        assert_eq!(s.purge(50_000).await.unwrap(), 1);
+        let left = s.sessions("u1".into(), 100_001).await.unwrap();
+        assert_eq!(
+            left.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+            ["live"]
+        );
     }
 }

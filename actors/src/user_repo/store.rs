@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::error::Result;
-use crate::model::{ActiveSession, Credentials, Invalidation, NewSession, NewUser, Session, User};
+use crate::model::{
+    ActiveSession, Credentials, Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation,
+    Session, User,
+};
 
 /// The `[database]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,8 +65,55 @@ pub trait UserStore: Send + Sync + 'static {
     async fn user(&self, user_id: String) -> Result<Option<User>>;
 
     /// Invalidations recorded after `cursor`, and the cursor to ask with next.
-    /// `cursor` 0 means "from now on".
+    /// A negative `cursor` means "from now on": nothing, and the current head.
     async fn invalidations_since(&self, cursor: i64) -> Result<(Vec<Invalidation>, i64)>;
+
+    /// A user by id with their hash (for checking the current password).
+    async fn credentials_by_id(&self, user_id: String) -> Result<Option<Credentials>>;
+
+    /// Exchanges a refresh token (by digest) for a new one, atomically:
+    /// rotates a current token, revokes the session of a spent one.
+    /// `expires_at` is the session's new expiry, capped at its absolute end.
+    async fn rotate_refresh(
+        &self,
+        old_digest: String,
+        new_digest: String,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Rotation>;
+
+    /// Revokes the user's sessions in `scope`; what caches must drop, empty
+    /// when nothing matched.
+    async fn revoke(&self, user_id: String, scope: Revoke, now: i64) -> Result<Vec<Invalidation>>;
+
+    /// The user's active sessions, newest first.
+    async fn sessions(&self, user_id: String, now: i64) -> Result<Vec<Session>>;
+
+    /// Changes email and/or username; `Conflict` when taken.
+    async fn update_profile(
+        &self,
+        user_id: String,
+        change: ProfileChange,
+        now: i64,
+    ) -> Result<(User, Vec<Invalidation>)>;
+
+    /// Replaces the password hash and revokes every session but `keep`.
+    async fn set_password(
+        &self,
+        user_id: String,
+        hash: String,
+        keep: String,
+        now: i64,
+    ) -> Result<Vec<Invalidation>>;
+
+    /// Soft-deletes the user and revokes all their sessions.
+    async fn deactivate(&self, user_id: String, now: i64) -> Result<Vec<Invalidation>>;
+
+    /// Records that a session was used (at most one write a minute per session).
+    async fn touch_session(&self, session_id: String, now: i64) -> Result<()>;
+
+    /// Deletes expired sessions, long-revoked ones and old invalidations.
+    async fn purge(&self, now: i64) -> Result<u64>;
 
     /// Flushes everything to durable storage; called once at shutdown.
     async fn close(&self) -> Result<()>;
