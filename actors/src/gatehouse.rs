@@ -28,8 +28,8 @@ use crate::model::{
 };
 use crate::passwords::{PasswordSettings, Passwords};
 use crate::rate_limiter::{
-    AttemptDecision, OnBackendFailure, RateLimitSettings, RateLimiter, RateLimiterArgs,
-    RateLimiterMsg, RouteClass, ThrottleRule, normalize_login,
+    AttemptDecision, MemoryLimiter, OnBackendFailure, RateLimitSettings, RateLimiter,
+    RateLimiterArgs, RateLimiterMsg, RouteClass, ThrottleRule, normalize_login,
 };
 use crate::supervisor::{
     ActorBoard, ActorReport, ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -180,13 +180,14 @@ impl Gatehouse {
                 &names,
                 || RateLimiter,
                 RateLimiterArgs {
-                    routes: settings.rate_limit.routes,
-                    throttle: ThrottleRule {
-                        max_failures: settings.auth.max_failed_logins,
-                        lockout_ms: i64::try_from(settings.auth.lockout_s.saturating_mul(1000))
-                            .unwrap_or(i64::MAX),
-                    },
-                    max_keys: settings.rate_limit.max_tracked_keys,
+                    limiter: Arc::new(parking_lot::Mutex::new(MemoryLimiter::new(
+                        settings.rate_limit.routes,
+                        ThrottleRule {
+                            max_failures: settings.auth.max_failed_logins,
+                            lockout_ms: secs_to_ms(settings.auth.lockout_s),
+                        },
+                        settings.rate_limit.max_tracked_keys,
+                    ))),
                 },
             ),
             child(
@@ -394,6 +395,13 @@ impl Gatehouse {
                     Some(_) => "wrong_password",
                 };
                 inner.metrics.login(false);
+                system::cast(
+                    inner.names.get(ActorKind::RateLimiter),
+                    RateLimiterMsg::Failed {
+                        client: req.ip,
+                        login: name,
+                    },
+                );
                 tracing::warn!(event = "login.failure", login = %req.login, ip = %req.ip, reason,
                     "login refused");
                 return Err(Error::InvalidCredentials);

@@ -8,8 +8,9 @@
 //! the number of tracked keys is capped, so a flood of distinct addresses costs
 //! bounded memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -210,6 +211,28 @@ pub enum AttemptDecision {
     },
 }
 
+/// Failed logins from one address within the current suspicion window.
+#[derive(Debug, Default)]
+struct Failures {
+    count: u32,
+    since: i64,
+    /// Distinct login names tried, up to [`MAX_NAMES_COUNTED`].
+    names: HashSet<String>,
+    flagged: bool,
+}
+
+/// Failed logins from one address within [`SUSPICION_WINDOW_MS`] that make it suspicious.
+pub const SUSPICIOUS_FAILURES: u32 = 20;
+pub const SUSPICION_WINDOW_MS: i64 = 60_000;
+const MAX_NAMES_COUNTED: usize = 100;
+
+/// A burst of failed logins from one address, reported once per burst.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspicion {
+    pub failures: u32,
+    pub distinct_logins: usize,
+}
+
 /// The per-account throttle's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleRule {
@@ -225,6 +248,7 @@ pub struct MemoryLimiter {
     max_keys: usize,
     windows: HashMap<(IpAddr, RouteClass), Hits>,
     strikes: HashMap<String, Strikes>,
+    failures: HashMap<IpAddr, Failures>,
 }
 
 impl MemoryLimiter {
@@ -235,6 +259,7 @@ impl MemoryLimiter {
             max_keys: max_keys.max(1),
             windows: HashMap::new(),
             strikes: HashMap::new(),
+            failures: HashMap::new(),
         }
     }
 
@@ -294,6 +319,32 @@ impl MemoryLimiter {
         self.strikes.remove(login);
     }
 
+    /// A login from `client` failed; says so once when that makes a burst.
+    pub fn login_failed(&mut self, client: IpAddr, login: &str, now: i64) -> Option<Suspicion> {
+        if self.failures.len() >= self.max_keys && !self.failures.contains_key(&client) {
+            self.make_room(now);
+        }
+        let entry = self.failures.entry(client).or_default();
+        if now - entry.since >= SUSPICION_WINDOW_MS {
+            *entry = Failures {
+                since: now,
+                ..Failures::default()
+            };
+        }
+        entry.count += 1;
+        if entry.names.len() < MAX_NAMES_COUNTED {
+            entry.names.insert(login.to_owned());
+        }
+        if entry.count >= SUSPICIOUS_FAILURES && !entry.flagged {
+            entry.flagged = true;
+            return Some(Suspicion {
+                failures: entry.count,
+                distinct_logins: entry.names.len(),
+            });
+        }
+        None
+    }
+
     /// Forgets windows with no hit inside them and login names idle for a lockout.
     pub fn sweep(&mut self, now: i64) {
         let routes = self.routes;
@@ -305,8 +356,11 @@ impl MemoryLimiter {
         let idle = now.saturating_sub(self.throttle.lockout_ms);
         self.strikes
             .retain(|_, s| s.locked_until.is_some_and(|until| until > now) || s.last_seen > idle);
+        self.failures
+            .retain(|_, f| now - f.since < SUSPICION_WINDOW_MS);
         self.windows.shrink_to_fit();
         self.strikes.shrink_to_fit();
+        self.failures.shrink_to_fit();
     }
 
     /// At the key cap: sweep, and if that frees nothing, forget the least
@@ -320,6 +374,9 @@ impl MemoryLimiter {
         }
         if self.strikes.len() >= self.max_keys {
             forget_least_recent_tenth(&mut self.strikes, |s| s.last_seen);
+        }
+        if self.failures.len() >= self.max_keys {
+            forget_least_recent_tenth(&mut self.failures, |f| f.since);
         }
     }
 
@@ -359,6 +416,8 @@ pub enum RateLimiterMsg {
     },
     /// A login for this (normalized) name succeeded.
     Succeeded { login: String },
+    /// A login from `client` failed (for spotting bursts from one address).
+    Failed { client: IpAddr, login: String },
     /// Forget idle keys.
     Sweep,
     /// How many keys are tracked.
@@ -367,12 +426,11 @@ pub enum RateLimiterMsg {
     Crash,
 }
 
-/// What the `RateLimiter` is started with.
-#[derive(Debug, Clone, Copy)]
+/// What the `RateLimiter` is started with: the limiter state itself, which
+/// outlives the actor, so that a restart never hands out fresh allowances.
+#[derive(Clone)]
 pub struct RateLimiterArgs {
-    pub routes: RouteLimits,
-    pub throttle: ThrottleRule,
-    pub max_keys: usize,
+    pub limiter: Arc<parking_lot::Mutex<MemoryLimiter>>,
 }
 
 pub struct RateLimiter;
@@ -382,7 +440,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 impl Actor for RateLimiter {
     type Msg = RateLimiterMsg;
-    type State = MemoryLimiter;
+    type State = Arc<parking_lot::Mutex<MemoryLimiter>>;
     type Arguments = RateLimiterArgs;
 
     async fn pre_start(
@@ -391,20 +449,17 @@ impl Actor for RateLimiter {
         args: RateLimiterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(SWEEP_EVERY, || RateLimiterMsg::Sweep);
-        Ok(MemoryLimiter::new(
-            args.routes,
-            args.throttle,
-            args.max_keys,
-        ))
+        Ok(args.limiter)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        limiter: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let now = clock::unix_ms();
+        let mut limiter = state.lock();
         match msg {
             RateLimiterMsg::Check {
                 class,
@@ -417,6 +472,14 @@ impl Actor for RateLimiter {
                 let _ = reply.send(limiter.attempt(&login, now));
             }
             RateLimiterMsg::Succeeded { login } => limiter.succeeded(&login),
+            RateLimiterMsg::Failed { client, login } => {
+                if let Some(s) = limiter.login_failed(client, &login, now) {
+                    tracing::warn!(event = "suspicious", ip = %client, failures = s.failures,
+                        distinct_logins = s.distinct_logins,
+                        window_s = SUSPICION_WINDOW_MS / 1000,
+                        "burst of failed logins from one address");
+                }
+            }
             RateLimiterMsg::Sweep => limiter.sweep(now),
             RateLimiterMsg::Tracked(reply) => {
                 let _ = reply.send(limiter.tracked());
@@ -592,6 +655,35 @@ mod tests {
         assert!(l.tracked().1 <= 1_000);
         l.sweep(300_001);
         assert_eq!(l.tracked().1, 0);
+    }
+
+    #[test]
+    fn a_burst_of_failures_from_one_address_is_flagged_once() {
+        let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 100);
+        for i in 0..SUSPICIOUS_FAILURES - 1 {
+            assert_eq!(l.login_failed(IP, &format!("name{}", i % 3), 1_000), None);
+        }
+        let other: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(
+            l.login_failed(other, "x", 1_000),
+            None,
+            "counted per address"
+        );
+        let flagged = l.login_failed(IP, "name0", 2_000).unwrap();
+        assert_eq!(
+            flagged,
+            Suspicion {
+                failures: SUSPICIOUS_FAILURES,
+                distinct_logins: 3
+            }
+        );
+        assert_eq!(l.login_failed(IP, "name0", 3_000), None, "once per burst");
+        // A new window starts a new count.
+        let later = 1_000 + SUSPICION_WINDOW_MS;
+        for _ in 0..SUSPICIOUS_FAILURES - 1 {
+            assert_eq!(l.login_failed(IP, "again", later), None);
+        }
+        assert!(l.login_failed(IP, "again", later).is_some());
     }
 
     #[test]
