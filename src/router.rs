@@ -22,7 +22,11 @@ pub enum Endpoint {
     DeleteSession,
     Health,
     CircuitBreakers,
+    MetricsSummary,
+    Actors,
+    KillActor,
     Prometheus,
+    OpenApi,
 }
 
 impl Endpoint {
@@ -40,13 +44,26 @@ impl Endpoint {
             | Self::DeleteMe
             | Self::ListSessions
             | Self::DeleteSession => Some(RouteClass::Default),
-            Self::Health | Self::CircuitBreakers | Self::Prometheus => None,
+            Self::Health
+            | Self::CircuitBreakers
+            | Self::MetricsSummary
+            | Self::Actors
+            | Self::KillActor
+            | Self::Prometheus
+            | Self::OpenApi => None,
         }
     }
 
     /// Needs the monitoring token when one is configured.
     pub fn monitoring_protected(self) -> bool {
-        matches!(self, Self::CircuitBreakers | Self::Prometheus)
+        matches!(
+            self,
+            Self::CircuitBreakers
+                | Self::MetricsSummary
+                | Self::Actors
+                | Self::KillActor
+                | Self::Prometheus
+        )
     }
 }
 
@@ -106,10 +123,29 @@ pub const ROUTES: &[RouteSpec] = &[
         methods: &[(Method::GET, Endpoint::CircuitBreakers)],
     },
     RouteSpec {
+        template: "/api/v1/monitoring/metrics",
+        methods: &[(Method::GET, Endpoint::MetricsSummary)],
+    },
+    RouteSpec {
+        template: "/api/v1/monitoring/actors",
+        methods: &[(Method::GET, Endpoint::Actors)],
+    },
+    RouteSpec {
+        template: KILL_ROUTE,
+        methods: &[(Method::POST, Endpoint::KillActor)],
+    },
+    RouteSpec {
         template: "/metrics",
         methods: &[(Method::GET, Endpoint::Prometheus)],
     },
+    RouteSpec {
+        template: "/api/v1/openapi.json",
+        methods: &[(Method::GET, Endpoint::OpenApi)],
+    },
 ];
+
+/// The chaos route: it exists only while `monitoring.chaos` is on.
+pub const KILL_ROUTE: &str = "/api/v1/monitoring/actors/{name}/kill";
 
 /// The label used for requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -137,11 +173,12 @@ pub struct Router {
 impl Router {
     /// `chaos` adds the actor-kill route; without it that path does not exist.
     pub fn new(chaos: bool) -> Result<Self, matchit::InsertError> {
-        let _ = chaos;
         let mut paths = matchit::Router::new();
         let mut allow = Vec::new();
         for (i, spec) in ROUTES.iter().enumerate() {
-            paths.insert(spec.template, i)?;
+            if chaos || spec.template != KILL_ROUTE {
+                paths.insert(spec.template, i)?;
+            }
             let methods: Vec<&str> = spec.methods.iter().map(|(m, _)| m.as_str()).collect();
             allow.push(methods.join(", "));
         }

@@ -1,8 +1,10 @@
-//! `/api/v1/monitoring/*` and `/metrics`: what operators and Prometheus read.
+//! `/api/v1/monitoring/*`, `/metrics` and the OpenAPI document: what
+//! operators, Prometheus and client generators read.
 
 use std::collections::BTreeMap;
 
 use gatehouse_actors::HealthStatus;
+use gatehouse_actors::system::ActorKind;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{HeaderMap, StatusCode};
 use secrecy::ExposeSecret;
@@ -11,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use super::bearer;
 use crate::error::ApiError;
-use crate::http::{AppState, HttpResponse, json, now_rfc3339};
+use crate::http::{AppState, HttpResponse, empty, json, now_rfc3339};
 
 /// Refuses a request without the monitoring token, when one is configured.
 /// The comparison takes the same time wherever the first difference is.
@@ -81,13 +83,57 @@ pub fn circuit_breakers(state: &AppState) -> Result<HttpResponse, ApiError> {
     json(StatusCode::OK, &body)
 }
 
-pub fn prometheus(state: &AppState) -> Result<HttpResponse, ApiError> {
-    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-        state.prometheus.render(),
-    )));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+pub async fn summary(state: &AppState) -> Result<HttpResponse, ApiError> {
+    json(StatusCode::OK, &state.gatehouse.metrics_summary().await?)
+}
+
+#[derive(Serialize)]
+struct Actors {
+    actors: BTreeMap<&'static str, gatehouse_actors::supervisor::ActorReport>,
+}
+
+pub fn actors(state: &AppState) -> Result<HttpResponse, ApiError> {
+    let actors = state
+        .gatehouse
+        .actors()
+        .into_iter()
+        .map(|(kind, report)| (kind.name(), report))
+        .collect();
+    json(StatusCode::OK, &Actors { actors })
+}
+
+/// Makes the named actor fail (the route exists only with `monitoring.chaos`).
+pub fn kill(state: &AppState, name: Option<String>) -> Result<HttpResponse, ApiError> {
+    let kind = name
+        .as_deref()
+        .and_then(ActorKind::from_name)
+        .ok_or(ApiError::NotFound)?;
+    state.gatehouse.kill(kind)?;
+    tracing::warn!(
+        event = "actor.killed",
+        actor = kind.name(),
+        "actor killed through the chaos route"
     );
-    Ok(response)
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+pub fn prometheus(state: &AppState) -> Result<HttpResponse, ApiError> {
+    state.process.collect();
+    Ok(body(
+        state.prometheus.render(),
+        "text/plain; version=0.0.4; charset=utf-8",
+    ))
+}
+
+/// The OpenAPI 3.1 document of the whole API.
+pub fn openapi() -> Result<HttpResponse, ApiError> {
+    Ok(body(include_str!("../openapi.json"), "application/json"))
+}
+
+fn body(text: impl Into<bytes::Bytes>, content_type: &'static str) -> HttpResponse {
+    let mut response = hyper::Response::new(http_body_util::Full::new(text.into()));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub gatehouse: Gatehouse,
     pub router: Router,
     pub prometheus: PrometheusHandle,
+    /// Refreshes the `process_*` series at each scrape.
+    pub process: metrics_process::Collector,
     pub policy: Policy,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -69,6 +71,7 @@ impl App {
                 gatehouse,
                 router: Router::new(config.monitoring.chaos)?,
                 prometheus,
+                process: metrics_process::Collector::default(),
                 policy: Policy {
                     hsts: config.security.hsts,
                     cors_origins: config
@@ -200,7 +203,11 @@ impl App {
             Endpoint::DeleteSession => users::delete_session(state, &req, param).await,
             Endpoint::Health => handlers::monitoring::health(state),
             Endpoint::CircuitBreakers => handlers::monitoring::circuit_breakers(state),
+            Endpoint::MetricsSummary => handlers::monitoring::summary(state).await,
+            Endpoint::Actors => handlers::monitoring::actors(state),
+            Endpoint::KillActor => handlers::monitoring::kill(state, param),
             Endpoint::Prometheus => handlers::monitoring::prometheus(state),
+            Endpoint::OpenApi => handlers::monitoring::openapi(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod cli;
 mod durability;
 mod edges;
 mod harness;
+mod monitoring;
 mod resilience;
 mod sessions;
 mod tokens;
