@@ -85,6 +85,8 @@ impl Default for ServerSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakers {
     pub database: BreakerSettings,
+    /// Gatehouse's own: guards Redis when `rate_limit.backend = "redis"`.
+    pub redis: BreakerSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -311,24 +313,28 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
         rl.max_tracked_keys >= 1,
         "rate_limit.max_tracked_keys must be at least 1",
     );
-    check(
-        rl.backend == gatehouse_actors::rate_limiter::Backend::Memory,
-        "rate_limit.backend: only \"memory\" is supported by this build",
-    );
+    if rl.backend == gatehouse_actors::rate_limiter::Backend::Redis {
+        check(
+            rl.redis_url.starts_with("redis://") || rl.redis_url.starts_with("rediss://"),
+            "rate_limit.redis_url must start with redis:// or rediss://",
+        );
+    }
 
-    let b = &config.circuit_breaker.database;
-    check(
-        b.failure_threshold >= 1,
-        "circuit_breaker.database.failure_threshold must be at least 1",
-    );
-    check(
-        b.reset_timeout_ms >= 1,
-        "circuit_breaker.database.reset_timeout_ms must be at least 1",
-    );
-    check(
-        b.half_open_max_calls >= 1,
-        "circuit_breaker.database.half_open_max_calls must be at least 1",
-    );
+    let breakers = &config.circuit_breaker;
+    for (name, b) in [("database", &breakers.database), ("redis", &breakers.redis)] {
+        check(
+            b.failure_threshold >= 1,
+            &format!("circuit_breaker.{name}.failure_threshold must be at least 1"),
+        );
+        check(
+            b.reset_timeout_ms >= 1,
+            &format!("circuit_breaker.{name}.reset_timeout_ms must be at least 1"),
+        );
+        check(
+            b.half_open_max_calls >= 1,
+            &format!("circuit_breaker.{name}.half_open_max_calls must be at least 1"),
+        );
+    }
 
     for origin in &config.security.cors_allowed_origins {
         check(

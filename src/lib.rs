@@ -54,6 +54,7 @@ pub async fn run(
         database: config.database.clone(),
         rate_limit: config.rate_limit.clone(),
         database_breaker: config.circuit_breaker.database,
+        redis_breaker: config.circuit_breaker.redis,
         restart: config.supervisor.policy(),
     })
     .await

@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use email_address::{EmailAddress, Options};
@@ -27,9 +28,10 @@ use crate::model::{
     Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation, Session, User,
 };
 use crate::passwords::{PasswordSettings, Passwords};
+use crate::rate_limiter::redis::RedisLimiter;
 use crate::rate_limiter::{
-    AttemptDecision, MemoryLimiter, OnBackendFailure, RateLimitSettings, RateLimiter,
-    RateLimiterArgs, RateLimiterMsg, RouteClass, ThrottleRule, normalize_login,
+    AttemptDecision, Backend, MemoryLimiter, OnBackendFailure, RateLimitSettings, RateLimiter,
+    RateLimiterArgs, RateLimiterMsg, RouteClass, SharedLimiter, ThrottleRule, normalize_login,
 };
 use crate::supervisor::{
     ActorBoard, ActorReport, ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -53,6 +55,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub rate_limit: RateLimitSettings,
     pub database_breaker: BreakerSettings,
+    /// Guards the Redis rate-limit backend, when that is configured.
+    pub redis_breaker: BreakerSettings,
     pub restart: RestartPolicy,
 }
 
@@ -121,6 +125,8 @@ struct Inner {
     metrics: MetricsHandle,
     auth: AuthSettings,
     on_limiter_failure: OnBackendFailure,
+    /// When the last "rate limiting unavailable" warning was logged.
+    limiter_failure_logged: AtomicI64,
     call_timeout: Duration,
     started: Instant,
     supervisor: ActorRef<SupervisorMsg>,
@@ -172,30 +178,44 @@ impl Gatehouse {
         let passwords = Passwords::new(settings.password.clone())?;
         let actors = Arc::new(ActorBoard::default());
         let breaker_board = Arc::new(BreakerBoard::default());
+        let breakers = Breakers::new(Arc::clone(&names), Arc::clone(&breaker_board), call_timeout);
         let tally = Arc::default();
 
+        let rate = &settings.rate_limit;
+        let throttle = ThrottleRule {
+            max_failures: settings.auth.max_failed_logins,
+            lockout_ms: secs_to_ms(settings.auth.lockout_s),
+        };
+        let mut guarded = vec![(BreakerId::Database, settings.database_breaker)];
+        let shared = match rate.backend {
+            Backend::Memory => None,
+            Backend::Redis => {
+                guarded.push((BreakerId::Redis, settings.redis_breaker));
+                let redis =
+                    RedisLimiter::new(&rate.redis_url, &rate.redis_prefix, rate.routes, throttle)?;
+                Some(SharedLimiter {
+                    redis: Arc::new(redis),
+                    breakers: breakers.clone(),
+                })
+            }
+        };
+        let limiter = RateLimiterArgs {
+            local: Arc::new(parking_lot::Mutex::new(MemoryLimiter::new(
+                rate.routes,
+                throttle,
+                rate.max_tracked_keys,
+            ))),
+            shared,
+        };
+
         let children = vec![
-            child(
-                ActorKind::RateLimiter,
-                &names,
-                || RateLimiter,
-                RateLimiterArgs {
-                    limiter: Arc::new(parking_lot::Mutex::new(MemoryLimiter::new(
-                        settings.rate_limit.routes,
-                        ThrottleRule {
-                            max_failures: settings.auth.max_failed_logins,
-                            lockout_ms: secs_to_ms(settings.auth.lockout_s),
-                        },
-                        settings.rate_limit.max_tracked_keys,
-                    ))),
-                },
-            ),
+            child(ActorKind::RateLimiter, &names, || RateLimiter, limiter),
             child(
                 ActorKind::Breaker,
                 &names,
                 || Breaker,
                 BreakerArgs {
-                    breakers: vec![(BreakerId::Database, settings.database_breaker)],
+                    breakers: guarded,
                     board: Arc::clone(&breaker_board),
                 },
             ),
@@ -240,7 +260,7 @@ impl Gatehouse {
 
         Ok(Self {
             inner: Arc::new(Inner {
-                breakers: Breakers::new(Arc::clone(&names), breaker_board, call_timeout),
+                breakers,
                 repo: UserRepoClient::new(Arc::clone(&names), repo_timeout),
                 metrics: MetricsHandle::new(Arc::clone(&names), call_timeout),
                 names,
@@ -251,6 +271,7 @@ impl Gatehouse {
                 passwords,
                 auth: settings.auth,
                 on_limiter_failure: settings.rate_limit.on_backend_failure,
+                limiter_failure_logged: AtomicI64::new(i64::MIN),
                 call_timeout,
                 started,
                 supervisor,
@@ -274,8 +295,13 @@ impl Gatehouse {
         &self.inner.metrics
     }
 
-    /// Counts one request of `class` from `client`.
-    pub async fn check_rate(&self, class: RouteClass, client: IpAddr) -> Result<RateLimitInfo> {
+    /// Counts one request of `class` from `client`: the header values, or
+    /// `None` when the limiter could not decide and policy let the request through.
+    pub async fn check_rate(
+        &self,
+        class: RouteClass,
+        client: IpAddr,
+    ) -> Result<Option<RateLimitInfo>> {
         let name = self.inner.names.get(ActorKind::RateLimiter);
         let call = system::call(name, self.inner.call_timeout, |reply| {
             RateLimiterMsg::Check {
@@ -284,18 +310,12 @@ impl Gatehouse {
                 reply,
             }
         });
-        let decision = match call.await {
+        let decision = match call.await.and_then(|decided| decided) {
             Ok(decision) => decision,
-            Err(e) => {
-                return self.limiter_unavailable(e).map(|()| RateLimitInfo {
-                    limit: 0,
-                    remaining: 0,
-                    reset_s: 0,
-                });
-            }
+            Err(e) => return self.limiter_unavailable(e).map(|()| None),
         };
         if decision.allowed {
-            return Ok(decision.info);
+            return Ok(Some(decision.info));
         }
         if decision.first_refusal {
             tracing::warn!(event = "rate_limit.exceeded", ip = %client, class = class.name(),
@@ -304,9 +324,26 @@ impl Gatehouse {
         Err(Error::RateLimited(decision.info))
     }
 
+    /// The limiter could not decide: `rate_limit.on_backend_failure` says
+    /// what happens. Logged loudly, but at most every ten seconds.
     fn limiter_unavailable(&self, e: Error) -> Result<()> {
-        tracing::warn!(error = %e, policy = ?self.inner.on_limiter_failure, "rate limiter unavailable");
-        match self.inner.on_limiter_failure {
+        let inner = &self.inner;
+        let now = clock::unix_ms();
+        let last = inner.limiter_failure_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && inner
+                .limiter_failure_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::error!(error = %e, policy = ?inner.on_limiter_failure,
+            "rate limiting unavailable; requests are {} until it recovers",
+            match inner.on_limiter_failure {
+                OnBackendFailure::Allow => "allowed without limits",
+                OnBackendFailure::Deny => "refused",
+            });
+        }
+        match inner.on_limiter_failure {
             OnBackendFailure::Allow => Ok(()),
             OnBackendFailure::Deny => Err(e),
         }
@@ -707,11 +744,10 @@ impl Gatehouse {
     async fn attempt(&self, login: &str) -> Result<AttemptDecision> {
         let name = self.inner.names.get(ActorKind::RateLimiter);
         let login = login.to_owned();
-        match system::call(name, self.inner.call_timeout, |reply| {
+        let call = system::call(name, self.inner.call_timeout, |reply| {
             RateLimiterMsg::Attempt { login, reply }
-        })
-        .await
-        {
+        });
+        match call.await.and_then(|decided| decided) {
             Ok(decision) => Ok(decision),
             Err(e) => self
                 .limiter_unavailable(e)

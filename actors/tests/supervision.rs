@@ -42,6 +42,7 @@ fn settings(dir: &tempfile::TempDir, max_restarts: usize) -> Settings {
         },
         rate_limit: RateLimitSettings::default(),
         database_breaker: BreakerSettings::default(),
+        redis_breaker: BreakerSettings::default(),
         restart: RestartPolicy {
             max_restarts,
             window: Duration::from_secs(60),

@@ -179,7 +179,7 @@ impl App {
         }
         if let Some(class) = endpoint.rate_class() {
             match state.gatehouse.check_rate(class, ctx.client).await {
-                Ok(info) => ctx.rate = Some(info),
+                Ok(info) => ctx.rate = info,
                 Err(gatehouse_actors::Error::RateLimited(info)) => {
                     ctx.rate = Some(info);
                     state.gatehouse.metrics().rate_limited(template);

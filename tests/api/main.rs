@@ -9,5 +9,6 @@ mod edges;
 mod harness;
 mod monitoring;
 mod resilience;
+mod scale_out;
 mod sessions;
 mod tokens;

@@ -6,7 +6,11 @@
 //! `limit` in any window" holds at every instant, with no fixed-window burst
 //! at boundaries. Refused requests are not recorded. Idle keys are swept and
 //! the number of tracked keys is capped, so a flood of distinct addresses costs
-//! bounded memory.
+//! bounded memory. With `backend = "redis"`, windows and the throttle live in
+//! Redis instead ([`redis`]), behind their own circuit breaker; spotting
+//! bursts of failures from one address stays per process.
+
+pub mod redis;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -16,8 +20,10 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::{BreakerId, Breakers};
 use crate::clock;
 use crate::error::{RateLimitInfo, Result};
+use redis::RedisLimiter;
 
 /// Which allowance a route draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -403,16 +409,16 @@ pub fn normalize_login(login: &str) -> String {
 
 /// Messages the `RateLimiter` accepts.
 pub enum RateLimiterMsg {
-    /// Count one request of `class` from `client`.
+    /// Count one request of `class` from `client`; `Err` when the backend failed.
     Check {
         class: RouteClass,
         client: IpAddr,
-        reply: RpcReplyPort<Decision>,
+        reply: RpcReplyPort<Result<Decision>>,
     },
     /// Start a login attempt for a (normalized) login name.
     Attempt {
         login: String,
-        reply: RpcReplyPort<AttemptDecision>,
+        reply: RpcReplyPort<Result<AttemptDecision>>,
     },
     /// A login for this (normalized) name succeeded.
     Succeeded { login: String },
@@ -426,11 +432,41 @@ pub enum RateLimiterMsg {
     Crash,
 }
 
-/// What the `RateLimiter` is started with: the limiter state itself, which
-/// outlives the actor, so that a restart never hands out fresh allowances.
+/// What the `RateLimiter` is started with. The state outlives the actor, so
+/// that a restart never hands out fresh allowances.
 #[derive(Clone)]
 pub struct RateLimiterArgs {
-    pub limiter: Arc<parking_lot::Mutex<MemoryLimiter>>,
+    /// This process's limiter: everything with the memory backend; with
+    /// Redis, only the spotting of failure bursts.
+    pub local: Arc<parking_lot::Mutex<MemoryLimiter>>,
+    /// Windows and throttle shared through Redis, when that is the backend.
+    pub shared: Option<SharedLimiter>,
+}
+
+/// The Redis backend and the breakers its calls pass through.
+#[derive(Clone)]
+pub struct SharedLimiter {
+    pub redis: Arc<RedisLimiter>,
+    pub breakers: Breakers,
+}
+
+impl SharedLimiter {
+    /// Runs one Redis decision off the mailbox, through the `redis` breaker,
+    /// and sends the outcome to `reply`.
+    fn spawn<T, F>(
+        &self,
+        reply: RpcReplyPort<Result<T>>,
+        decide: impl FnOnce(Arc<RedisLimiter>) -> F,
+    ) where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let work = decide(Arc::clone(&self.redis));
+        let breakers = self.breakers.clone();
+        tokio::spawn(async move {
+            let _ = reply.send(breakers.run(BreakerId::Redis, work).await);
+        });
+    }
 }
 
 pub struct RateLimiter;
@@ -440,7 +476,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 impl Actor for RateLimiter {
     type Msg = RateLimiterMsg;
-    type State = Arc<parking_lot::Mutex<MemoryLimiter>>;
+    type State = RateLimiterArgs;
     type Arguments = RateLimiterArgs;
 
     async fn pre_start(
@@ -449,7 +485,7 @@ impl Actor for RateLimiter {
         args: RateLimiterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(SWEEP_EVERY, || RateLimiterMsg::Sweep);
-        Ok(args.limiter)
+        Ok(args)
     }
 
     async fn handle(
@@ -459,30 +495,50 @@ impl Actor for RateLimiter {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let now = clock::unix_ms();
-        let mut limiter = state.lock();
+        let shared = state.shared.as_ref();
+        let mut local = state.local.lock();
         match msg {
             RateLimiterMsg::Check {
                 class,
                 client,
                 reply,
-            } => {
-                let _ = reply.send(limiter.check(class, client, now));
-            }
-            RateLimiterMsg::Attempt { login, reply } => {
-                let _ = reply.send(limiter.attempt(&login, now));
-            }
-            RateLimiterMsg::Succeeded { login } => limiter.succeeded(&login),
+            } => match shared {
+                Some(shared) => shared.spawn(reply, move |redis| async move {
+                    redis.check(class, client, now).await
+                }),
+                None => {
+                    let _ = reply.send(Ok(local.check(class, client, now)));
+                }
+            },
+            RateLimiterMsg::Attempt { login, reply } => match shared {
+                Some(shared) => shared.spawn(reply, move |redis| async move {
+                    redis.attempt(&login, now).await
+                }),
+                None => {
+                    let _ = reply.send(Ok(local.attempt(&login, now)));
+                }
+            },
+            RateLimiterMsg::Succeeded { login } => match shared {
+                Some(shared) => {
+                    // Nobody waits for this; a failure only leaves strikes to expire.
+                    let (reply, _) = ractor::concurrency::oneshot();
+                    shared.spawn(reply.into(), move |redis| async move {
+                        redis.succeeded(&login).await
+                    });
+                }
+                None => local.succeeded(&login),
+            },
             RateLimiterMsg::Failed { client, login } => {
-                if let Some(s) = limiter.login_failed(client, &login, now) {
+                if let Some(s) = local.login_failed(client, &login, now) {
                     tracing::warn!(event = "suspicious", ip = %client, failures = s.failures,
                         distinct_logins = s.distinct_logins,
                         window_s = SUSPICION_WINDOW_MS / 1000,
                         "burst of failed logins from one address");
                 }
             }
-            RateLimiterMsg::Sweep => limiter.sweep(now),
+            RateLimiterMsg::Sweep => local.sweep(now),
             RateLimiterMsg::Tracked(reply) => {
-                let _ = reply.send(limiter.tracked());
+                let _ = reply.send(local.tracked());
             }
             RateLimiterMsg::Crash => return Err("crash requested through the chaos route".into()),
         }
