@@ -246,8 +246,10 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
         "database.path must not be empty",
     );
     check(
-        db.url.is_empty(),
-        "database.url: PostgreSQL is not supported by this build; leave it empty for SQLite",
+        db.url.is_empty()
+            || db.url.starts_with("postgres://")
+            || db.url.starts_with("postgresql://"),
+        "database.url must be empty (SQLite) or start with postgres:// or postgresql://",
     );
 
     let a = &config.auth;

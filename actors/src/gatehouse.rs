@@ -41,10 +41,15 @@ use crate::token_issuer::{
     AccessToken, AuthSettings, MAX_TOKEN_BYTES, RefreshToken, TokenIssuer, TokenIssuerMsg,
     TokenKeys, refresh_digest,
 };
+use crate::user_repo::pg::PgStore;
 use crate::user_repo::sqlite::SqliteStore;
 use crate::user_repo::{
     DatabaseSettings, SessionCache, UserRepo, UserRepoArgs, UserRepoClient, UserRepoMsg, UserStore,
 };
+
+/// How long after start-up the store may take to answer its first poll
+/// before health says so.
+const STORE_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything the actor system needs from the configuration.
 pub struct Settings {
@@ -153,14 +158,19 @@ where
 }
 
 impl Gatehouse {
-    /// Opens the store and starts the supervision tree.
+    /// Opens the store (PostgreSQL when `database.url` is set, else the
+    /// SQLite file) and starts the supervision tree.
     pub async fn start(settings: Settings) -> Result<Self> {
         let db = settings.database.clone();
-        let store: Arc<dyn UserStore> = Arc::new(
-            tokio::task::spawn_blocking(move || SqliteStore::open(&db))
-                .await
-                .map_err(|e| Error::Internal(format!("opening the store: {e}")))??,
-        );
+        let store: Arc<dyn UserStore> = if db.url.is_empty() {
+            Arc::new(
+                tokio::task::spawn_blocking(move || SqliteStore::open(&db))
+                    .await
+                    .map_err(|e| Error::Internal(format!("opening the store: {e}")))??,
+            )
+        } else {
+            Arc::new(PgStore::connect(&db)?)
+        };
         Self::start_with_store(settings, store).await
     }
 
@@ -854,14 +864,20 @@ impl Gatehouse {
         self.inner.actors.all()
     }
 
-    /// Unhealthy while an actor is down, degraded while a breaker is not closed.
+    /// Unhealthy while an actor is down; degraded while a breaker is not
+    /// closed, or while the store has not answered the invalidation poll for
+    /// a while (which no breaker sees when no request needs the store).
     pub fn health(&self) -> HealthStatus {
-        if !self.inner.actors.all_running() {
+        let inner = &self.inner;
+        let store_silent =
+            inner.started.elapsed() > STORE_GRACE && !inner.cache.trusted(clock::unix_ms());
+        if !inner.actors.all_running() {
             HealthStatus::Unhealthy
-        } else if self
-            .breakers()
-            .iter()
-            .any(|(_, b)| b.state != BreakerState::Closed)
+        } else if store_silent
+            || self
+                .breakers()
+                .iter()
+                .any(|(_, b)| b.state != BreakerState::Closed)
         {
             HealthStatus::Degraded
         } else {

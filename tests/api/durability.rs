@@ -105,15 +105,8 @@ async fn sigterm_during_a_burst_of_writes_loses_no_acknowledged_write() {
 #[tokio::test]
 async fn a_hash_with_old_parameters_is_upgraded_at_the_next_login() {
     let dir = DataDir::new();
-    let stored_hash = |dir: &DataDir| -> String {
-        let db = rusqlite::Connection::open(dir.db()).unwrap();
-        db.query_row(
-            "SELECT password_hash FROM users WHERE username = 'upgrade'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
+    let stored_hash =
+        |dir: &DataDir| dir.query("SELECT password_hash FROM users WHERE username = 'upgrade'");
     {
         let s = Server::builder().dir(&dir).start();
         s.register("upgrade").await.ok(201);

@@ -24,21 +24,177 @@ pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 /// A password that passes the policy.
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// Where a server keeps its database; shared by the servers of a restart test.
+/// Which store the suite runs against: SQLite unless `GATEHOUSE_TEST_STORE=postgres`.
+pub fn on_postgres() -> bool {
+    std::env::var("GATEHOUSE_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// The machine's PostgreSQL, as the test suite reaches it.
+pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Runs one statement with psql and returns its output, unaligned.
+pub fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            &format!("{POSTGRES}/{database}"),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qtAc",
+            sql,
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A PostgreSQL database of the test's own, dropped when the last user goes.
+pub struct PgDatabase {
+    pub name: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> Self {
+        let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        Self { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{POSTGRES}/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([&format!("{POSTGRES}/postgres"), "-qc"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+/// Where a server keeps its data; shared by the servers of a restart or
+/// several-instances test. A SQLite file in a temporary directory, or a
+/// PostgreSQL database of its own.
 #[derive(Clone)]
-pub struct DataDir(Arc<tempfile::TempDir>);
+pub struct DataDir {
+    dir: Arc<tempfile::TempDir>,
+    pg: Option<Arc<PgDatabase>>,
+}
 
 impl DataDir {
     pub fn new() -> Self {
-        Self(Arc::new(tempfile::tempdir().expect("temp dir")))
+        Self {
+            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            pg: on_postgres().then(|| Arc::new(PgDatabase::create())),
+        }
     }
 
     pub fn db(&self) -> PathBuf {
-        self.0.path().join("data/gatehouse.db")
+        self.dir.path().join("data/gatehouse.db")
     }
 
     pub fn path(&self) -> &Path {
-        self.0.path()
+        self.dir.path()
+    }
+
+    /// The configuration that points a server at this data.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![(
+            "GATEHOUSE__DATABASE__PATH".to_owned(),
+            self.db().display().to_string(),
+        )];
+        if let Some(pg) = &self.pg {
+            env.push(("GATEHOUSE__DATABASE__URL".to_owned(), pg.url()));
+        }
+        env
+    }
+
+    /// The first column of the first row `sql` returns, as text.
+    pub fn query(&self, sql: &str) -> String {
+        match &self.pg {
+            Some(pg) => psql(&pg.name, sql),
+            None => rusqlite::Connection::open(self.db())
+                .unwrap()
+                .query_row(sql, [], |r| r.get::<_, String>(0))
+                .unwrap(),
+        }
+    }
+
+    /// Takes the lock writers need from a second connection, as an operator's
+    /// stray transaction would: SQLite's write lock, or an exclusive lock on
+    /// PostgreSQL's users table. Released when the guard is dropped.
+    pub fn hold_write_lock(&self) -> WriteLock {
+        match &self.pg {
+            None => {
+                let lock = rusqlite::Connection::open(self.db()).unwrap();
+                lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+                WriteLock::Sqlite(lock)
+            }
+            Some(pg) => {
+                // The schema appears when the server first reaches the database.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while psql(&pg.name, "SELECT to_regclass('users') IS NOT NULL") != "t" {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the server never created its schema"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let mut child = Command::new("psql")
+                    .args([&pg.url(), "-qtA", "-v", "ON_ERROR_STOP=1"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("psql");
+                let mut stdin = child.stdin.take().unwrap();
+                use std::io::Write;
+                writeln!(
+                    stdin,
+                    "BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE; SELECT 'locked';"
+                )
+                .unwrap();
+                let mut line = String::new();
+                BufReader::new(child.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                assert_eq!(line.trim(), "locked");
+                WriteLock::Postgres { child, stdin }
+            }
+        }
+    }
+}
+
+pub enum WriteLock {
+    Sqlite(rusqlite::Connection),
+    Postgres {
+        child: Child,
+        stdin: std::process::ChildStdin,
+    },
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        match self {
+            Self::Sqlite(lock) => {
+                let _ = lock.execute_batch("ROLLBACK");
+            }
+            Self::Postgres { child, stdin } => {
+                use std::io::Write;
+                let _ = writeln!(stdin, "ROLLBACK;");
+                let _ = writeln!(stdin, "\\q");
+                let _ = child.wait();
+            }
+        }
     }
 }
 
@@ -118,9 +274,8 @@ impl Reply {
 /// The configuration every test server starts from: the shipped file, plus
 /// fast hashing and limits high enough not to interfere unless a test lowers them.
 fn base_env(dir: &DataDir) -> Vec<(String, String)> {
-    [
+    let common = [
         ("GATEHOUSE__SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-        ("GATEHOUSE__DATABASE__PATH", dir.db().display().to_string()),
         ("GATEHOUSE__AUTH__JWT_SECRET", SECRET.to_owned()),
         ("GATEHOUSE__PASSWORD__SCRYPT_LOG_N", "10".to_owned()),
         (
@@ -144,10 +299,12 @@ fn base_env(dir: &DataDir) -> Vec<(String, String)> {
             "100000".to_owned(),
         ),
         ("GATEHOUSE__AUTH__MAX_FAILED_LOGINS", "10000".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    ];
+    common
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .chain(dir.env())
+        .collect()
 }
 
 pub fn binary() -> &'static str {

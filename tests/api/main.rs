@@ -8,6 +8,7 @@ mod durability;
 mod edges;
 mod harness;
 mod monitoring;
+mod postgres;
 mod resilience;
 mod scale_out;
 mod sessions;

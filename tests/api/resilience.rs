@@ -1,5 +1,6 @@
-//! The database breaker against a real fault: a second SQLite connection
-//! holding the write lock, so writes fail after `busy_timeout_ms`.
+//! The database breaker against a real fault: a second connection holding
+//! the lock writers need (SQLite's write lock, or an exclusive lock on
+//! PostgreSQL's users table), so calls fail after the busy or statement timeout.
 
 use std::time::Duration;
 
@@ -21,12 +22,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn locked(s: &Server) -> rusqlite::Connection {
-    let lock = rusqlite::Connection::open(s.dir.db()).unwrap();
-    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
-    lock
 }
 
 async fn breaker(s: &Server) -> Value {
@@ -63,6 +58,7 @@ fn assert_security_headers(r: &Reply) {
 async fn a_locked_database_opens_the_breaker_and_it_recovers_through_half_open() {
     let s = Server::builder()
         .env("GATEHOUSE__DATABASE__BUSY_TIMEOUT_MS", 200)
+        .env("GATEHOUSE__DATABASE__STATEMENT_TIMEOUT_MS", 200)
         .env("GATEHOUSE__CIRCUIT_BREAKER__DATABASE__FAILURE_THRESHOLD", 3)
         .env(
             "GATEHOUSE__CIRCUIT_BREAKER__DATABASE__RESET_TIMEOUT_MS",
@@ -74,7 +70,7 @@ async fn a_locked_database_opens_the_breaker_and_it_recovers_through_half_open()
     let (cold, _) = s.user("cold").await;
     assert_eq!(breaker(&s).await["state"], "closed");
 
-    let lock = locked(&s);
+    let lock = s.dir.hold_write_lock();
     for i in 0..3 {
         let r = s.register(&format!("blocked{i}")).await;
         r.expect(503, "SVC003");
@@ -117,7 +113,7 @@ async fn a_locked_database_opens_the_breaker_and_it_recovers_through_half_open()
     assert_eq!(reopened["state"], "open");
     assert_ne!(reopened["next_attempt"], open["next_attempt"]);
 
-    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
     let recovered = retry_while(|| s.register("recovered"), |r| r.code() == "SVC001").await;
     recovered.ok(201);
     let closed = breaker(&s).await;
@@ -150,6 +146,7 @@ async fn a_locked_database_opens_the_breaker_and_it_recovers_through_half_open()
 async fn half_open_admits_exactly_the_configured_trials_under_a_burst() {
     let s = Server::builder()
         .env("GATEHOUSE__DATABASE__BUSY_TIMEOUT_MS", 300)
+        .env("GATEHOUSE__DATABASE__STATEMENT_TIMEOUT_MS", 300)
         .env("GATEHOUSE__CIRCUIT_BREAKER__DATABASE__FAILURE_THRESHOLD", 1)
         .env(
             "GATEHOUSE__CIRCUIT_BREAKER__DATABASE__RESET_TIMEOUT_MS",
@@ -160,7 +157,7 @@ async fn half_open_admits_exactly_the_configured_trials_under_a_burst() {
             2,
         )
         .start();
-    let _lock = locked(&s);
+    let _lock = s.dir.hold_write_lock();
     s.register("opener").await.expect(503, "SVC003");
     assert_eq!(breaker(&s).await["state"], "open");
     tokio::time::sleep(Duration::from_millis(600)).await;

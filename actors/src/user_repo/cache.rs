@@ -67,7 +67,8 @@ impl Default for SessionCache {
 }
 
 impl SessionCache {
-    fn trusted(&self, now: i64) -> bool {
+    /// Whether the invalidation log was read recently enough to answer from cache.
+    pub fn trusted(&self, now: i64) -> bool {
         now < self.trusted_until.load(Ordering::Acquire)
     }
 

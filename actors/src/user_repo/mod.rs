@@ -15,6 +15,7 @@
 //! applies it to the shared [`SessionCache`].
 
 pub mod cache;
+pub mod pg;
 pub mod sqlite;
 pub mod store;
 

@@ -1,0 +1,599 @@
+//! The PostgreSQL store, for instances spread over several hosts.
+//!
+//! A deadpool pool of tokio-postgres connections, every statement under
+//! `database.statement_timeout_ms`. The schema is migrated on first use,
+//! not at start-up, under an advisory lock so that instances starting
+//! together take turns; a server whose database is unreachable at start-up
+//! therefore starts, answers 503 while it cannot reach it (its breaker opens)
+//! and recovers on its own once it can.
+//!
+//! Errors are mapped as in SQLite: unique violations on the email or
+//! username index are [`Error::Conflict`]; lost connections, timeouts,
+//! serialization failures and deadlocks are [`Error::Unavailable`].
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use tokio::sync::OnceCell;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row, Transaction};
+
+use super::store::{DatabaseSettings, UserStore};
+use crate::error::{Error, Result, Taken};
+use crate::model::{
+    ActiveSession, Credentials, Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation,
+    Session, User,
+};
+
+/// The schema, one entry per version; never edit a released entry, append.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "V1__initial",
+    include_str!("migrations/postgres/V1__initial.sql"),
+)];
+
+/// Key of the advisory lock held while migrating ("gatehouse" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6761_7465_686f_7573;
+
+/// How long revoked sessions (and the invalidation log) are kept before purging.
+const KEEP_REVOKED_MS: i64 = 3_600_000;
+
+pub struct PgStore {
+    pool: Pool,
+    migrated: OnceCell<()>,
+}
+
+/// Maps PostgreSQL's errors onto ours.
+fn classify(e: tokio_postgres::Error) -> Error {
+    let Some(db) = e.as_db_error() else {
+        // No server answer at all: the connection is gone or never was.
+        return Error::Unavailable(format!("postgres: {e}"));
+    };
+    let code = db.code();
+    if *code == SqlState::UNIQUE_VIOLATION {
+        match db.constraint() {
+            Some("users_email_key") => return Error::Conflict(Taken::Email),
+            Some("users_username_key") => return Error::Conflict(Taken::Username),
+            _ => {}
+        }
+    }
+    let class = code.code();
+    let transient = [
+        "08", // connection exception
+        "53", // insufficient resources
+        "57", // operator intervention, including statement timeouts (57014)
+        "58", // system error
+    ]
+    .iter()
+    .any(|prefix| class.starts_with(prefix))
+        || [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+        ]
+        .contains(code);
+    if transient {
+        Error::Unavailable(format!("postgres: {e}"))
+    } else {
+        Error::Internal(format!("postgres: {e}"))
+    }
+}
+
+fn pool_error(e: PoolError) -> Error {
+    match e {
+        PoolError::Backend(e) => classify(e),
+        other => Error::Unavailable(format!("postgres pool: {other}")),
+    }
+}
+
+impl PgStore {
+    /// Prepares the pool; connects only when first used.
+    pub fn connect(settings: &DatabaseSettings) -> Result<Self> {
+        let mut config = tokio_postgres::Config::from_str(&settings.url)
+            .map_err(|e| Error::Internal(format!("database.url: {e}")))?;
+        let timeout = settings.statement_timeout_ms;
+        let options = config.get_options().unwrap_or_default().to_owned();
+        config.options(format!("{options} -c statement_timeout={timeout}").trim());
+        config.connect_timeout(Duration::from_millis(timeout.max(500)));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let wait = Some(Duration::from_millis(timeout.max(500)));
+        let pool = Pool::builder(manager)
+            // Readers, plus the one writer the UserRepo actor lets through at a time.
+            .max_size(settings.pool_size.max(1) as usize + 1)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(wait)
+            .create_timeout(wait)
+            .recycle_timeout(wait)
+            .build()
+            .map_err(|e| Error::Internal(format!("postgres pool: {e}")))?;
+        Ok(Self {
+            pool,
+            migrated: OnceCell::new(),
+        })
+    }
+
+    /// A connection to a migrated database.
+    async fn client(&self) -> Result<Object> {
+        self.migrated.get_or_try_init(|| self.migrate()).await?;
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        // Migrations may take longer than one request's statement timeout.
+        client
+            .batch_execute("SET statement_timeout = 0")
+            .await
+            .map_err(classify)?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(classify)?;
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(name, sql)| refinery::Migration::unapplied(name, sql))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Internal(format!("migration definitions: {e}")))?;
+        let applied = refinery::Runner::new(&migrations)
+            .set_migration_table_name("gatehouse_schema_history")
+            .run_async(&mut **client)
+            .await;
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        // The connection goes back to the pool: restore its statement timeout.
+        let reset = client.batch_execute("RESET statement_timeout").await;
+        applied.map_err(|e| Error::Unavailable(format!("postgres migration: {e}")))?;
+        unlocked.map_err(classify)?;
+        reset.map_err(classify)?;
+        Ok(())
+    }
+
+    /// Runs `work` in a transaction.
+    async fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(&Transaction<'_>) -> std::result::Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(classify)?;
+        let out = work(&tx).await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(out)
+    }
+}
+
+const USER_COLUMNS: &str = "id, email, username, is_active, created_at, updated_at";
+
+fn user_from(row: &Row) -> std::result::Result<User, tokio_postgres::Error> {
+    Ok(User {
+        id: row.try_get(0)?,
+        email: row.try_get(1)?,
+        username: row.try_get(2)?,
+        is_active: row.try_get(3)?,
+        created_at: row.try_get(4)?,
+        updated_at: row.try_get(5)?,
+    })
+}
+
+fn credentials_from(row: &Row) -> std::result::Result<Credentials, tokio_postgres::Error> {
+    Ok(Credentials {
+        user: user_from(row)?,
+        password_hash: row.try_get(6)?,
+    })
+}
+
+fn session_from(row: &Row) -> std::result::Result<Session, tokio_postgres::Error> {
+    Ok(Session {
+        id: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        created_at: row.try_get(2)?,
+        last_used_at: row.try_get(3)?,
+        expires_at: row.try_get(4)?,
+        ip: row.try_get(5)?,
+        user_agent: row.try_get(6)?,
+    })
+}
+
+/// Appends to the invalidation log. The table lock makes entries commit in
+/// sequence order (it is held to the end of the transaction).
+async fn log_invalidations(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    sessions: Vec<Option<String>>,
+    now: i64,
+) -> std::result::Result<Vec<Invalidation>, tokio_postgres::Error> {
+    if sessions.is_empty() {
+        return Ok(Vec::new());
+    }
+    tx.batch_execute("LOCK TABLE invalidations IN SHARE ROW EXCLUSIVE MODE")
+        .await?;
+    let insert = tx
+        .prepare("INSERT INTO invalidations (at, user_id, session_id) VALUES ($1, $2, $3)")
+        .await?;
+    let mut changes = Vec::with_capacity(sessions.len());
+    for session_id in sessions {
+        tx.execute(&insert, &[&now, &user_id, &session_id]).await?;
+        changes.push(Invalidation {
+            user_id: user_id.to_owned(),
+            session_id,
+        });
+    }
+    Ok(changes)
+}
+
+/// Revokes the sessions in `scope` inside `tx` and logs what caches must drop.
+async fn revoke_in(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    scope: &Revoke,
+    now: i64,
+) -> std::result::Result<Vec<Invalidation>, tokio_postgres::Error> {
+    let revoked: Vec<Option<String>> = match scope {
+        Revoke::Session(id) => {
+            let n = tx
+                .execute(
+                    "UPDATE sessions SET revoked_at = $3
+                     WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3",
+                    &[id, &user_id, &now],
+                )
+                .await?;
+            if n == 0 {
+                Vec::new()
+            } else {
+                vec![Some(id.clone())]
+            }
+        }
+        Revoke::All => {
+            tx.execute(
+                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+                &[&user_id, &now],
+            )
+            .await?;
+            vec![None]
+        }
+        Revoke::AllBut(keep) => tx
+            .query(
+                "UPDATE sessions SET revoked_at = $3
+                 WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL RETURNING id",
+                &[&user_id, keep, &now],
+            )
+            .await?
+            .iter()
+            .map(|row| row.try_get(0).map(Some))
+            .collect::<std::result::Result<_, _>>()?,
+    };
+    log_invalidations(tx, user_id, revoked, now).await
+}
+
+#[async_trait]
+impl UserStore for PgStore {
+    async fn create_user(&self, user: NewUser) -> Result<User> {
+        self.write(async |tx| {
+            tx.execute(
+                "INSERT INTO users (id, email, username, password_hash, is_active, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, TRUE, $5, $5)",
+                &[&user.id, &user.email, &user.username, &user.password_hash, &user.now],
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+        Ok(User {
+            id: user.id,
+            email: user.email,
+            username: user.username,
+            is_active: true,
+            created_at: user.now,
+            updated_at: user.now,
+        })
+    }
+
+    async fn credentials(&self, login: String) -> Result<Option<Credentials>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users
+             WHERE lower(username) = $1 OR lower(email) = $1"
+        );
+        let row = client
+            .query_opt(&sql, &[&login.to_lowercase()])
+            .await
+            .map_err(classify)?;
+        row.as_ref()
+            .map(credentials_from)
+            .transpose()
+            .map_err(classify)
+    }
+
+    async fn create_session(&self, s: NewSession, rehash: Option<String>) -> Result<Session> {
+        self.write(async |tx| {
+            if let Some(hash) = &rehash {
+                tx.execute(
+                    "UPDATE users SET password_hash = $2 WHERE id = $1",
+                    &[&s.user_id, hash],
+                )
+                .await?;
+            }
+            tx.execute(
+                "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
+                                       expires_at, absolute_expires_at, ip, user_agent)
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
+                &[
+                    &s.id,
+                    &s.user_id,
+                    &s.refresh_digest,
+                    &s.now,
+                    &s.expires_at,
+                    &s.absolute_expires_at,
+                    &s.ip,
+                    &s.user_agent,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+        Ok(Session {
+            id: s.id,
+            user_id: s.user_id,
+            created_at: s.now,
+            last_used_at: s.now,
+            expires_at: s.expires_at,
+            ip: s.ip,
+            user_agent: s.user_agent,
+        })
+    }
+
+    async fn active_session(&self, session_id: String, now: i64) -> Result<Option<ActiveSession>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT s.user_id, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
+                &[&session_id, &now],
+            )
+            .await
+            .map_err(classify)?;
+        row.map(|row| {
+            Ok(ActiveSession {
+                session_id,
+                user_id: row.try_get(0)?,
+                expires_at: row.try_get(1)?,
+            })
+        })
+        .transpose()
+        .map_err(classify)
+    }
+
+    async fn user(&self, user_id: String) -> Result<Option<User>> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let row = client
+            .query_opt(&sql, &[&user_id])
+            .await
+            .map_err(classify)?;
+        row.as_ref().map(user_from).transpose().map_err(classify)
+    }
+
+    async fn invalidations_since(&self, cursor: i64) -> Result<(Vec<Invalidation>, i64)> {
+        let client = self.client().await?;
+        if cursor < 0 {
+            let head: i64 = client
+                .query_one("SELECT coalesce(max(seq), 0) FROM invalidations", &[])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(classify)?;
+            return Ok((Vec::new(), head));
+        }
+        let rows = client
+            .query(
+                "SELECT seq, user_id, session_id FROM invalidations WHERE seq > $1 ORDER BY seq",
+                &[&cursor],
+            )
+            .await
+            .map_err(classify)?;
+        let mut next = cursor;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in rows {
+            next = next.max(row.try_get(0).map_err(classify)?);
+            changes.push(Invalidation {
+                user_id: row.try_get(1).map_err(classify)?,
+                session_id: row.try_get(2).map_err(classify)?,
+            });
+        }
+        Ok((changes, next))
+    }
+
+    async fn credentials_by_id(&self, user_id: String) -> Result<Option<Credentials>> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE id = $1");
+        let row = client
+            .query_opt(&sql, &[&user_id])
+            .await
+            .map_err(classify)?;
+        row.as_ref()
+            .map(credentials_from)
+            .transpose()
+            .map_err(classify)
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old_digest: String,
+        new_digest: String,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Rotation> {
+        self.write(async |tx| {
+            // The row lock makes two instances exchanging the same token take
+            // turns: the second then finds it spent.
+            let current = tx
+                .query_opt(
+                    "SELECT s.id, s.user_id, s.absolute_expires_at,
+                            s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active
+                     FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.refresh_digest = $1
+                     FOR UPDATE OF s",
+                    &[&old_digest, &now],
+                )
+                .await?;
+            if let Some(row) = current {
+                let (session_id, user_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+                let (absolute, active): (i64, bool) = (row.try_get(2)?, row.try_get(3)?);
+                if !active {
+                    return Ok(Rotation::Invalid);
+                }
+                tx.execute(
+                    "UPDATE sessions SET refresh_digest = $2, last_used_at = $3, expires_at = $4
+                     WHERE id = $1",
+                    &[&session_id, &new_digest, &now, &expires_at.min(absolute)],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO spent_refresh_tokens (digest, session_id, spent_at) VALUES ($1, $2, $3)",
+                    &[&old_digest, &session_id, &now],
+                )
+                .await?;
+                return Ok(Rotation::Rotated {
+                    session_id,
+                    user_id,
+                });
+            }
+            let spent = tx
+                .query_opt(
+                    "SELECT s.id, s.user_id FROM spent_refresh_tokens t
+                     JOIN sessions s ON s.id = t.session_id WHERE t.digest = $1",
+                    &[&old_digest],
+                )
+                .await?;
+            let Some(row) = spent else {
+                return Ok(Rotation::Invalid);
+            };
+            let (session_id, user_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            let changes = revoke_in(tx, &user_id, &Revoke::Session(session_id.clone()), now).await?;
+            Ok(Rotation::Reused {
+                session_id,
+                user_id,
+                changes,
+            })
+        })
+        .await
+    }
+
+    async fn revoke(&self, user_id: String, scope: Revoke, now: i64) -> Result<Vec<Invalidation>> {
+        self.write(async |tx| revoke_in(tx, &user_id, &scope, now).await)
+            .await
+    }
+
+    async fn sessions(&self, user_id: String, now: i64) -> Result<Vec<Session>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, user_id, created_at, last_used_at, expires_at, ip, user_agent
+                 FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2
+                 ORDER BY created_at DESC",
+                &[&user_id, &now],
+            )
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(session_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(classify)
+    }
+
+    async fn update_profile(
+        &self,
+        user_id: String,
+        change: ProfileChange,
+        now: i64,
+    ) -> Result<(User, Vec<Invalidation>)> {
+        self.write(async |tx| {
+            let sql = format!(
+                "UPDATE users SET email = coalesce($2, email), username = coalesce($3, username),
+                                  updated_at = $4
+                 WHERE id = $1 RETURNING {USER_COLUMNS}"
+            );
+            let row = tx
+                .query_one(&sql, &[&user_id, &change.email, &change.username, &now])
+                .await?;
+            let user = user_from(&row)?;
+            let changes = log_invalidations(tx, &user_id, vec![None], now).await?;
+            Ok((user, changes))
+        })
+        .await
+    }
+
+    async fn set_password(
+        &self,
+        user_id: String,
+        hash: String,
+        keep: String,
+        now: i64,
+    ) -> Result<Vec<Invalidation>> {
+        self.write(async |tx| {
+            tx.execute(
+                "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                &[&user_id, &hash, &now],
+            )
+            .await?;
+            revoke_in(tx, &user_id, &Revoke::AllBut(keep.clone()), now).await
+        })
+        .await
+    }
+
+    async fn deactivate(&self, user_id: String, now: i64) -> Result<Vec<Invalidation>> {
+        self.write(async |tx| {
+            tx.execute(
+                "UPDATE users SET is_active = FALSE, updated_at = $2 WHERE id = $1",
+                &[&user_id, &now],
+            )
+            .await?;
+            revoke_in(tx, &user_id, &Revoke::All, now).await
+        })
+        .await
+    }
+
+    async fn touch_session(&self, session_id: String, now: i64) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE sessions SET last_used_at = GREATEST(last_used_at, $2) WHERE id = $1",
+                &[&session_id, &now],
+            )
+            .await
+            .map(drop)
+            .map_err(classify)
+    }
+
+    async fn purge(&self, now: i64) -> Result<u64> {
+        self.write(async |tx| {
+            let sessions = tx
+                .execute(
+                    "DELETE FROM sessions WHERE expires_at <= $1 OR revoked_at <= $2",
+                    &[&now, &(now - KEEP_REVOKED_MS)],
+                )
+                .await?;
+            tx.execute(
+                "DELETE FROM invalidations WHERE at <= $1",
+                &[&(now - KEEP_REVOKED_MS)],
+            )
+            .await?;
+            Ok(sessions)
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.pool.close();
+        Ok(())
+    }
+}

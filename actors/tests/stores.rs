@@ -1,0 +1,342 @@
+//! Both stores, SQLite and PostgreSQL, against the same scenarios: the
+//! `UserRepo` and every route rely on them meaning the same thing.
+//! PostgreSQL is the machine's (127.0.0.1:5432), one fresh database per test.
+
+use std::sync::Arc;
+
+use gatehouse_actors::model::{NewSession, NewUser, ProfileChange, Revoke, Rotation};
+use gatehouse_actors::user_repo::pg::PgStore;
+use gatehouse_actors::user_repo::sqlite::SqliteStore;
+use gatehouse_actors::user_repo::{DatabaseSettings, UserStore};
+use gatehouse_actors::{Error, Taken};
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// A database of the test's own, dropped afterwards.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    async fn create() -> Self {
+        let name = format!("gatehouse_store_{}", uuid::Uuid::new_v4().simple());
+        admin(&format!("CREATE DATABASE {name}")).await;
+        Self { name }
+    }
+}
+
+async fn admin(sql: &str) {
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let driver = tokio::spawn(connection);
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    let _ = driver.await;
+}
+
+/// Runs `scenario` against a fresh SQLite file and a fresh PostgreSQL database.
+async fn on_both<F, Fut>(scenario: F)
+where
+    F: Fn(Arc<dyn UserStore>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&DatabaseSettings {
+        path: dir.path().join("store.db"),
+        ..DatabaseSettings::default()
+    })
+    .unwrap();
+    scenario(Arc::new(sqlite)).await;
+
+    let db = PgDatabase::create().await;
+    let pg = PgStore::connect(&DatabaseSettings {
+        url: format!("{POSTGRES}/{}", db.name),
+        ..DatabaseSettings::default()
+    })
+    .unwrap();
+    let pg: Arc<dyn UserStore> = Arc::new(pg);
+    scenario(Arc::clone(&pg)).await;
+    pg.close().await.unwrap();
+    drop(pg);
+    admin(&format!("DROP DATABASE {} WITH (FORCE)", db.name)).await;
+}
+
+fn new_user(id: &str, email: &str, username: &str) -> NewUser {
+    NewUser {
+        id: id.into(),
+        email: email.into(),
+        username: username.into(),
+        password_hash: "$scrypt$x".into(),
+        now: 1_000,
+    }
+}
+
+fn new_session(id: &str, user: &str, digest: &str, now: i64) -> NewSession {
+    NewSession {
+        id: id.into(),
+        user_id: user.into(),
+        refresh_digest: digest.into(),
+        ip: Some("192.0.2.1".into()),
+        user_agent: None,
+        now,
+        expires_at: now + 10_000,
+        absolute_expires_at: now + 20_000,
+    }
+}
+
+#[tokio::test]
+async fn unique_ignoring_case_and_lookup_by_either_name() {
+    on_both(|s| async move {
+        s.create_user(new_user("u1", "a@example.com", "Alice"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.create_user(new_user("u2", "a@example.com", "bob")).await,
+            Err(Error::Conflict(Taken::Email))
+        ));
+        assert!(matches!(
+            s.create_user(new_user("u3", "b@example.com", "ALICE"))
+                .await,
+            Err(Error::Conflict(Taken::Username))
+        ));
+        for login in ["alice", "ALICE", "A@Example.com"] {
+            assert_eq!(
+                s.credentials(login.into()).await.unwrap().unwrap().user.id,
+                "u1"
+            );
+        }
+        assert!(s.credentials("nobody".into()).await.unwrap().is_none());
+        assert_eq!(
+            s.user("u1".into()).await.unwrap().unwrap().username,
+            "Alice"
+        );
+        assert!(s.credentials_by_id("u1".into()).await.unwrap().is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_rotate_spend_and_reveal_reuse() {
+    on_both(|s| async move {
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        s.create_session(
+            new_session("s1", "u1", "d1", 1_000),
+            Some("$scrypt$new".into()),
+        )
+        .await
+        .unwrap();
+        let hash = s
+            .credentials("alice".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        assert_eq!(hash, "$scrypt$new", "a re-hash is stored with the session");
+        assert!(
+            s.active_session("s1".into(), 1_500)
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        let rotated = s
+            .rotate_refresh("d1".into(), "d2".into(), 2_000, 50_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            rotated,
+            Rotation::Rotated {
+                session_id: "s1".into(),
+                user_id: "u1".into()
+            }
+        );
+        let listed = s.sessions("u1".into(), 2_000).await.unwrap();
+        assert_eq!(
+            listed[0].expires_at, 21_000,
+            "slides, but never past the absolute end"
+        );
+        assert_eq!(listed[0].last_used_at, 2_000);
+        assert_eq!(listed[0].ip.as_deref(), Some("192.0.2.1"));
+
+        match s
+            .rotate_refresh("d1".into(), "d3".into(), 3_000, 50_000)
+            .await
+            .unwrap()
+        {
+            Rotation::Reused {
+                session_id,
+                changes,
+                ..
+            } => {
+                assert_eq!(session_id, "s1");
+                assert_eq!(changes.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.rotate_refresh("d2".into(), "d4".into(), 3_000, 50_000)
+                .await
+                .unwrap(),
+            Rotation::Invalid
+        );
+        assert_eq!(
+            s.rotate_refresh("nope".into(), "d5".into(), 3_000, 50_000)
+                .await
+                .unwrap(),
+            Rotation::Invalid
+        );
+        assert!(
+            s.active_session("s1".into(), 3_000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once() {
+    on_both(|s| async move {
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        s.create_session(new_session("s1", "u1", "d1", 1_000), None)
+            .await
+            .unwrap();
+        s.revoke("u1".into(), Revoke::Session("s1".into()), 1_100)
+            .await
+            .unwrap();
+        let (nothing, head) = s.invalidations_since(-1).await.unwrap();
+        assert!(
+            nothing.is_empty(),
+            "history before start-up is not replayed"
+        );
+
+        s.create_session(new_session("s2", "u1", "d2", 1_000), None)
+            .await
+            .unwrap();
+        s.create_session(new_session("s3", "u1", "d3", 1_000), None)
+            .await
+            .unwrap();
+        let mut expected = s
+            .revoke("u1".into(), Revoke::Session("s2".into()), 1_200)
+            .await
+            .unwrap();
+        let (_, profile) = s
+            .update_profile(
+                "u1".into(),
+                ProfileChange {
+                    username: Some("alicia".into()),
+                    ..Default::default()
+                },
+                1_300,
+            )
+            .await
+            .unwrap();
+        expected.extend(profile);
+        expected.extend(
+            s.set_password("u1".into(), "$scrypt$2".into(), "s3".into(), 1_400)
+                .await
+                .unwrap(),
+        );
+        let (seen, next) = s.invalidations_since(head).await.unwrap();
+        assert_eq!(seen, expected);
+        assert!(next > head);
+        assert!(s.invalidations_since(next).await.unwrap().0.is_empty());
+        assert!(
+            s.active_session("s3".into(), 1_500)
+                .await
+                .unwrap()
+                .is_some(),
+            "kept by the password change"
+        );
+
+        // Revoking what is already revoked, or someone else's, changes nothing.
+        assert!(
+            s.revoke("u1".into(), Revoke::Session("s2".into()), 1_500)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.revoke("u2".into(), Revoke::Session("s3".into()), 1_500)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let all = s.deactivate("u1".into(), 1_600).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(
+            all[0].session_id.is_none(),
+            "one entry covers every session"
+        );
+        assert!(
+            s.active_session("s3".into(), 1_700)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(!s.user("u1".into()).await.unwrap().unwrap().is_active);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
+    on_both(|s| async move {
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        s.create_user(new_user("u2", "b@example.com", "bob"))
+            .await
+            .unwrap();
+        let taken = s
+            .update_profile(
+                "u2".into(),
+                ProfileChange {
+                    email: Some("a@example.com".into()),
+                    ..Default::default()
+                },
+                2_000,
+            )
+            .await;
+        assert!(matches!(taken, Err(Error::Conflict(Taken::Email))));
+        let (user, _) = s
+            .update_profile(
+                "u2".into(),
+                ProfileChange {
+                    email: Some("c@example.com".into()),
+                    ..Default::default()
+                },
+                2_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (user.email.as_str(), user.username.as_str(), user.updated_at),
+            ("c@example.com", "bob", 2_000)
+        );
+
+        s.create_session(new_session("old", "u1", "d1", 0), None)
+            .await
+            .unwrap();
+        s.create_session(new_session("live", "u1", "d2", 100_000), None)
+            .await
+            .unwrap();
+        s.touch_session("live".into(), 100_500).await.unwrap();
+        assert_eq!(s.purge(50_000).await.unwrap(), 1);
+        let left = s.sessions("u1".into(), 100_001).await.unwrap();
+        assert_eq!(
+            left.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+            ["live"]
+        );
+        assert_eq!(left[0].last_used_at, 100_500);
+    })
+    .await;
+}
