@@ -511,14 +511,8 @@ impl Gatehouse {
         let now = clock::unix_ms();
         let expires_at = now.saturating_add(secs_to_ms(inner.auth.refresh_token_ttl_s));
         let new = fresh.digest.clone();
-        let rotation = inner
-            .breakers
-            .run(
-                BreakerId::Database,
-                inner.repo.write(move |s| async move {
-                    s.rotate_refresh(old, new, now, expires_at).await
-                }),
-            )
+        let rotation = self
+            .write(move |s| async move { s.rotate_refresh(old, new, now, expires_at).await })
             .await?;
         match rotation {
             Rotation::Rotated {
@@ -552,18 +546,11 @@ impl Gatehouse {
 
     /// Revokes sessions of the caller; `Ok(false)` when none matched.
     async fn revoke(&self, who: &Principal, scope: Revoke, reason: &'static str) -> Result<bool> {
-        let inner = &self.inner;
         let user_id = who.user_id.clone();
         let now = clock::unix_ms();
         let target = scope.clone();
-        let changes = inner
-            .breakers
-            .run(
-                BreakerId::Database,
-                inner
-                    .repo
-                    .write(move |s| async move { s.revoke(user_id, target, now).await }),
-            )
+        let changes = self
+            .write(move |s| async move { s.revoke(user_id, target, now).await })
             .await?;
         self.forget(&changes);
         if !changes.is_empty() {
@@ -600,17 +587,10 @@ impl Gatehouse {
 
     /// The caller's active sessions, the calling one marked `current`.
     pub async fn sessions(&self, who: &Principal) -> Result<Vec<SessionInfo>> {
-        let inner = &self.inner;
         let user_id = who.user_id.clone();
         let now = clock::unix_ms();
-        let sessions = inner
-            .breakers
-            .run(
-                BreakerId::Database,
-                inner
-                    .repo
-                    .read(move |s| async move { s.sessions(user_id, now).await }),
-            )
+        let sessions = self
+            .read(move |s| async move { s.sessions(user_id, now).await })
             .await?;
         Ok(sessions
             .into_iter()
@@ -623,7 +603,6 @@ impl Gatehouse {
 
     /// Changes the caller's email and/or username under the registration rules.
     pub async fn update_profile(&self, who: &Principal, change: ProfileChange) -> Result<User> {
-        let inner = &self.inner;
         let change = ProfileChange {
             email: change.email.map(|e| e.trim().to_lowercase()),
             username: change.username.map(|u| u.trim().to_owned()),
@@ -642,14 +621,8 @@ impl Gatehouse {
         }
         let user_id = who.user_id.clone();
         let now = clock::unix_ms();
-        let (user, changes) = inner
-            .breakers
-            .run(
-                BreakerId::Database,
-                inner
-                    .repo
-                    .write(move |s| async move { s.update_profile(user_id, change, now).await }),
-            )
+        let (user, changes) = self
+            .write(move |s| async move { s.update_profile(user_id, change, now).await })
             .await?;
         self.forget(&changes);
         tracing::info!(event = "profile.changed", user_id = %who.user_id, "profile updated");
@@ -726,22 +699,43 @@ impl Gatehouse {
 
     /// Deactivates the caller's account and revokes all its sessions.
     pub async fn deactivate(&self, who: &Principal) -> Result<()> {
-        let inner = &self.inner;
         let (user_id, now) = (who.user_id.clone(), clock::unix_ms());
-        let changes = inner
-            .breakers
-            .run(
-                BreakerId::Database,
-                inner
-                    .repo
-                    .write(move |s| async move { s.deactivate(user_id, now).await }),
-            )
+        let changes = self
+            .write(move |s| async move { s.deactivate(user_id, now).await })
             .await?;
         self.forget(&changes);
         tracing::warn!(event = "account.deactivated", user_id = %who.user_id, "account deactivated");
         tracing::info!(event = "session.revoked", user_id = %who.user_id, session_id = "*",
             reason = "deactivation", "all sessions revoked");
         Ok(())
+    }
+
+    /// One repository write, as one call through the database breaker.
+    async fn write<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn UserStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        let inner = &self.inner;
+        inner
+            .breakers
+            .run(BreakerId::Database, inner.repo.write(op))
+            .await
+    }
+
+    /// One repository read, as one call through the database breaker.
+    async fn read<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn UserStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        let inner = &self.inner;
+        inner
+            .breakers
+            .run(BreakerId::Database, inner.repo.read(op))
+            .await
     }
 
     /// Drops what this process's own changes made stale, without waiting for the poll.
@@ -796,14 +790,8 @@ impl Gatehouse {
             None => {
                 let epoch = inner.cache.epoch();
                 let sid = claims.sid.clone();
-                let found = inner
-                    .breakers
-                    .run(
-                        BreakerId::Database,
-                        inner
-                            .repo
-                            .read(move |s| async move { s.active_session(sid, now).await }),
-                    )
+                let found = self
+                    .read(move |s| async move { s.active_session(sid, now).await })
                     .await?
                     .ok_or(Error::SessionRevoked)?;
                 inner.cache.put_session(found.clone(), epoch, now);
@@ -841,12 +829,8 @@ impl Gatehouse {
         }
         let epoch = inner.cache.epoch();
         let id = who.user_id.clone();
-        let user = inner
-            .breakers
-            .run(
-                BreakerId::Database,
-                inner.repo.read(move |s| async move { s.user(id).await }),
-            )
+        let user = self
+            .read(move |s| async move { s.user(id).await })
             .await?
             .filter(|u| u.is_active)
             .ok_or(Error::SessionRevoked)?;
