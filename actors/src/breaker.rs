@@ -152,6 +152,26 @@ impl CircuitBreaker {
         }
     }
 
+    /// Picks up where a previous incarnation left off, in a new generation:
+    /// a restart must not close a breaker the dependency opened. Trials in
+    /// flight are forgotten, so half open resumes as open-until-now.
+    pub fn resume(settings: BreakerSettings, last: BreakerSnapshot, now: i64) -> Self {
+        let (state, next_attempt) = match last.state {
+            BreakerState::Closed => (BreakerState::Closed, None),
+            BreakerState::Open => (BreakerState::Open, last.next_attempt),
+            BreakerState::HalfOpen => (BreakerState::Open, Some(now)),
+        };
+        Self {
+            settings,
+            state,
+            generation: last.generation + 1,
+            failures: last.failure_count,
+            last_failure: last.last_failure,
+            next_attempt,
+            trials_in_flight: 0,
+        }
+    }
+
     pub fn snapshot(&self) -> BreakerSnapshot {
         BreakerSnapshot {
             state: self.state,
@@ -330,18 +350,22 @@ impl Actor for Breaker {
         args: BreakerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut breakers = HashMap::new();
+        let now = clock::unix_ms();
         for (id, settings) in args.breakers {
-            // A restarted breaker starts closed, in a generation no old permit carries.
-            let generation = args.board.get(id).map_or(0, |s| s.generation + 1);
-            breakers.insert(id, CircuitBreaker::new(settings, generation));
+            let breaker = match args.board.get(id) {
+                Some(last) => CircuitBreaker::resume(settings, last, now),
+                None => CircuitBreaker::new(settings, 0),
+            };
+            breakers.insert(id, breaker);
         }
         let state = Circuits {
             breakers,
             board: args.board,
         };
-        for id in state.breakers.keys() {
+        for (id, breaker) in &state.breakers {
             Self::publish(&state, *id, None);
-            metrics::gauge!("gatehouse_circuit_breaker_state", "breaker" => id.name()).set(0.0);
+            metrics::gauge!("gatehouse_circuit_breaker_state", "breaker" => id.name())
+                .set(breaker.snapshot().state.gauge());
         }
         Ok(state)
     }
@@ -435,6 +459,7 @@ impl Breakers {
             permit,
             names: Arc::clone(&self.names),
             failed: false,
+            cut_short: false,
             finished: false,
         })
     }
@@ -442,20 +467,25 @@ impl Breakers {
 
 /// An admitted call in flight. Pass the results of its dependency work
 /// through [`PermitGuard::track`]; [`PermitGuard::finish`] then reports a
-/// failure if any of them failed for infrastructure reasons, else a success.
-/// Dropped unfinished, it reports the failure it saw, or an abandoned call.
+/// failure if any of them failed for infrastructure reasons, an abandoned
+/// call if some never reached the dependency (an actor was restarting), else
+/// a success. Dropped unfinished, it reports the failure it saw, or an
+/// abandoned call.
 pub struct PermitGuard {
     permit: Permit,
     names: Arc<Names>,
     failed: bool,
+    cut_short: bool,
     finished: bool,
 }
 
 impl PermitGuard {
     /// Notes the outcome of one piece of the call's dependency work.
     pub fn track<T>(&mut self, result: Result<T>) -> Result<T> {
-        if result.as_ref().is_err_and(Error::is_infrastructure) {
-            self.failed = true;
+        match &result {
+            Err(e) if e.is_infrastructure() => self.failed = true,
+            Err(Error::ActorUnavailable(_)) => self.cut_short = true,
+            _ => {}
         }
         result
     }
@@ -463,6 +493,8 @@ impl PermitGuard {
     pub fn finish(&mut self) {
         let outcome = if self.failed {
             Outcome::Failure
+        } else if self.cut_short {
+            Outcome::Abandoned
         } else {
             Outcome::Success
         };
@@ -592,6 +624,29 @@ mod tests {
         assert_eq!(b.report(first, Outcome::Abandoned, 1_000), None);
         assert!(b.admit(DB, 1_000).0.is_ok());
         assert_eq!(b.snapshot().state, BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn a_restarted_breaker_resumes_open_in_a_new_generation() {
+        let mut b = breaker(1, 1);
+        let before = b.admit(DB, 0).0.unwrap();
+        call(&mut b, 0, Outcome::Failure);
+        let mut resumed = CircuitBreaker::resume(b.settings, b.snapshot(), 10);
+        assert_eq!(resumed.admit(DB, 10).0, Err(1), "still open");
+        assert_eq!(
+            resumed.report(before, Outcome::Success, 10),
+            None,
+            "old permits are stale"
+        );
+        let trial = resumed.admit(DB, 1_000).0.unwrap();
+        let mut again = CircuitBreaker::resume(resumed.settings, resumed.snapshot(), 1_100);
+        assert_eq!(
+            again.snapshot().state,
+            BreakerState::Open,
+            "a lost trial is not a success"
+        );
+        assert_eq!(again.report(trial, Outcome::Success, 1_100), None);
+        assert!(again.admit(DB, 1_100).0.unwrap().trial);
     }
 
     #[test]

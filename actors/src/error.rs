@@ -81,9 +81,14 @@ pub enum Error {
         retry_after_s: u64,
     },
 
-    /// A dependency failed (busy database, timeout, unreachable Redis, actor restarting).
+    /// A dependency failed (busy database, timeout, unreachable Redis).
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
+
+    /// An actor is restarting (or was left stopped): the work never reached
+    /// the dependency behind it, so no breaker counts it.
+    #[error("actor unavailable: {0}")]
+    ActorUnavailable(String),
 
     /// A fault nobody can act on but the developers.
     #[error("internal error: {0}")]
@@ -109,12 +114,6 @@ impl Error {
     /// Infrastructure failures are what a circuit breaker counts; domain outcomes are not.
     pub fn is_infrastructure(&self) -> bool {
         matches!(self, Self::Unavailable(_) | Self::Internal(_))
-    }
-}
-
-impl From<ractor::RactorErr<()>> for Error {
-    fn from(err: ractor::RactorErr<()>) -> Self {
-        Self::Unavailable(err.to_string())
     }
 }
 

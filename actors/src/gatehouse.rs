@@ -30,8 +30,9 @@ use crate::model::{
 use crate::passwords::{PasswordSettings, Passwords};
 use crate::rate_limiter::redis::RedisLimiter;
 use crate::rate_limiter::{
-    AttemptDecision, Backend, MemoryLimiter, OnBackendFailure, RateLimitSettings, RateLimiter,
-    RateLimiterArgs, RateLimiterMsg, RouteClass, SharedLimiter, ThrottleRule, normalize_login,
+    AttemptDecision, Backend, Limits, MemoryLimiter, OnBackendFailure, RateLimitSettings,
+    RateLimiter, RateLimiterArgs, RateLimiterMsg, RouteClass, SUSPICION_WINDOW_MS, SharedLimiter,
+    ThrottleRule, normalize_login,
 };
 use crate::supervisor::{
     ActorBoard, ActorReport, ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -129,6 +130,7 @@ struct Inner {
     passwords: Passwords,
     metrics: MetricsHandle,
     auth: AuthSettings,
+    limits: Limits,
     on_limiter_failure: OnBackendFailure,
     /// When the last "rate limiting unavailable" warning was logged.
     limiter_failure_logged: AtomicI64,
@@ -219,7 +221,12 @@ impl Gatehouse {
         };
 
         let children = vec![
-            child(ActorKind::RateLimiter, &names, || RateLimiter, limiter),
+            child(
+                ActorKind::RateLimiter,
+                &names,
+                || RateLimiter,
+                limiter.clone(),
+            ),
             child(
                 ActorKind::Breaker,
                 &names,
@@ -273,6 +280,7 @@ impl Gatehouse {
                 breakers,
                 repo: UserRepoClient::new(Arc::clone(&names), repo_timeout),
                 metrics: MetricsHandle::new(Arc::clone(&names), call_timeout),
+                limits: Limits::new(&limiter, Arc::clone(&names), call_timeout),
                 names,
                 actors,
                 cache,
@@ -312,15 +320,7 @@ impl Gatehouse {
         class: RouteClass,
         client: IpAddr,
     ) -> Result<Option<RateLimitInfo>> {
-        let name = self.inner.names.get(ActorKind::RateLimiter);
-        let call = system::call(name, self.inner.call_timeout, |reply| {
-            RateLimiterMsg::Check {
-                class,
-                client,
-                reply,
-            }
-        });
-        let decision = match call.await.and_then(|decided| decided) {
+        let decision = match self.inner.limits.check(class, client).await {
             Ok(decision) => decision,
             Err(e) => return self.limiter_unavailable(e).map(|()| None),
         };
@@ -406,18 +406,13 @@ impl Gatehouse {
     /// Verifies a login and opens a session.
     pub async fn login(&self, req: LoginRequest) -> Result<Tokens> {
         let inner = &self.inner;
-        let name = normalize_login(&req.login);
-        if let AttemptDecision::Locked {
-            retry_after_s,
-            first,
-        } = self.attempt(&name).await?
-        {
-            if first {
-                tracing::warn!(event = "account.throttled", login = %req.login, ip = %req.ip,
-                    retry_after_s, "login name locked after repeated failures");
-            }
-            return Err(Error::AccountThrottled { retry_after_s });
+        if req.login.chars().count() > MAX_LOGIN_CHARS {
+            // No account has such a name; refuse at the cost of one verify, like any unknown name.
+            inner.passwords.verify(req.password.clone(), None).await?;
+            return Err(self.refuse(&req, "unknown_user"));
         }
+        let name = normalize_login(&req.login);
+        let mut attempt = self.attempt(&req, &name).await?;
 
         let mut call = inner.breakers.admit(BreakerId::Database).await?;
         let lookup = name.clone();
@@ -431,33 +426,31 @@ impl Gatehouse {
             Some(c) => (Some(c.password_hash), Some(c.user)),
             None => (None, None),
         };
-        let verdict = inner.passwords.verify(req.password.clone(), stored).await?;
-        let user = match user {
-            Some(user) if verdict.matches && user.is_active => user,
-            other => {
+        let verdict = inner
+            .passwords
+            .verify(req.password.clone(), stored.clone())
+            .await?;
+        let (user, verified_hash) = match (user, stored) {
+            (Some(user), Some(hash)) if verdict.matches && user.is_active => (user, hash),
+            (user, _) => {
                 call.finish();
-                let reason = match other {
+                attempt.settle();
+                let reason = match user {
                     None => "unknown_user",
                     Some(u) if !u.is_active => "inactive",
                     Some(_) => "wrong_password",
                 };
-                inner.metrics.login(false);
-                system::cast(
-                    inner.names.get(ActorKind::RateLimiter),
-                    RateLimiterMsg::Failed {
-                        client: req.ip,
-                        login: name,
-                    },
-                );
-                tracing::warn!(event = "login.failure", login = %req.login, ip = %req.ip, reason,
-                    "login refused");
-                return Err(Error::InvalidCredentials);
+                return Err(self.refuse(&req, reason));
             }
         };
 
+        // Tokens are made before the session is written: if that write fails
+        // they are simply never handed out, and nothing is left half done.
+        let session_id = uuid::Uuid::now_v7().to_string();
         let refresh = self.mint_refresh().await?;
+        let access = self.sign_access(&user.id, &session_id).await?;
         let rehash = if verdict.needs_rehash {
-            Some(inner.passwords.hash(req.password).await?)
+            Some(inner.passwords.hash(req.password.clone()).await?)
         } else {
             None
         };
@@ -465,31 +458,34 @@ impl Gatehouse {
         let auth = &inner.auth;
         let absolute = now.saturating_add(secs_to_ms(auth.session_max_lifetime_s));
         let session = NewSession {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: session_id,
             user_id: user.id.clone(),
             refresh_digest: refresh.digest.clone(),
             ip: Some(req.ip.to_string()),
-            user_agent: req.user_agent,
+            user_agent: req.user_agent.clone(),
             now,
             expires_at: now
                 .saturating_add(secs_to_ms(auth.refresh_token_ttl_s))
                 .min(absolute),
             absolute_expires_at: absolute,
         };
-        let session = call.track(
+        let created = call.track(
             inner
                 .repo
-                .write(move |s| async move { s.create_session(session, rehash).await })
+                .write(
+                    move |s| async move { s.create_session(session, verified_hash, rehash).await },
+                )
                 .await,
         )?;
         call.finish();
-        system::cast(
-            inner.names.get(ActorKind::RateLimiter),
-            RateLimiterMsg::Succeeded { login: name },
-        );
-        let access = self.sign_access(&user.id, &session.id).await?;
+        attempt.settle();
+        let Some(session) = created else {
+            // The password was changed, or the account deactivated, while we checked.
+            return Err(self.refuse(&req, "credentials_changed"));
+        };
+        inner.limits.succeeded(&name);
         inner.metrics.login(true);
-        tracing::info!(event = "login.success", login = %req.login, ip = %req.ip,
+        tracing::info!(event = "login.success", login = %loggable(&req.login), ip = %req.ip,
             user_id = %user.id, "login accepted");
         tracing::info!(event = "session.created", user_id = %user.id, session_id = %session.id,
             "session opened");
@@ -500,6 +496,48 @@ impl Gatehouse {
         })
     }
 
+    /// Starts a throttled attempt for `name`; refuses it while the name is locked.
+    async fn attempt(&self, req: &LoginRequest, name: &str) -> Result<Attempt> {
+        let decision = match self.inner.limits.attempt(name).await {
+            Ok(decision) => decision,
+            Err(e) => self
+                .limiter_unavailable(e)
+                .map(|()| AttemptDecision::Allowed)?,
+        };
+        match decision {
+            AttemptDecision::Allowed => Ok(Attempt {
+                limits: self.inner.limits.clone(),
+                name: name.to_owned(),
+                settled: false,
+            }),
+            AttemptDecision::Locked {
+                retry_after_s,
+                first,
+            } => {
+                if first {
+                    tracing::warn!(event = "account.throttled", login = %loggable(&req.login),
+                        ip = %req.ip, retry_after_s, "login name locked after repeated failures");
+                }
+                Err(Error::AccountThrottled { retry_after_s })
+            }
+        }
+    }
+
+    /// Records a refused login (metrics, burst detection, the log) and says so.
+    fn refuse(&self, req: &LoginRequest, reason: &'static str) -> Error {
+        let inner = &self.inner;
+        inner.metrics.login(false);
+        let login = normalize_login(&req.login);
+        if let Some(burst) = inner.limits.login_failed(req.ip, &login) {
+            tracing::warn!(event = "suspicious", ip = %req.ip, failures = burst.failures,
+                distinct_logins = burst.distinct_logins, window_s = SUSPICION_WINDOW_MS / 1000,
+                "burst of failed logins from one address");
+        }
+        tracing::warn!(event = "login.failure", login = %loggable(&req.login), ip = %req.ip,
+            reason, "login refused");
+        Error::InvalidCredentials
+    }
+
     /// Exchanges a refresh token for a new pair; a spent one revokes its session.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens> {
         let inner = &self.inner;
@@ -507,19 +545,31 @@ impl Gatehouse {
             return Err(Error::SessionRevoked);
         }
         let old = refresh_digest(refresh_token);
+        // The new pair is made before the old token is spent, so a failure
+        // between the two never leaves the client holding only a spent token.
+        let lookup = old.clone();
+        let owner = self
+            .read(move |s| async move { s.refresh_owner(lookup).await })
+            .await?;
         let fresh = self.mint_refresh().await?;
+        let access = match &owner {
+            Some((session_id, user_id)) => Some(self.sign_access(user_id, session_id).await?),
+            None => None,
+        };
         let now = clock::unix_ms();
         let expires_at = now.saturating_add(secs_to_ms(inner.auth.refresh_token_ttl_s));
         let new = fresh.digest.clone();
         let rotation = self
             .write(move |s| async move { s.rotate_refresh(old, new, now, expires_at).await })
             .await?;
-        match rotation {
-            Rotation::Rotated {
-                session_id,
-                user_id,
-            } => {
-                let access = self.sign_access(&user_id, &session_id).await?;
+        match (rotation, access) {
+            (
+                Rotation::Rotated {
+                    session_id,
+                    user_id,
+                },
+                Some(access),
+            ) if owner.as_ref().is_some_and(|(sid, _)| *sid == session_id) => {
                 tracing::info!(event = "session.refreshed", user_id = %user_id,
                     session_id = %session_id, "refresh token rotated");
                 Ok(Tokens {
@@ -528,11 +578,14 @@ impl Gatehouse {
                     refresh_token: fresh.token,
                 })
             }
-            Rotation::Reused {
-                session_id,
-                user_id,
-                changes,
-            } => {
+            (
+                Rotation::Reused {
+                    session_id,
+                    user_id,
+                    changes,
+                },
+                _,
+            ) => {
                 self.forget(&changes);
                 tracing::warn!(event = "refresh.reuse_detected", user_id = %user_id,
                     session_id = %session_id, "a spent refresh token was presented");
@@ -540,7 +593,9 @@ impl Gatehouse {
                     session_id = %session_id, reason = "refresh_reuse", "session revoked");
                 Err(Error::SessionRevoked)
             }
-            Rotation::Invalid => Err(Error::SessionRevoked),
+            // Unknown, expired or revoked; or it changed hands between our two
+            // looks (then the other exchange won, and this one must not).
+            _ => Err(Error::SessionRevoked),
         }
     }
 
@@ -745,20 +800,6 @@ impl Gatehouse {
         }
     }
 
-    async fn attempt(&self, login: &str) -> Result<AttemptDecision> {
-        let name = self.inner.names.get(ActorKind::RateLimiter);
-        let login = login.to_owned();
-        let call = system::call(name, self.inner.call_timeout, |reply| {
-            RateLimiterMsg::Attempt { login, reply }
-        });
-        match call.await.and_then(|decided| decided) {
-            Ok(decision) => Ok(decision),
-            Err(e) => self
-                .limiter_unavailable(e)
-                .map(|()| AttemptDecision::Allowed),
-        }
-    }
-
     async fn mint_refresh(&self) -> Result<RefreshToken> {
         let name = self.inner.names.get(ActorKind::TokenIssuer);
         system::call(name, self.inner.call_timeout, |reply| {
@@ -886,6 +927,41 @@ impl Gatehouse {
             ActorKind::UserRepo => system::send(name, UserRepoMsg::Crash),
             ActorKind::TokenIssuer => system::send(name, TokenIssuerMsg::Crash),
             ActorKind::Metrics => system::send(name, MetricsMsg::Crash),
+        }
+    }
+}
+
+/// Longest login name worth looking up: no username or email is longer.
+const MAX_LOGIN_CHARS: usize = 254;
+
+/// A login name as it may appear in a log line: cut to a sane length.
+fn loggable(login: &str) -> &str {
+    login
+        .char_indices()
+        .nth(MAX_LOGIN_CHARS)
+        .map_or(login, |(at, _)| &login[..at])
+}
+
+/// A counted login attempt. One that ends without a verdict on the password
+/// (the database failed, the client went away) is given back on drop, so
+/// outages do not lock accounts.
+struct Attempt {
+    limits: Limits,
+    name: String,
+    settled: bool,
+}
+
+impl Attempt {
+    /// The password was judged: the attempt stays counted (or is cleared by a success).
+    fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.limits.release(&self.name);
         }
     }
 }

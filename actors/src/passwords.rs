@@ -87,7 +87,7 @@ pub struct Passwords {
 struct Inner {
     settings: PasswordSettings,
     params: Params,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     /// A hash of a random password with the configured parameters, verified
     /// when the login name is unknown so that both paths cost one hash.
     dummy: OnceCell<String>,
@@ -96,7 +96,7 @@ struct Inner {
 impl Passwords {
     pub fn new(settings: PasswordSettings) -> Result<Self> {
         let params = settings.params().map_err(Error::Internal)?;
-        let slots = Semaphore::new(settings.max_concurrent_hashes.max(1));
+        let slots = Arc::new(Semaphore::new(settings.max_concurrent_hashes.max(1)));
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,
@@ -187,30 +187,23 @@ impl Passwords {
             .cloned()
     }
 
-    /// Runs `work` on a blocking thread once a hashing slot is free.
+    /// Runs `work` on a blocking thread once a hashing slot is free. The slot
+    /// goes with the work, so a caller that gives up does not free it while
+    /// the hash (and its memory) is still in use.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let _slot = self
-            .inner
-            .slots
-            .acquire()
+        let slot = Arc::clone(&self.inner.slots)
+            .acquire_owned()
             .await
             .map_err(|_| Error::Internal("hashing slots closed".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
-    }
-
-    /// Hashes that may run at once.
-    pub fn max_concurrent(&self) -> usize {
-        self.inner.settings.max_concurrent_hashes.max(1)
-    }
-
-    /// Hashing slots not in use right now.
-    pub fn idle_slots(&self) -> usize {
-        self.inner.slots.available_permits()
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
     }
 }
 

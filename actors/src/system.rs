@@ -77,14 +77,15 @@ impl Names {
 }
 
 fn lookup<M: Message>(name: &str) -> Result<ActorRef<M>> {
-    ActorRef::where_is(name).ok_or_else(|| Error::Unavailable(format!("{name} is not running")))
+    ActorRef::where_is(name)
+        .ok_or_else(|| Error::ActorUnavailable(format!("{name} is not running")))
 }
 
 /// Sends without waiting for an answer; reports whether the actor was there.
 pub fn send<M: Message>(name: &str, msg: M) -> Result<()> {
     lookup::<M>(name)?
         .send_message(msg)
-        .map_err(|e| Error::Unavailable(format!("{name}: {e}")))
+        .map_err(|e| Error::ActorUnavailable(format!("{name}: {e}")))
 }
 
 /// Sends without waiting; an observation lost while the actor restarts is acceptable.
@@ -98,10 +99,11 @@ pub async fn call<M: Message, R: Send + 'static>(
     timeout: Duration,
     build: impl FnOnce(RpcReplyPort<R>) -> M,
 ) -> Result<R> {
+    let unavailable = |why: String| Error::ActorUnavailable(format!("{name}: {why}"));
     match lookup::<M>(name)?.call(build, Some(timeout)).await {
         Ok(CallResult::Success(reply)) => Ok(reply),
-        Ok(CallResult::Timeout) => Err(Error::Unavailable(format!("{name} timed out"))),
-        Ok(CallResult::SenderError) => Err(Error::Unavailable(format!("{name} dropped the call"))),
-        Err(e) => Err(Error::Unavailable(format!("{name}: {e}"))),
+        Ok(CallResult::Timeout) => Err(unavailable("timed out".into())),
+        Ok(CallResult::SenderError) => Err(unavailable("dropped the call".into())),
+        Err(e) => Err(unavailable(e.to_string())),
     }
 }

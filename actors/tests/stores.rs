@@ -123,11 +123,25 @@ async fn sessions_rotate_spend_and_reveal_reuse() {
         s.create_user(new_user("u1", "a@example.com", "alice"))
             .await
             .unwrap();
+        let stale = s
+            .create_session(
+                new_session("s0", "u1", "d0", 1_000),
+                "$scrypt$old".into(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(
+            stale.is_none(),
+            "the password changed since it was verified"
+        );
         s.create_session(
             new_session("s1", "u1", "d1", 1_000),
+            "$scrypt$x".into(),
             Some("$scrypt$new".into()),
         )
         .await
+        .unwrap()
         .unwrap();
         let hash = s
             .credentials("alice".into())
@@ -205,9 +219,13 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
         s.create_user(new_user("u1", "a@example.com", "alice"))
             .await
             .unwrap();
-        s.create_session(new_session("s1", "u1", "d1", 1_000), None)
-            .await
-            .unwrap();
+        s.create_session(
+            new_session("s1", "u1", "d1", 1_000),
+            "$scrypt$x".into(),
+            None,
+        )
+        .await
+        .unwrap();
         s.revoke("u1".into(), Revoke::Session("s1".into()), 1_100)
             .await
             .unwrap();
@@ -217,12 +235,20 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
             "history before start-up is not replayed"
         );
 
-        s.create_session(new_session("s2", "u1", "d2", 1_000), None)
-            .await
-            .unwrap();
-        s.create_session(new_session("s3", "u1", "d3", 1_000), None)
-            .await
-            .unwrap();
+        s.create_session(
+            new_session("s2", "u1", "d2", 1_000),
+            "$scrypt$x".into(),
+            None,
+        )
+        .await
+        .unwrap();
+        s.create_session(
+            new_session("s3", "u1", "d3", 1_000),
+            "$scrypt$x".into(),
+            None,
+        )
+        .await
+        .unwrap();
         let mut expected = s
             .revoke("u1".into(), Revoke::Session("s2".into()), 1_200)
             .await
@@ -323,12 +349,16 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
             ("c@example.com", "bob", 2_000)
         );
 
-        s.create_session(new_session("old", "u1", "d1", 0), None)
+        s.create_session(new_session("old", "u1", "d1", 0), "$scrypt$x".into(), None)
             .await
             .unwrap();
-        s.create_session(new_session("live", "u1", "d2", 100_000), None)
-            .await
-            .unwrap();
+        s.create_session(
+            new_session("live", "u1", "d2", 100_000),
+            "$scrypt$x".into(),
+            None,
+        )
+        .await
+        .unwrap();
         s.touch_session("live".into(), 100_500).await.unwrap();
         assert_eq!(s.purge(50_000).await.unwrap(), 1);
         let left = s.sessions("u1".into(), 100_001).await.unwrap();

@@ -20,9 +20,12 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
 use crate::breaker::{BreakerId, Breakers};
 use crate::clock;
 use crate::error::{RateLimitInfo, Result};
+use crate::system::{self, ActorKind, Names};
 use redis::RedisLimiter;
 
 /// Which allowance a route draws from.
@@ -169,7 +172,7 @@ impl Window {
             limit: self.limit,
             remaining: self.limit.saturating_sub(used),
             reset_s: hits.front().map_or(0, |&oldest| {
-                clock::seconds_until(now, oldest + self.window_ms)
+                clock::seconds_until(now, oldest.saturating_add(self.window_ms))
             }),
         };
         if allowed { Ok(info) } else { Err(info) }
@@ -222,8 +225,8 @@ pub enum AttemptDecision {
 struct Failures {
     count: u32,
     since: i64,
-    /// Distinct login names tried, up to [`MAX_NAMES_COUNTED`].
-    names: HashSet<String>,
+    /// Distinct login names tried (as [`NameKey`]s), up to [`MAX_NAMES_COUNTED`].
+    names: HashSet<NameKey>,
     flagged: bool,
 }
 
@@ -253,7 +256,7 @@ pub struct MemoryLimiter {
     throttle: ThrottleRule,
     max_keys: usize,
     windows: HashMap<(IpAddr, RouteClass), Hits>,
-    strikes: HashMap<String, Strikes>,
+    strikes: HashMap<NameKey, Strikes>,
     failures: HashMap<IpAddr, Failures>,
 }
 
@@ -271,10 +274,11 @@ impl MemoryLimiter {
 
     pub fn check(&mut self, class: RouteClass, client: IpAddr, now: i64) -> Decision {
         let window = self.routes.window(class);
-        if self.windows.len() >= self.max_keys && !self.windows.contains_key(&(client, class)) {
+        let key = (bucket(client), class);
+        if self.windows.len() >= self.max_keys && !self.windows.contains_key(&key) {
             self.make_room(now);
         }
-        let hits = self.windows.entry((client, class)).or_default();
+        let hits = self.windows.entry(key).or_default();
         let (allowed, info) = match window.decide(&mut hits.times, now) {
             Ok(info) => (true, info),
             Err(info) => (false, info),
@@ -291,10 +295,11 @@ impl MemoryLimiter {
     /// Starts a login attempt for `login` (already normalized).
     pub fn attempt(&mut self, login: &str, now: i64) -> AttemptDecision {
         let rule = self.throttle;
-        if self.strikes.len() >= self.max_keys && !self.strikes.contains_key(login) {
+        let key = name_key(login);
+        if self.strikes.len() >= self.max_keys && !self.strikes.contains_key(&key) {
             self.make_room(now);
         }
-        let entry = self.strikes.entry(login.to_owned()).or_default();
+        let entry = self.strikes.entry(key).or_default();
         entry.last_seen = now;
         match entry.locked_until {
             Some(until) if now < until => {
@@ -322,11 +327,23 @@ impl MemoryLimiter {
 
     /// A login for `login` succeeded: its failures are forgiven.
     pub fn succeeded(&mut self, login: &str) {
-        self.strikes.remove(login);
+        self.strikes.remove(&name_key(login));
+    }
+
+    /// An attempt ended without a verdict on the password (the database was
+    /// down, the client left): it is not a failure, so it stops counting.
+    pub fn release(&mut self, login: &str) {
+        if let Some(entry) = self.strikes.get_mut(&name_key(login)) {
+            entry.attempts = entry.attempts.saturating_sub(1);
+            if entry.attempts < self.throttle.max_failures && !entry.announced {
+                entry.locked_until = None;
+            }
+        }
     }
 
     /// A login from `client` failed; says so once when that makes a burst.
     pub fn login_failed(&mut self, client: IpAddr, login: &str, now: i64) -> Option<Suspicion> {
+        let client = bucket(client);
         if self.failures.len() >= self.max_keys && !self.failures.contains_key(&client) {
             self.make_room(now);
         }
@@ -339,7 +356,7 @@ impl MemoryLimiter {
         }
         entry.count += 1;
         if entry.names.len() < MAX_NAMES_COUNTED {
-            entry.names.insert(login.to_owned());
+            entry.names.insert(name_key(login));
         }
         if entry.count >= SUSPICIOUS_FAILURES && !entry.flagged {
             entry.flagged = true;
@@ -402,14 +419,41 @@ fn forget_least_recent_tenth<K, V>(map: &mut HashMap<K, V>, last_seen: impl Fn(&
     map.retain(|_, v| last_seen(v) > threshold);
 }
 
+/// A login name as the throttle keys it: a digest, so that neither its
+/// length nor its content is what the limiter stores.
+pub type NameKey = [u8; 16];
+
+pub fn name_key(login: &str) -> NameKey {
+    let digest = Sha256::digest(login.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// The bucket a client address counts against: itself for IPv4, its /64 for
+/// IPv6 (one subscriber usually holds a whole /64, so per-address buckets
+/// would hand them millions of allowances).
+pub fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 /// Login names are throttled case-insensitively, trimmed, as typed.
 pub fn normalize_login(login: &str) -> String {
     login.trim().to_lowercase()
 }
 
-/// Messages the `RateLimiter` accepts.
+/// Messages the `RateLimiter` accepts. Decisions arrive here only with the
+/// Redis backend: memory decisions take microseconds under the shared
+/// state's lock, so callers make them directly rather than queue behind each
+/// other in one mailbox (and never fail open because the actor is restarting).
 pub enum RateLimiterMsg {
-    /// Count one request of `class` from `client`; `Err` when the backend failed.
+    /// Count one request of `class` from `client`; `Err` when Redis failed.
     Check {
         class: RouteClass,
         client: IpAddr,
@@ -422,12 +466,10 @@ pub enum RateLimiterMsg {
     },
     /// A login for this (normalized) name succeeded.
     Succeeded { login: String },
-    /// A login from `client` failed (for spotting bursts from one address).
-    Failed { client: IpAddr, login: String },
+    /// A login attempt for this (normalized) name ended without a verdict.
+    Release { login: String },
     /// Forget idle keys.
     Sweep,
-    /// How many keys are tracked.
-    Tracked(RpcReplyPort<(usize, usize)>),
     /// Fail on purpose (chaos testing): the supervisor must restart us.
     Crash,
 }
@@ -436,8 +478,8 @@ pub enum RateLimiterMsg {
 /// that a restart never hands out fresh allowances.
 #[derive(Clone)]
 pub struct RateLimiterArgs {
-    /// This process's limiter: everything with the memory backend; with
-    /// Redis, only the spotting of failure bursts.
+    /// This process's limiter: every decision with the memory backend; with
+    /// Redis, the spotting of failure bursts. Swept by the actor.
     pub local: Arc<parking_lot::Mutex<MemoryLimiter>>,
     /// Windows and throttle shared through Redis, when that is the backend.
     pub shared: Option<SharedLimiter>,
@@ -451,20 +493,23 @@ pub struct SharedLimiter {
 }
 
 impl SharedLimiter {
-    /// Runs one Redis decision off the mailbox, through the `redis` breaker,
-    /// and sends the outcome to `reply`.
+    /// Runs one Redis call off the mailbox, through the `redis` breaker, and
+    /// sends the outcome to `reply` when there is one.
     fn spawn<T, F>(
         &self,
-        reply: RpcReplyPort<Result<T>>,
-        decide: impl FnOnce(Arc<RedisLimiter>) -> F,
+        reply: Option<RpcReplyPort<Result<T>>>,
+        call: impl FnOnce(Arc<RedisLimiter>) -> F,
     ) where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let work = decide(Arc::clone(&self.redis));
+        let work = call(Arc::clone(&self.redis));
         let breakers = self.breakers.clone();
         tokio::spawn(async move {
-            let _ = reply.send(breakers.run(BreakerId::Redis, work).await);
+            let outcome = breakers.run(BreakerId::Redis, work).await;
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
         });
     }
 }
@@ -495,54 +540,121 @@ impl Actor for RateLimiter {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let now = clock::unix_ms();
-        let shared = state.shared.as_ref();
-        let mut local = state.local.lock();
+        let Some(shared) = &state.shared else {
+            match msg {
+                RateLimiterMsg::Sweep => state.local.lock().sweep(now),
+                RateLimiterMsg::Crash => return Err(CRASH.into()),
+                // Memory decisions are made by the callers themselves.
+                _ => {}
+            }
+            return Ok(());
+        };
         match msg {
             RateLimiterMsg::Check {
                 class,
                 client,
                 reply,
-            } => match shared {
-                Some(shared) => shared.spawn(reply, move |redis| async move {
-                    redis.check(class, client, now).await
-                }),
-                None => {
-                    let _ = reply.send(Ok(local.check(class, client, now)));
-                }
-            },
-            RateLimiterMsg::Attempt { login, reply } => match shared {
-                Some(shared) => shared.spawn(reply, move |redis| async move {
+            } => shared.spawn(Some(reply), move |redis| async move {
+                redis.check(class, client, now).await
+            }),
+            RateLimiterMsg::Attempt { login, reply } => shared
+                .spawn(Some(reply), move |redis| async move {
                     redis.attempt(&login, now).await
                 }),
-                None => {
-                    let _ = reply.send(Ok(local.attempt(&login, now)));
-                }
-            },
-            RateLimiterMsg::Succeeded { login } => match shared {
-                Some(shared) => {
-                    // Nobody waits for this; a failure only leaves strikes to expire.
-                    let (reply, _) = ractor::concurrency::oneshot();
-                    shared.spawn(reply.into(), move |redis| async move {
-                        redis.succeeded(&login).await
-                    });
-                }
-                None => local.succeeded(&login),
-            },
-            RateLimiterMsg::Failed { client, login } => {
-                if let Some(s) = local.login_failed(client, &login, now) {
-                    tracing::warn!(event = "suspicious", ip = %client, failures = s.failures,
-                        distinct_logins = s.distinct_logins,
-                        window_s = SUSPICION_WINDOW_MS / 1000,
-                        "burst of failed logins from one address");
-                }
+            // Nobody waits for these; a failure only leaves strikes to expire.
+            RateLimiterMsg::Succeeded { login } => {
+                shared.spawn(
+                    None,
+                    move |redis| async move { redis.succeeded(&login).await },
+                )
             }
-            RateLimiterMsg::Sweep => local.sweep(now),
-            RateLimiterMsg::Tracked(reply) => {
-                let _ = reply.send(local.tracked());
-            }
-            RateLimiterMsg::Crash => return Err("crash requested through the chaos route".into()),
+            RateLimiterMsg::Release { login } => shared.spawn(None, move |redis| async move {
+                redis.release(&login, now).await
+            }),
+            RateLimiterMsg::Sweep => state.local.lock().sweep(now),
+            RateLimiterMsg::Crash => return Err(CRASH.into()),
         }
         Ok(())
+    }
+}
+
+const CRASH: &str = "crash requested through the chaos route";
+
+/// The callers' side of rate limiting, valid across restarts of the actor:
+/// memory decisions are made here, on the shared state; Redis decisions are
+/// asked of the `RateLimiter`.
+#[derive(Clone)]
+pub struct Limits {
+    local: Arc<parking_lot::Mutex<MemoryLimiter>>,
+    shared: bool,
+    names: Arc<Names>,
+    timeout: Duration,
+}
+
+impl Limits {
+    pub fn new(args: &RateLimiterArgs, names: Arc<Names>, timeout: Duration) -> Self {
+        Self {
+            local: Arc::clone(&args.local),
+            shared: args.shared.is_some(),
+            names,
+            timeout,
+        }
+    }
+
+    fn actor(&self) -> &str {
+        self.names.get(ActorKind::RateLimiter)
+    }
+
+    /// Counts one request of `class` from `client`.
+    pub async fn check(&self, class: RouteClass, client: IpAddr) -> Result<Decision> {
+        if !self.shared {
+            return Ok(self.local.lock().check(class, client, clock::unix_ms()));
+        }
+        system::call(self.actor(), self.timeout, |reply| RateLimiterMsg::Check {
+            class,
+            client,
+            reply,
+        })
+        .await?
+    }
+
+    /// Starts a login attempt for a (normalized) login name.
+    pub async fn attempt(&self, login: &str) -> Result<AttemptDecision> {
+        if !self.shared {
+            return Ok(self.local.lock().attempt(login, clock::unix_ms()));
+        }
+        let login = login.to_owned();
+        system::call(self.actor(), self.timeout, |reply| {
+            RateLimiterMsg::Attempt { login, reply }
+        })
+        .await?
+    }
+
+    /// A login for this (normalized) name succeeded.
+    pub fn succeeded(&self, login: &str) {
+        if self.shared {
+            let login = login.to_owned();
+            system::cast(self.actor(), RateLimiterMsg::Succeeded { login });
+        } else {
+            self.local.lock().succeeded(login);
+        }
+    }
+
+    /// A login attempt for this (normalized) name ended without a verdict.
+    pub fn release(&self, login: &str) {
+        if self.shared {
+            let login = login.to_owned();
+            system::cast(self.actor(), RateLimiterMsg::Release { login });
+        } else {
+            self.local.lock().release(login);
+        }
+    }
+
+    /// A login from `client` failed; `Some` once per burst from one address.
+    pub fn login_failed(&self, client: IpAddr, login: &str) -> Option<Suspicion> {
+        self.local
+            .lock()
+            .login_failed(client, login, clock::unix_ms())
     }
 }
 
@@ -711,6 +823,56 @@ mod tests {
         assert!(l.tracked().1 <= 1_000);
         l.sweep(300_001);
         assert_eq!(l.tracked().1, 0);
+    }
+
+    #[test]
+    fn attempts_without_a_verdict_are_given_back() {
+        let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 100);
+        for _ in 0..3 {
+            assert_eq!(l.attempt("carol", 0), AttemptDecision::Allowed);
+        }
+        // The third attempt locked the name provisionally; it never got a verdict.
+        l.release("carol");
+        assert_eq!(l.attempt("carol", 1), AttemptDecision::Allowed);
+        assert!(matches!(
+            l.attempt("carol", 2),
+            AttemptDecision::Locked { first: true, .. }
+        ));
+        // Once somebody was refused, the lock stands.
+        l.release("carol");
+        assert!(matches!(
+            l.attempt("carol", 3),
+            AttemptDecision::Locked { .. }
+        ));
+        l.release("nobody-at-all");
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(bucket(a), bucket(b));
+        assert_ne!(bucket(a), bucket(other));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(bucket(mapped), IP);
+        let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 100);
+        for _ in 0..5 {
+            assert!(l.check(RouteClass::Login, a, 0).allowed);
+        }
+        assert!(
+            !l.check(RouteClass::Login, b, 0).allowed,
+            "a new address in the same /64"
+        );
+        assert!(l.check(RouteClass::Login, other, 0).allowed);
+    }
+
+    #[test]
+    fn throttle_keys_have_a_fixed_size_whatever_the_name() {
+        let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 100);
+        l.attempt(&"x".repeat(60_000), 0);
+        assert_eq!(std::mem::size_of::<NameKey>(), 16);
+        assert_eq!(l.tracked().1, 1);
     }
 
     #[test]

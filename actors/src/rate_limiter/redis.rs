@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
-use sha2::{Digest, Sha256};
 
-use super::{AttemptDecision, Decision, RouteClass, RouteLimits, ThrottleRule};
+use super::{AttemptDecision, Decision, RouteClass, RouteLimits, ThrottleRule, bucket, name_key};
 use crate::clock;
 use crate::error::{Error, RateLimitInfo, Result};
 
@@ -45,6 +44,20 @@ end
 redis.call('PEXPIRE', KEYS[1], window)
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
 return {allowed, count, tonumber(oldest or now), first}
+";
+
+/// An attempt that ended without a verdict stops counting; a lock it caused
+/// and nobody has been refused by yet is lifted.
+/// KEYS: the name's strikes hash. ARGV: max_failures.
+const RELEASE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+if attempts < tonumber(ARGV[1]) and redis.call('HEXISTS', KEYS[1], 'announced') == 0 then
+  redis.call('HDEL', KEYS[1], 'locked_until')
+end
+return 1
 ";
 
 /// One login attempt against the per-name throttle, counted as it starts.
@@ -75,6 +88,7 @@ pub struct RedisLimiter {
     throttle: ThrottleRule,
     window: Script,
     attempt: Script,
+    release: Script,
     /// Makes each recorded hit a distinct member of its window.
     instance: String,
     hits: AtomicU64,
@@ -108,21 +122,18 @@ impl RedisLimiter {
             throttle,
             window: Script::new(WINDOW),
             attempt: Script::new(ATTEMPT),
+            release: Script::new(RELEASE),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             hits: AtomicU64::new(0),
         })
     }
 
     fn window_key(&self, class: RouteClass, client: IpAddr) -> String {
-        format!("{}rl:{}:{client}", self.prefix, class.name())
+        format!("{}rl:{}:{}", self.prefix, class.name(), bucket(client))
     }
 
     fn strikes_key(&self, login: &str) -> String {
-        let digest: String = Sha256::digest(login.as_bytes())
-            .iter()
-            .take(16)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest: String = name_key(login).iter().map(|b| format!("{b:02x}")).collect();
         format!("{}throttle:{digest}", self.prefix)
     }
 
@@ -177,6 +188,17 @@ impl RedisLimiter {
                 first: first == 1,
             }
         })
+    }
+
+    /// An attempt for this (normalized) name ended without a verdict.
+    pub async fn release(&self, login: &str, _now: i64) -> Result<()> {
+        self.release
+            .key(self.strikes_key(login))
+            .arg(self.throttle.max_failures)
+            .invoke_async::<i64>(&mut self.connection.clone())
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     /// A login for this (normalized) name succeeded: its strikes are forgiven.

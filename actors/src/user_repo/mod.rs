@@ -1,10 +1,11 @@
 //! The `UserRepo` actor: the only way to the user store.
 //!
-//! Writes are serialized through the mailbox: the actor awaits each one (it
-//! runs on a blocking thread or the driver's socket, never on the mailbox
-//! loop's worker) before taking the next, so two registrations never race
-//! inside the database and a write queued behind a caller that gave up is
-//! skipped rather than committed unseen. Reads run concurrently on the pool.
+//! Writes are serialized: the actor hands each to its writer task, which runs
+//! them one after another (on a blocking thread or the driver's socket), so
+//! two registrations never race inside the database, and a write queued
+//! behind a caller that gave up is skipped rather than committed unseen. The
+//! mailbox itself never waits on the database: reads and the invalidation
+//! poll run concurrently, also while a write waits on a locked database.
 //!
 //! Operations travel as jobs: a closure over the [`UserStore`] that sends its
 //! typed result back on a oneshot channel. The store methods are the typed
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock;
 use crate::error::{Error, Result};
@@ -68,6 +69,9 @@ pub struct UserRepoArgs {
 pub struct RepoState {
     store: Arc<dyn UserStore>,
     cache: Arc<SessionCache>,
+    /// The writer task's queue; dropping it (when this incarnation ends)
+    /// lets the task finish what was queued and stop.
+    writes: mpsc::UnboundedSender<Job>,
     polling: bool,
 }
 
@@ -91,9 +95,17 @@ impl Actor for UserRepo {
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(POLL_EVERY, || UserRepoMsg::Poll);
         myself.send_interval(PURGE_EVERY, || UserRepoMsg::Purge);
+        let (writes, mut queue) = mpsc::unbounded_channel::<Job>();
+        let store = Arc::clone(&args.store);
+        tokio::spawn(async move {
+            while let Some(job) = queue.recv().await {
+                job(Arc::clone(&store)).await;
+            }
+        });
         Ok(RepoState {
             store: args.store,
             cache: args.cache,
+            writes,
             polling: false,
         })
     }
@@ -105,7 +117,11 @@ impl Actor for UserRepo {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            UserRepoMsg::Write(job) => job(Arc::clone(&state.store)).await,
+            UserRepoMsg::Write(job) => {
+                if state.writes.send(job).is_err() {
+                    return Err("the writer task is gone".into());
+                }
+            }
             UserRepoMsg::Read(job) => {
                 tokio::spawn(job(Arc::clone(&state.store)));
             }
@@ -120,10 +136,19 @@ impl Actor for UserRepo {
                 });
             }
             UserRepoMsg::Poll => {}
-            UserRepoMsg::Purge => match state.store.purge(clock::unix_ms()).await {
-                Ok(purged) => tracing::info!(purged, "purged expired and revoked sessions"),
-                Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
-            },
+            UserRepoMsg::Purge => {
+                let purge: Job = Box::new(|store| {
+                    Box::pin(async move {
+                        match store.purge(clock::unix_ms()).await {
+                            Ok(purged) => {
+                                tracing::info!(purged, "purged expired and revoked sessions")
+                            }
+                            Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+                        }
+                    })
+                });
+                let _ = state.writes.send(purge);
+            }
             UserRepoMsg::Polled { started, result } => {
                 state.polling = false;
                 match result {
@@ -193,7 +218,8 @@ impl UserRepoClient {
         system::send(self.names.get(ActorKind::UserRepo), kind(job))?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Unavailable("user_repo dropped the call".into())),
+            // The actor failed with the job in its mailbox: the store never saw it.
+            Ok(Err(_)) => Err(Error::ActorUnavailable("user_repo dropped the call".into())),
             Err(_) => Err(Error::Unavailable("user_repo call timed out".into())),
         }
     }

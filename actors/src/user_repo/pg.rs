@@ -22,7 +22,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row, Transaction};
 
-use super::store::{DatabaseSettings, UserStore};
+use super::store::{DatabaseSettings, KEEP_REVOKED_MS, USER_COLUMNS, UserStore};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
     ActiveSession, Credentials, Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation,
@@ -37,9 +37,6 @@ const MIGRATIONS: &[(&str, &str)] = &[(
 
 /// Key of the advisory lock held while migrating ("gatehouse" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6761_7465_686f_7573;
-
-/// How long revoked sessions (and the invalidation log) are kept before purging.
-const KEEP_REVOKED_MS: i64 = 3_600_000;
 
 pub struct PgStore {
     pool: Pool,
@@ -170,8 +167,6 @@ impl PgStore {
         Ok(out)
     }
 }
-
-const USER_COLUMNS: &str = "id, email, username, is_active, created_at, updated_at";
 
 fn user_from(row: &Row) -> std::result::Result<User, tokio_postgres::Error> {
     Ok(User {
@@ -313,35 +308,53 @@ impl UserStore for PgStore {
             .map_err(classify)
     }
 
-    async fn create_session(&self, s: NewSession, rehash: Option<String>) -> Result<Session> {
-        self.write(async |tx| {
-            if let Some(hash) = &rehash {
+    async fn create_session(
+        &self,
+        s: NewSession,
+        verified_hash: String,
+        rehash: Option<String>,
+    ) -> Result<Option<Session>> {
+        let created = self
+            .write(async |tx| {
+                // The row lock orders this login after (or before) a password change.
+                let unchanged = tx
+                    .query_opt(
+                        "SELECT password_hash = $2 AND is_active FROM users WHERE id = $1 FOR UPDATE",
+                        &[&s.user_id, &verified_hash],
+                    )
+                    .await?
+                    .map(|row| row.try_get::<_, bool>(0))
+                    .transpose()?;
+                if unchanged != Some(true) {
+                    return Ok(false);
+                }
+                if let Some(hash) = &rehash {
+                    tx.execute(
+                        "UPDATE users SET password_hash = $2 WHERE id = $1",
+                        &[&s.user_id, hash],
+                    )
+                    .await?;
+                }
                 tx.execute(
-                    "UPDATE users SET password_hash = $2 WHERE id = $1",
-                    &[&s.user_id, hash],
+                    "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
+                                           expires_at, absolute_expires_at, ip, user_agent)
+                     VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
+                    &[
+                        &s.id,
+                        &s.user_id,
+                        &s.refresh_digest,
+                        &s.now,
+                        &s.expires_at,
+                        &s.absolute_expires_at,
+                        &s.ip,
+                        &s.user_agent,
+                    ],
                 )
                 .await?;
-            }
-            tx.execute(
-                "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
-                                       expires_at, absolute_expires_at, ip, user_agent)
-                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
-                &[
-                    &s.id,
-                    &s.user_id,
-                    &s.refresh_digest,
-                    &s.now,
-                    &s.expires_at,
-                    &s.absolute_expires_at,
-                    &s.ip,
-                    &s.user_agent,
-                ],
-            )
+                Ok(true)
+            })
             .await?;
-            Ok(())
-        })
-        .await?;
-        Ok(Session {
+        Ok(created.then_some(Session {
             id: s.id,
             user_id: s.user_id,
             created_at: s.now,
@@ -349,7 +362,7 @@ impl UserStore for PgStore {
             expires_at: s.expires_at,
             ip: s.ip,
             user_agent: s.user_agent,
-        })
+        }))
     }
 
     async fn active_session(&self, session_id: String, now: i64) -> Result<Option<ActiveSession>> {
@@ -421,6 +434,20 @@ impl UserStore for PgStore {
             .map_err(classify)?;
         row.as_ref()
             .map(credentials_from)
+            .transpose()
+            .map_err(classify)
+    }
+
+    async fn refresh_owner(&self, digest: String) -> Result<Option<(String, String)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, user_id FROM sessions WHERE refresh_digest = $1",
+                &[&digest],
+            )
+            .await
+            .map_err(classify)?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .transpose()
             .map_err(classify)
     }

@@ -16,7 +16,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use rusqlite_migration::{M, Migrations};
 
-use super::store::{DatabaseSettings, UserStore};
+use super::store::{DatabaseSettings, KEEP_REVOKED_MS, USER_COLUMNS, UserStore};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
     ActiveSession, Credentials, Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation,
@@ -117,7 +117,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             Ok(()) => return Ok(()),
             Err(e) => last = Some(e),
         }
-        // Blocking start-up code on a blocking thread: waiting here is the point.
+        // Start-up code on a blocking thread, before anything is served:
+        // waiting for the other process to finish its migration is the point.
         std::thread::park_timeout(Duration::from_millis(50));
     }
     Err(Error::Unavailable(format!(
@@ -153,11 +154,6 @@ fn classify(e: rusqlite::Error) -> Error {
     }
     Error::Internal(format!("sqlite: {e}"))
 }
-
-const USER_COLUMNS: &str = "id, email, username, is_active, created_at, updated_at";
-
-/// How long revoked sessions (and the invalidation log) are kept before purging.
-const KEEP_REVOKED_MS: i64 = 3_600_000;
 
 /// Revokes the sessions in `scope` inside `tx` and logs what caches must drop.
 fn revoke_in(
@@ -274,8 +270,23 @@ impl UserStore for SqliteStore {
         .await
     }
 
-    async fn create_session(&self, s: NewSession, rehash: Option<String>) -> Result<Session> {
+    async fn create_session(
+        &self,
+        s: NewSession,
+        verified_hash: String,
+        rehash: Option<String>,
+    ) -> Result<Option<Session>> {
         self.write(move |tx| {
+            let unchanged: Option<bool> = tx
+                .query_row(
+                    "SELECT password_hash = ?2 AND is_active = 1 FROM users WHERE id = ?1",
+                    params![s.user_id, verified_hash],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if unchanged != Some(true) {
+                return Ok(None);
+            }
             if let Some(hash) = rehash {
                 tx.execute(
                     "UPDATE users SET password_hash = ?2 WHERE id = ?1",
@@ -297,7 +308,7 @@ impl UserStore for SqliteStore {
                     s.user_agent
                 ],
             )?;
-            Ok(Session {
+            Ok(Some(Session {
                 id: s.id,
                 user_id: s.user_id,
                 created_at: s.now,
@@ -305,7 +316,7 @@ impl UserStore for SqliteStore {
                 expires_at: s.expires_at,
                 ip: s.ip,
                 user_agent: s.user_agent,
-            })
+            }))
         })
         .await
     }
@@ -384,6 +395,15 @@ impl UserStore for SqliteStore {
                 })
             })
             .optional()
+        })
+        .await
+    }
+
+    async fn refresh_owner(&self, digest: String) -> Result<Option<(String, String)>> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT id, user_id FROM sessions WHERE refresh_digest = ?1")?
+                .query_row([digest], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
         })
         .await
     }

@@ -17,6 +17,12 @@ use crate::model::{
     Session, User,
 };
 
+/// The columns of a [`User`], in the order both stores read them.
+pub(super) const USER_COLUMNS: &str = "id, email, username, is_active, created_at, updated_at";
+
+/// How long revoked sessions (and the invalidation log) are kept before purging.
+pub(super) const KEEP_REVOKED_MS: i64 = 3_600_000;
+
 /// The `[database]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -54,9 +60,17 @@ pub trait UserStore: Send + Sync + 'static {
     /// The user whose username or email is `login` (ignoring case), with their hash.
     async fn credentials(&self, login: String) -> Result<Option<Credentials>>;
 
-    /// Creates a session; when `rehash` is given, replaces the user's password
-    /// hash in the same transaction (parameters were upgraded).
-    async fn create_session(&self, session: NewSession, rehash: Option<String>) -> Result<Session>;
+    /// Creates a session for a login whose password was checked against
+    /// `verified_hash`; `None`, and nothing written, when the user's hash is no
+    /// longer that one or the user was deactivated meanwhile (a password
+    /// change won the race). When `rehash` is given, it replaces the hash in
+    /// the same transaction (parameters were upgraded).
+    async fn create_session(
+        &self,
+        session: NewSession,
+        verified_hash: String,
+        rehash: Option<String>,
+    ) -> Result<Option<Session>>;
 
     /// The session if it is neither revoked nor expired and its user is active.
     async fn active_session(&self, session_id: String, now: i64) -> Result<Option<ActiveSession>>;
@@ -70,6 +84,9 @@ pub trait UserStore: Send + Sync + 'static {
 
     /// A user by id with their hash (for checking the current password).
     async fn credentials_by_id(&self, user_id: String) -> Result<Option<Credentials>>;
+
+    /// The (session, user) a current refresh token belongs to, if any.
+    async fn refresh_owner(&self, digest: String) -> Result<Option<(String, String)>>;
 
     /// Exchanges a refresh token (by digest) for a new one, atomically:
     /// rotates a current token, revokes the session of a spent one.
