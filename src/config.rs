@@ -21,6 +21,9 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+/// The longest rate-limit window accepted: a day.
+const MAX_WINDOW_MS: i64 = 86_400_000;
+
 /// The JWT secret shipped in `config.toml` for development; production refuses it.
 pub const DEV_JWT_SECRET: &str = "gatehouse-development-secret-do-not-use-in-production";
 
@@ -177,6 +180,23 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+/// Prefix of the variables that override keys: `GATEHOUSE__SECTION__KEY`.
+const OVERRIDE_PREFIX: &str = "GATEHOUSE__";
+
+/// Keys whose values are text, whatever they look like.
+const TEXT_KEYS: &[&str] = &[
+    "auth.jwt_secret",
+    "auth.jwt_secret_file",
+    "auth.issuer",
+    "auth.audience",
+    "database.path",
+    "database.url",
+    "rate_limit.redis_url",
+    "rate_limit.redis_prefix",
+    "logging.level",
+    "monitoring.token",
+];
+
 /// Reads `path` and the environment, and validates the result.
 pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
     if !path.is_file() {
@@ -185,14 +205,25 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
             path.display()
         )]);
     }
-    let figment = Figment::new()
+    let mut figment = Figment::new()
         .merge(Toml::file_exact(path))
         .merge(
             Env::raw()
                 .only(&["GATEHOUSE_ENV"])
                 .map(|_| "environment".into()),
         )
-        .merge(Env::prefixed("GATEHOUSE__").split("__"));
+        .merge(Env::prefixed(OVERRIDE_PREFIX).split("__"));
+    // Figment reads `12345` or `true` in a variable as a number or a boolean;
+    // for keys that hold text (a secret, a token, a name) keep what was typed.
+    for (key, value) in std::env::vars() {
+        let Some(rest) = key.strip_prefix(OVERRIDE_PREFIX) else {
+            continue;
+        };
+        let path = rest.to_lowercase().replace("__", ".");
+        if TEXT_KEYS.contains(&path.as_str()) {
+            figment = figment.merge((path, value));
+        }
+    }
     let config: Config = figment.extract().map_err(|errors| {
         errors
             .into_iter()
@@ -264,8 +295,8 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
         "auth.refresh_token_ttl_s must be at least 1",
     );
     check(
-        a.session_max_lifetime_s >= a.refresh_token_ttl_s.min(a.access_token_ttl_s),
-        "auth.session_max_lifetime_s must not be shorter than the token lifetimes",
+        a.session_max_lifetime_s >= a.access_token_ttl_s,
+        "auth.session_max_lifetime_s must not be shorter than auth.access_token_ttl_s",
     );
     check(
         a.max_failed_logins > 0,
@@ -304,9 +335,9 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
     let rl = &config.rate_limit;
     for (class, window) in rl.routes.all() {
         check(
-            window.limit >= 1 && window.window_ms >= 1000,
+            window.limit >= 1 && (1_000..=MAX_WINDOW_MS).contains(&window.window_ms),
             &format!(
-                "rate_limit.routes.{}: limit and window_s must be at least 1",
+                "rate_limit.routes.{}: limit must be at least 1 and window_s between 1 and 86400",
                 class.name()
             ),
         );
@@ -529,17 +560,25 @@ mod tests {
                 ("GATEHOUSE__RATE_LIMIT__ROUTES__LOGIN__LIMIT", "7"),
                 (
                     "GATEHOUSE__AUTH__JWT_SECRET",
-                    "12345678901234567890123456789012345",
+                    "00012345678901234567890123456789",
                 ),
+                ("GATEHOUSE__MONITORING__TOKEN", "12345678901234567890"),
+                ("GATEHOUSE__AUTH__ISSUER", "true"),
             ],
         )
         .unwrap_or_else(|p| panic!("{p:?}"));
         assert_eq!(loaded.config.server.listen.port(), 0);
         assert_eq!(loaded.config.rate_limit.routes.login.limit, Some(7));
+        // Text stays text, exactly as typed, even when it looks like a number.
         assert_eq!(
             loaded.jwt_secret.expose_secret(),
-            "12345678901234567890123456789012345"
+            "00012345678901234567890123456789"
         );
+        assert_eq!(
+            loaded.config.monitoring.required_token(),
+            Some("12345678901234567890")
+        );
+        assert_eq!(loaded.config.auth.issuer, "true");
     }
 
     #[test]

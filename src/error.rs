@@ -182,7 +182,7 @@ fn domain_parts<'a>(
                 Some(format!("The {breaker} circuit breaker is open")),
             )
         },
-        Error::Unavailable(_) => ErrorParts {
+        Error::Unavailable(_) | Error::ActorUnavailable(_) => ErrorParts {
             retry_after_s: Some(1),
             ..parts(
                 S::SERVICE_UNAVAILABLE,

@@ -39,10 +39,13 @@ fn main() -> ExitCode {
         println!("configuration {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = telemetry::init_tracing(&loaded.config.logging) {
-        eprintln!("cannot start logging: {e}");
-        return ExitCode::FAILURE;
-    }
+    let _log_writer = match telemetry::init_tracing(&loaded.config.logging) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("cannot start logging: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }

@@ -3,9 +3,12 @@
 //! Logs go to stderr as JSON lines (or human-readable with `pretty`), with the
 //! fields of the enclosing request span (request id, method, route) lifted to
 //! the top level of every line. [`LIFECYCLE`] events (the bound address,
-//! shutdown) are logged whatever the configured level.
+//! shutdown) are logged whatever the configured level. Lines are written by a
+//! dedicated thread, so a request never waits on a write to stderr unless
+//! that thread falls behind (then it waits rather than drop a line).
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -15,15 +18,20 @@ use crate::config::{LogFormat, LoggingSettings};
 /// Target of the start-up and shutdown lines operators and scripts rely on.
 pub const LIFECYCLE: &str = "gatehouse::lifecycle";
 
-pub fn init_tracing(logging: &LoggingSettings) -> Result<(), String> {
+/// Installs the subscriber. Keep the guard until the process ends: dropping
+/// it flushes the lines still queued.
+pub fn init_tracing(logging: &LoggingSettings) -> Result<WorkerGuard, String> {
     let filter = EnvFilter::try_new(format!("{},{LIFECYCLE}=info", logging.level))
         .map_err(|e| format!("logging.level: {e}"))?;
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
     let result = match logging.format {
         LogFormat::Json => registry
             .with(
                 json_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(writer)
                     .flatten_event(true)
                     .flatten_span_list_on_top_level(true)
                     .with_current_span(false)
@@ -31,10 +39,10 @@ pub fn init_tracing(logging: &LoggingSettings) -> Result<(), String> {
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
             .try_init(),
     };
-    result.map_err(|e| e.to_string())
+    result.map(|()| guard).map_err(|e| e.to_string())
 }
 
 /// Request latency buckets, in seconds: sub-millisecond cache hits up to hashing-bound logins.

@@ -62,9 +62,7 @@ pub async fn login(
     req: Request<Incoming>,
     ctx: &Ctx,
 ) -> Result<HttpResponse, ApiError> {
-    let media = body::expect_media_type(req.headers(), &[JSON, FORM])?;
-    let (parts, incoming) = req.into_parts();
-    let bytes = body::read(incoming, &parts.headers, state.max_body_bytes).await?;
+    let (media, parts, bytes) = body::read_request(state, req, &[JSON, FORM]).await?;
     let LoginBody {
         username,
         password,

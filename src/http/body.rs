@@ -78,14 +78,25 @@ async fn drain(body: Incoming, declared: Option<u64>) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rest).await;
 }
 
-/// The body of a JSON-only route: media type, size, then decoding.
+/// The body of a route that accepts the `accepted` media types, checked
+/// before reading it, with the one it came as.
+pub async fn read_request(
+    state: &crate::http::AppState,
+    req: hyper::Request<Incoming>,
+    accepted: &[&'static str],
+) -> Result<(&'static str, hyper::http::request::Parts, Bytes), ApiError> {
+    let media = expect_media_type(req.headers(), accepted)?;
+    let (parts, incoming) = req.into_parts();
+    let bytes = read(incoming, &parts.headers, state.max_body_bytes).await?;
+    Ok((media, parts, bytes))
+}
+
+/// The body of a JSON-only route, decoded.
 pub async fn json_request<T: DeserializeOwned>(
     state: &crate::http::AppState,
     req: hyper::Request<Incoming>,
 ) -> Result<T, ApiError> {
-    expect_media_type(req.headers(), &[JSON])?;
-    let (parts, incoming) = req.into_parts();
-    let bytes = read(incoming, &parts.headers, state.max_body_bytes).await?;
+    let (_, _, bytes) = read_request(state, req, &[JSON]).await?;
     json(&bytes)
 }
 
@@ -97,6 +108,19 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 pub fn form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde_urlencoded replaces invalid UTF-8 silently; a form must be as strict as JSON.
+    let decodes = bytes.split(|b| *b == b'&').all(|pair| {
+        let pair: Vec<u8> = pair
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        percent_encoding::percent_decode(&pair)
+            .decode_utf8()
+            .is_ok()
+    });
+    if !decodes {
+        return Err(ApiError::Malformed("the form is not valid UTF-8".into()));
+    }
     serde_urlencoded::from_bytes(bytes).map_err(|e| ApiError::Malformed(e.to_string()))
 }
 

@@ -92,10 +92,6 @@ impl App {
         })
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.inner
-    }
-
     /// Answers one request; never fails, every error becomes a contract response.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
         let started = Instant::now();
@@ -112,7 +108,8 @@ impl App {
         let span = tracing::info_span!("request", request_id = %request_id,
             method = method_label, route = template);
         let origin = state.policy.allowed_origin(req.headers()).cloned();
-        let api = template.starts_with("/api/v1/auth") || template.starts_with("/api/v1/users");
+        let path = req.uri().path();
+        let api = path.starts_with("/api/v1/auth") || path.starts_with("/api/v1/users");
 
         let mut ctx = Ctx {
             request_id,
@@ -266,11 +263,20 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<HttpResponse,
 }
 
 fn json_bytes(status: StatusCode, body: Vec<u8>) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    respond(status, "application/json", body)
+}
+
+/// A response with a body of the given media type.
+pub fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> HttpResponse {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(content_type),
     );
     response
 }

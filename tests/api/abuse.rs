@@ -176,3 +176,24 @@ async fn a_successful_login_resets_the_failure_count() {
     }
     attempt(&s, "forgetful", PASSWORD).await.ok(200);
 }
+
+#[tokio::test]
+async fn logins_cut_short_by_an_outage_do_not_lock_the_account() {
+    let s = Server::builder()
+        .env("GATEHOUSE__AUTH__MAX_FAILED_LOGINS", 2)
+        .env("GATEHOUSE__DATABASE__BUSY_TIMEOUT_MS", 100)
+        .env("GATEHOUSE__DATABASE__STATEMENT_TIMEOUT_MS", 100)
+        .env(
+            "GATEHOUSE__CIRCUIT_BREAKER__DATABASE__FAILURE_THRESHOLD",
+            100,
+        )
+        .start();
+    s.register("patient").await.ok(201);
+    {
+        let _outage = s.dir.hold_write_lock();
+        for _ in 0..3 {
+            attempt(&s, "patient", PASSWORD).await.expect(503, "SVC003");
+        }
+    }
+    attempt(&s, "patient", PASSWORD).await.ok(200);
+}

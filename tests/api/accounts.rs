@@ -70,6 +70,11 @@ async fn oauth2_password_grant_form_login() {
         )
         .await;
     r.expect(422, "VAL001");
+    let invalid_utf8 = s
+        .request(Method::POST, "/api/v1/auth/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("username=formuser&password=%FF%FE");
+    s.send(invalid_utf8).await.expect(400, "REQ003");
 }
 
 #[tokio::test]
