@@ -23,6 +23,9 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed(String),
+    /// `server.request_timeout_ms` passed. Answered as SVC003: the request
+    /// was waiting on a dependency that did not answer in time (the breaker
+    /// counts that dependency's own timeouts, not the abandoned request).
     #[error("request deadline passed")]
     Timeout,
 }

@@ -6,7 +6,7 @@
 //! ## Supervision tree
 //!
 //! ```text
-//! Supervisor ─┬─ RateLimiter   per-IP sliding windows, per-account login throttle
+//! Supervisor ─┬─ RateLimiter   owns the per-IP windows and login throttle (Redis calls, sweeping)
 //!             ├─ Breaker       circuit-breaker state machines (database, redis)
 //!             ├─ UserRepo      the store: serialized writes, pooled reads, cache invalidation
 //!             ├─ TokenIssuer   signs access tokens, mints refresh tokens
