@@ -1,0 +1,199 @@
+//! The servers under test, each its own process: Gatehouse (the binary cargo
+//! built for this bench) and the bare hyper baseline (this bench binary run
+//! again in baseline mode). Both log to a file in a private temp dir and say
+//! `listening on ADDR` once bound to port 0.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Env var that turns this bench binary into the baseline server; its value
+/// is the body size in bytes.
+pub const BASELINE_ENV: &str = "GATEHOUSE_BENCH_BASELINE_BODY";
+
+/// A password that passes Gatehouse's policy.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Limits high enough never to interfere unless a scenario lowers them.
+const UNLIMITED: &str = "1000000";
+
+pub struct Proc {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+    /// Holds the log and the database; removed on drop.
+    _dir: TempDir,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut command: Command, dir: TempDir) -> Self {
+        let log = dir.path().join("server.log");
+        let file = File::create(&log).expect("create the server log file");
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the {name} server: {e}"));
+        let mut proc = Self {
+            name: name.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child,
+            log,
+            _dir: dir,
+        };
+        proc.addr = proc.wait_listening();
+        proc
+    }
+
+    fn wait_listening(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(at) = text.find("listening on ") {
+                let addr = text[at + 13..]
+                    .split(|c: char| c == '"' || c.is_whitespace())
+                    .next()
+                    .unwrap_or("");
+                return addr.parse().unwrap_or_else(|e| {
+                    panic!("{}: bad listening address {addr:?}: {e}", self.name)
+                });
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the {} server exited ({status}) before listening:\n{}",
+                    self.name,
+                    tail(&text, 20)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the {} server did not listen within 60 s:\n{}",
+                    self.name,
+                    tail(&text, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size, from /proc/<pid>/status.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        rss_bytes(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!(
+                "bench: the {} server ignored SIGTERM; killing it",
+                self.name
+            );
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A Gatehouse process with a private database.
+pub struct Gatehouse {
+    pub proc: Proc,
+    pub db: PathBuf,
+}
+
+impl Gatehouse {
+    /// Starts the binary with the shipped `config.toml`, the shipped logging
+    /// (info, JSON), rate limits out of the way, and `overrides` on top.
+    pub fn start(name: &str, overrides: &[(&str, String)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gatehouse-bench-")
+            .tempdir()
+            .expect("create a temp dir");
+        let db = dir.path().join("gatehouse.db");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        command
+            .arg("--config")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"));
+        // Nothing from the caller's environment may change what is measured.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("GATEHOUSE") {
+                command.env_remove(key);
+            }
+        }
+        let base = [
+            ("GATEHOUSE__SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("GATEHOUSE__DATABASE__PATH", db.display().to_string()),
+            ("GATEHOUSE__LOGGING__LEVEL", "info".to_owned()),
+            ("GATEHOUSE__AUTH__MAX_FAILED_LOGINS", UNLIMITED.to_owned()),
+        ];
+        let limits = ["LOGIN", "REGISTER", "REFRESH", "PASSWORD", "DEFAULT"].map(|class| {
+            (
+                format!("GATEHOUSE__RATE_LIMIT__ROUTES__{class}__LIMIT"),
+                UNLIMITED,
+            )
+        });
+        for (key, value) in &base {
+            command.env(key, value);
+        }
+        for (key, value) in &limits {
+            command.env(key, value);
+        }
+        for (key, value) in overrides {
+            command.env(key, value);
+        }
+        Self {
+            proc: Proc::spawn(name, command, dir),
+            db,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.proc.addr
+    }
+}
+
+/// The bare hyper server, answering every request with `body_bytes` of JSON.
+pub fn start_baseline(body_bytes: usize) -> Proc {
+    let dir = tempfile::Builder::new()
+        .prefix("gatehouse-bench-baseline-")
+        .tempdir()
+        .expect("create a temp dir");
+    let exe = std::env::current_exe().expect("the path of this bench binary");
+    let mut command = Command::new(exe);
+    command.env(BASELINE_ENV, body_bytes.to_string());
+    Proc::spawn("baseline", command, dir)
+}
