@@ -129,6 +129,11 @@ pub async fn main_instance(k: &Knobs, bounds: &mut Bounds, report: &mut Report) 
     let mut detail = serde_json::Map::new();
 
     if k.runs("throughput") {
+        // The same routes with the per-request access line off (level warn),
+        // to show what that line costs.
+        let quiet = Gatehouse::start("quiet", &[("GATEHOUSE__LOGGING__LEVEL", "warn".to_owned())]);
+        let mut quiet_client = Client::new(quiet.addr());
+        let quiet_token = user(&mut quiet_client, "bench_quiet").await;
         let base = procs::start_baseline(body_bytes);
         let probe = Client::new(base.addr).get("/", None).await;
         assert_eq!(probe.body.len(), body_bytes, "baseline body size");
@@ -161,6 +166,25 @@ pub async fn main_instance(k: &Knobs, bounds: &mut Bounds, report: &mut Report) 
                     .target("≥ 0.70 × baseline", r >= 0.7),
             );
             detail.insert(format!("health_c{conns}"), o.summary());
+
+            let plan = plan.server(quiet.proc.pid());
+            let o = loadgen::run(quiet.addr(), &plan, get(ME, Some(quiet_token.clone()))).await;
+            let r = ratio(o.rps(), base_rps).unwrap_or(f64::NAN);
+            report.row(
+                Row::load("GET /users/me, logging warn", &o, &["200"])
+                    .with(format!("{r:.2} × baseline"))
+                    .target("≥ 0.50 × baseline", r >= 0.5),
+            );
+            detail.insert(format!("users_me_warn_c{conns}"), o.summary());
+
+            let o = loadgen::run(quiet.addr(), &plan, get(HEALTH, None)).await;
+            let r = ratio(o.rps(), base_rps).unwrap_or(f64::NAN);
+            report.row(
+                Row::load("GET /monitoring/health, logging warn", &o, &["200"])
+                    .with(format!("{r:.2} × baseline"))
+                    .target("≥ 0.70 × baseline", r >= 0.7),
+            );
+            detail.insert(format!("health_warn_c{conns}"), o.summary());
         }
     }
 

@@ -53,7 +53,7 @@ async fn each_route_class_has_its_own_window_and_429_carries_the_headers() {
     for _ in 0..10 {
         s.get("/api/v1/monitoring/health", None).await.ok(200);
     }
-    let logs = s.json_logs();
+    let logs = s.settled_logs().await;
     let events = logs
         .iter()
         .filter(|l| l["event"] == "rate_limit.exceeded")
@@ -150,7 +150,8 @@ async fn account_throttle_locks_known_and_unknown_names_alike() {
     s.register("bystander").await.ok(201);
     attempt(&s, "bystander", PASSWORD).await.ok(200);
     let events = s
-        .json_logs()
+        .settled_logs()
+        .await
         .into_iter()
         .filter(|l| l["event"] == "account.throttled")
         .count();

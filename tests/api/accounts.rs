@@ -332,13 +332,14 @@ async fn logs_are_json_with_request_ids_and_no_secrets() {
         .await;
     r.ok(200);
     let found = crate::harness::eventually(std::time::Duration::from_secs(5), || async {
-        s.json_logs()
+        s.settled_logs()
+            .await
             .iter()
             .any(|l| l["request_id"] == "find-me-in-the-log" && l["status"] == 200)
     })
     .await;
     assert!(found, "no log line for the request");
-    let logs = s.json_logs();
+    let logs = s.settled_logs().await;
     let line = logs
         .iter()
         .find(|l| l["request_id"] == "find-me-in-the-log" && l["status"] == 200)

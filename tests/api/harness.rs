@@ -400,6 +400,23 @@ impl Server {
             .collect()
     }
 
+    /// The log as JSON, once everything logged before this call is written:
+    /// a marker request is made and its own line awaited (lines are written
+    /// in order, in batches).
+    pub async fn settled_logs(&self) -> Vec<Value> {
+        let marker = format!("settle-{}", uuid::Uuid::new_v4().simple());
+        let request = self
+            .request(Method::GET, "/api/v1/monitoring/health")
+            .header("x-request-id", &marker);
+        self.send(request).await;
+        let written = eventually(Duration::from_secs(10), || async {
+            self.logs().iter().any(|l| l.contains(&marker))
+        })
+        .await;
+        assert!(written, "the log never caught up");
+        self.json_logs()
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         signal(self.child.id(), "TERM");

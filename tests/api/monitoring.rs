@@ -238,7 +238,7 @@ async fn every_actor_killed_is_restarted_and_the_flow_works_right_after() {
             "{actor}"
         );
     }
-    let logs = s.json_logs();
+    let logs = s.settled_logs().await;
     let restarted: BTreeSet<&str> = logs
         .iter()
         .filter(|l| l["event"] == "actor.restarted")
@@ -336,11 +336,14 @@ async fn a_burst_of_failures_from_one_address_is_flagged_once() {
             .expect(401, "AUTH001");
     }
     let found = eventually(Duration::from_secs(2), || async {
-        s.json_logs().iter().any(|l| l["event"] == "suspicious")
+        s.settled_logs()
+            .await
+            .iter()
+            .any(|l| l["event"] == "suspicious")
     })
     .await;
     assert!(found);
-    let logs = s.json_logs();
+    let logs = s.settled_logs().await;
     let flagged: Vec<_> = logs.iter().filter(|l| l["event"] == "suspicious").collect();
     assert_eq!(flagged.len(), 1);
     assert_eq!(flagged[0]["ip"], "127.0.0.1");

@@ -30,8 +30,9 @@ async fn breaker(s: &Server) -> Value {
     r.body["circuit_breakers"]["database"].clone()
 }
 
-fn transitions(s: &Server) -> Vec<(String, String)> {
-    s.json_logs()
+async fn transitions(s: &Server) -> Vec<(String, String)> {
+    s.settled_logs()
+        .await
         .into_iter()
         .filter(|l| l["event"] == "breaker.transition")
         .map(|l| {
@@ -127,7 +128,7 @@ async fn a_locked_database_opens_the_breaker_and_it_recovers_through_half_open()
         "healthy"
     );
 
-    let seen = transitions(&s);
+    let seen = transitions(&s).await;
     let expected = [
         ("closed", "open"),
         ("open", "half_open"),

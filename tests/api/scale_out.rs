@@ -182,7 +182,7 @@ async fn losing_redis_is_survived_by_policy_and_limits_resume_when_it_returns() 
         metrics.contains("gatehouse_circuit_breaker_state{breaker=\"redis\"} 2"),
         "{metrics}"
     );
-    assert!(s.json_logs().iter().any(|l| {
+    assert!(s.settled_logs().await.iter().any(|l| {
         l["level"] == "ERROR"
             && l["message"]
                 .as_str()

@@ -56,7 +56,8 @@ async fn refresh_rotates_and_spends_the_old_token() {
         .await
         .expect(422, "VAL001");
     assert!(
-        s.json_logs()
+        s.settled_logs()
+            .await
             .iter()
             .any(|l| l["event"] == "session.refreshed")
     );
@@ -73,7 +74,7 @@ async fn reusing_a_spent_refresh_token_revokes_the_whole_session() {
     // Everything of that session is dead now, the newest tokens included.
     me(&s, &newest_access).await.expect(401, "AUTH004");
     refresh(&s, &newest_refresh).await.expect(401, "AUTH004");
-    let logs = s.json_logs();
+    let logs = s.settled_logs().await;
     assert!(logs.iter().any(|l| l["event"] == "refresh.reuse_detected"));
     // Other sessions of the user are untouched.
     let other = s.login("victim", PASSWORD).await;
@@ -106,7 +107,8 @@ async fn logout_logout_all_and_session_deletion_take_effect_at_once() {
         .await
         .expect(401, "AUTH004");
     let revoked = s
-        .json_logs()
+        .settled_logs()
+        .await
         .iter()
         .filter(|l| l["event"] == "session.revoked")
         .count();
@@ -277,7 +279,8 @@ async fn password_change_checks_the_current_one_and_ends_other_sessions() {
     s.login("changer", PASSWORD).await.expect(401, "AUTH001");
     s.login("changer", new).await.ok(200);
     assert!(
-        s.json_logs()
+        s.settled_logs()
+            .await
             .iter()
             .any(|l| l["event"] == "password.changed")
     );
@@ -335,7 +338,8 @@ async fn deactivation_is_a_soft_delete_that_ends_every_session() {
     // The name and the address stay reserved.
     s.register("quitter").await.expect(409, "USER001");
     assert!(
-        s.json_logs()
+        s.settled_logs()
+            .await
             .iter()
             .any(|l| l["event"] == "account.deactivated")
     );
