@@ -21,7 +21,7 @@
 //! | `BENCH_IDLE_CONNECTIONS` | 1000 | keep-alive connections for the memory figure |
 //! | `BENCH_IPS` | 100000 | distinct client addresses (at most 131072) |
 //! | `BENCH_USERS` | 200 | virtual users in the simulation |
-//! | `BENCH_SCENARIOS` | all | `all`, `core`, or a list of `throughput,hashing,storm,memory,ratelimit,breaker,users` |
+//! | `BENCH_SCENARIOS` | all | `all`, `core`, or a list of `throughput,hashing,storm,memory,ratelimit,breaker,users,postgres` |
 
 mod baseline;
 mod loadgen;
@@ -40,7 +40,7 @@ use serde_json::json;
 use report::Report;
 use scenarios::Bounds;
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "throughput",
     "hashing",
     "storm",
@@ -48,6 +48,7 @@ const ALL: [&str; 7] = [
     "ratelimit",
     "breaker",
     "users",
+    "postgres",
 ];
 const CORE: [&str; 4] = ["throughput", "hashing", "storm", "memory"];
 
@@ -240,6 +241,9 @@ fn main() {
         }
         if knobs.runs("users") {
             scenarios::users(&knobs, &mut report).await;
+        }
+        if knobs.runs("postgres") {
+            scenarios::postgres(&knobs, &bounds, &mut report).await;
         }
         report
     });

@@ -216,6 +216,64 @@ pub async fn main_instance(k: &Knobs, bounds: &mut Bounds, report: &mut Report) 
     report.detail("main", Value::Object(detail));
 }
 
+/// The machine's PostgreSQL, where the `postgres` scenario makes a database of its own.
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+async fn postgres_admin(sql: &str) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let done = client.batch_execute(sql).await;
+    drop(client);
+    let _ = driver.await;
+    done
+}
+
+/// `/users/me` and login with the PostgreSQL store, beside the SQLite figures.
+pub async fn postgres(k: &Knobs, bounds: &Bounds, report: &mut Report) {
+    let name = format!("gatehouse_bench_{}", std::process::id());
+    // One statement per call: CREATE DATABASE cannot share a transaction.
+    let _ = postgres_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    if let Err(e) = postgres_admin(&format!("CREATE DATABASE {name}")).await {
+        println!("  postgres: skipped, no database at {POSTGRES}: {e}");
+        return;
+    }
+    {
+        let gh = Gatehouse::start(
+            "postgres",
+            &[("GATEHOUSE__DATABASE__URL", format!("{POSTGRES}/{name}"))],
+        );
+        let addr = gh.addr();
+        let pid = gh.proc.pid();
+        let mut c = Client::new(addr);
+        let token = user(&mut c, "bench_pg").await;
+        let mut detail = serde_json::Map::new();
+        for &conns in &k.connections {
+            let plan = Plan::closed(conns, k.warmup, k.duration).server(pid);
+            let o = loadgen::run(addr, &plan, get(ME, Some(token.clone()))).await;
+            let base_rps = bounds.baseline.get(&conns).copied();
+            let r =
+                ratio(o.rps(), base_rps).map_or("-".to_owned(), |r| format!("{r:.2} × baseline"));
+            report.row(Row::load("GET /users/me, PostgreSQL", &o, &["200"]).with(r));
+            detail.insert(format!("users_me_c{conns}"), o.summary());
+        }
+        let bound = bounds.hashing();
+        for &conns in &k.hash_connections {
+            let plan = Plan::closed(conns, k.warmup, k.hash_duration).server(pid);
+            let o = loadgen::run(addr, &plan, post_fixed(LOGIN, login_body("bench_pg"))).await;
+            let figure =
+                ratio(o.rps(), bound).map_or("-".to_owned(), |r| format!("{r:.2} × hashing bound"));
+            report.row(
+                Row::load("POST /auth/login, PostgreSQL (scrypt 17,8,1)", &o, &["200"])
+                    .with(figure),
+            );
+            detail.insert(format!("login_c{conns}"), o.summary());
+        }
+        report.detail("postgres", Value::Object(detail));
+    }
+    let _ = postgres_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+}
+
 /// Samples a process's RSS every 20 ms until stopped; returns the peak.
 fn rss_sampler(pid: u32) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
