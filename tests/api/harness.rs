@@ -5,8 +5,6 @@
 //! line by line so tests can assert on what operators would read. Dropping a
 //! server sends SIGTERM and waits for it.
 
-#![allow(dead_code)] // each test module uses its own part of the harness
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -100,10 +98,6 @@ impl DataDir {
 
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("data/gatehouse.db")
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
     }
 
     /// The configuration that points a server at this data.
@@ -382,10 +376,6 @@ impl Server {
             logs,
             http,
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     pub fn logs(&self) -> Vec<String> {
