@@ -9,6 +9,11 @@
 //! its breaker), so a stalled poller can never let a revoked session through.
 //! Entries also expire after [`MAX_AGE_MS`], which bounds what any gap in the
 //! invalidation log could leave behind.
+//!
+//! Nothing is stored before the first poll has fixed where in the log this
+//! process starts reading (its cursor). A lookup made before that point may
+//! predate a revocation that the first poll, starting from the log's end, never
+//! reports; storing it would let a revoked session live on for a minute.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -109,11 +114,17 @@ impl SessionCache {
         })
     }
 
+    /// Whether a lookup that began in `epoch` may store what it read: the log
+    /// had been seeded when it began, and nothing was invalidated since.
+    fn storable(&self, epoch: u64) -> bool {
+        self.cursor() >= 0 && self.epoch() == epoch
+    }
+
     /// Stores what a lookup that began in `epoch` read at `now`, unless
-    /// something was invalidated since.
+    /// something was invalidated since (or the log was not yet being read).
     pub fn put_session(&self, session: ActiveSession, epoch: u64, now: i64) {
         let mut sessions = self.sessions.write();
-        if self.epoch() == epoch {
+        if self.storable(epoch) {
             if sessions.len() >= CAPACITY {
                 sessions.clear();
             }
@@ -128,7 +139,7 @@ impl SessionCache {
 
     pub fn put_user(&self, user: User, epoch: u64, now: i64) {
         let mut users = self.users.write();
-        if self.epoch() == epoch {
+        if self.storable(epoch) {
             if users.len() >= CAPACITY {
                 users.clear();
             }
@@ -161,6 +172,14 @@ impl SessionCache {
 
     /// A poll that started at `started` succeeded.
     pub fn polled(&self, started: i64, cursor: i64) {
+        // The first poll fixes where this process reads the log from. A lookup
+        // that began before it may have read a session revoked before that
+        // point, which no poll will report: it must not be stored.
+        let seeding = self.cursor() < 0;
+        let _maps = seeding.then(|| (self.sessions.write(), self.users.write()));
+        if seeding {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
         self.cursor.store(cursor, Ordering::Release);
         self.trusted_until
             .fetch_max(started.saturating_add(TRUST_FOR_MS), Ordering::AcqRel);
@@ -186,15 +205,49 @@ mod tests {
     #[test]
     fn untrusted_until_polled_and_again_when_polls_stop() {
         let c = SessionCache::default();
-        c.put_session(session("s1", "u1"), c.epoch(), 0);
-        assert!(c.session("s1", 0).is_none(), "never polled");
         c.polled(100, 1);
+        c.put_session(session("s1", "u1"), c.epoch(), 0);
         assert!(c.session("s1", 500).is_some());
         assert!(
             c.session("s1", 100 + TRUST_FOR_MS).is_none(),
             "poll too old"
         );
         assert!(c.session("s1", 9_999).is_none());
+    }
+
+    /// The flap seen with two processes: a session read before this process's
+    /// first poll, revoked elsewhere before that poll, whose invalidation the
+    /// first poll (which starts from the log's end) never reports.
+    #[test]
+    fn nothing_read_before_the_first_poll_is_kept() {
+        let c = SessionCache::default();
+        let before = c.epoch();
+        c.put_session(session("s1", "u1"), before, 0);
+        c.polled(100, 7);
+        assert!(
+            c.session("s1", 200).is_none(),
+            "stored before the first poll"
+        );
+        c.put_session(session("s1", "u1"), before, 150);
+        assert!(
+            c.session("s1", 200).is_none(),
+            "a lookup begun before the first poll completed"
+        );
+        c.put_session(session("s1", "u1"), c.epoch(), 150);
+        assert!(c.session("s1", 200).is_some(), "a lookup begun after it");
+        c.put_user(
+            User {
+                id: "u1".into(),
+                email: "a@example.com".into(),
+                username: "a".into(),
+                is_active: true,
+                created_at: 0,
+                updated_at: 0,
+            },
+            before,
+            150,
+        );
+        assert!(c.user("u1", 200).is_none());
     }
 
     #[test]
@@ -239,11 +292,13 @@ mod tests {
             ..session("s1", "u1")
         };
         let c = SessionCache::default();
+        c.polled(0, 1);
         c.put_session(long_lived(), c.epoch(), 0);
         c.polled(MAX_AGE_MS - 500, 1);
         assert!(c.session("s1", MAX_AGE_MS - 1).is_some());
         assert!(c.session("s1", MAX_AGE_MS).is_none(), "too old");
         let c = SessionCache::default();
+        c.polled(0, 1);
         c.put_session(long_lived(), c.epoch(), 0);
         assert!(!c.touch_due("s1", TOUCH_EVERY_MS - 1));
         assert!(c.touch_due("s1", TOUCH_EVERY_MS));

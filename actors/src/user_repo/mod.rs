@@ -93,6 +93,8 @@ impl Actor for UserRepo {
         myself: ActorRef<Self::Msg>,
         args: UserRepoArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Read the log at once: until the first poll the cache serves nothing.
+        myself.send_message(UserRepoMsg::Poll)?;
         myself.send_interval(POLL_EVERY, || UserRepoMsg::Poll);
         myself.send_interval(PURGE_EVERY, || UserRepoMsg::Purge);
         let (writes, mut queue) = mpsc::unbounded_channel::<Job>();
