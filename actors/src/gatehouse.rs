@@ -24,6 +24,7 @@ use crate::breaker::{
 use crate::clock;
 use crate::error::{Error, FieldError, RateLimitInfo, Result};
 use crate::metrics::{Metrics, MetricsArgs, MetricsHandle, MetricsMsg, Summary};
+pub use crate::model::Principal;
 use crate::model::{
     Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation, Session, User,
 };
@@ -64,13 +65,6 @@ pub struct Settings {
     /// Guards the Redis rate-limit backend, when that is configured.
     pub redis_breaker: BreakerSettings,
     pub restart: RestartPolicy,
-}
-
-/// Who an access token speaks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub user_id: String,
-    pub session_id: String,
 }
 
 /// What a successful login or refresh hands the client.
@@ -601,11 +595,9 @@ impl Gatehouse {
 
     /// Revokes sessions of the caller; `Ok(false)` when none matched.
     async fn revoke(&self, who: &Principal, scope: Revoke, reason: &'static str) -> Result<bool> {
-        let user_id = who.user_id.clone();
-        let now = clock::unix_ms();
-        let target = scope.clone();
+        let (by, now, target) = (who.clone(), clock::unix_ms(), scope.clone());
         let changes = self
-            .write(move |s| async move { s.revoke(user_id, target, now).await })
+            .write(move |s| async move { s.revoke(by, target, now).await })
             .await?;
         self.forget(&changes);
         if !changes.is_empty() {
@@ -674,10 +666,9 @@ impl Gatehouse {
         if !problems.is_empty() {
             return Err(Error::Validation(problems));
         }
-        let user_id = who.user_id.clone();
-        let now = clock::unix_ms();
+        let (by, now) = (who.clone(), clock::unix_ms());
         let (user, changes) = self
-            .write(move |s| async move { s.update_profile(user_id, change, now).await })
+            .write(move |s| async move { s.update_profile(by, change, now).await })
             .await?;
         self.forget(&changes);
         tracing::info!(event = "profile.changed", user_id = %who.user_id, "profile updated");
@@ -734,11 +725,11 @@ impl Gatehouse {
             ));
         }
         let hash = inner.passwords.hash(new).await?;
-        let (user_id, keep, now) = (user.id.clone(), who.session_id.clone(), clock::unix_ms());
+        let (by, verified, now) = (who.clone(), credentials.password_hash, clock::unix_ms());
         let changes = call.track(
             inner
                 .repo
-                .write(move |s| async move { s.set_password(user_id, hash, keep, now).await })
+                .write(move |s| async move { s.set_password(by, verified, hash, now).await })
                 .await,
         )?;
         call.finish();
@@ -754,9 +745,9 @@ impl Gatehouse {
 
     /// Deactivates the caller's account and revokes all its sessions.
     pub async fn deactivate(&self, who: &Principal) -> Result<()> {
-        let (user_id, now) = (who.user_id.clone(), clock::unix_ms());
+        let (by, now) = (who.clone(), clock::unix_ms());
         let changes = self
-            .write(move |s| async move { s.deactivate(user_id, now).await })
+            .write(move |s| async move { s.deactivate(by, now).await })
             .await?;
         self.forget(&changes);
         tracing::warn!(event = "account.deactivated", user_id = %who.user_id, "account deactivated");

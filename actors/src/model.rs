@@ -88,6 +88,15 @@ pub struct ActiveSession {
     pub expires_at: i64,
 }
 
+/// Who a request speaks for: a user, through one of their sessions. A
+/// state-changing request writes only while that session is active, and the
+/// store checks so in the same transaction as the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub session_id: String,
+}
+
 /// A change another request (or another process) made that cached views must drop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalidation {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use gatehouse_actors::model::{NewSession, NewUser, ProfileChange, Revoke, Rotation};
+use gatehouse_actors::model::{NewSession, NewUser, Principal, ProfileChange, Revoke, Rotation};
 use gatehouse_actors::user_repo::pg::PgStore;
 use gatehouse_actors::user_repo::sqlite::SqliteStore;
 use gatehouse_actors::user_repo::{DatabaseSettings, UserStore};
@@ -70,6 +70,13 @@ fn new_user(id: &str, email: &str, username: &str) -> NewUser {
         username: username.into(),
         password_hash: "$scrypt$x".into(),
         now: 1_000,
+    }
+}
+
+fn by(user: &str, session: &str) -> Principal {
+    Principal {
+        user_id: user.into(),
+        session_id: session.into(),
     }
 }
 
@@ -226,7 +233,7 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
         )
         .await
         .unwrap();
-        s.revoke("u1".into(), Revoke::Session("s1".into()), 1_100)
+        s.revoke(by("u1", "s1"), Revoke::Session("s1".into()), 1_100)
             .await
             .unwrap();
         let (nothing, head) = s.invalidations_since(-1).await.unwrap();
@@ -250,12 +257,12 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
         .await
         .unwrap();
         let mut expected = s
-            .revoke("u1".into(), Revoke::Session("s2".into()), 1_200)
+            .revoke(by("u1", "s3"), Revoke::Session("s2".into()), 1_200)
             .await
             .unwrap();
         let (_, profile) = s
             .update_profile(
-                "u1".into(),
+                by("u1", "s3"),
                 ProfileChange {
                     username: Some("alicia".into()),
                     ..Default::default()
@@ -266,9 +273,14 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
             .unwrap();
         expected.extend(profile);
         expected.extend(
-            s.set_password("u1".into(), "$scrypt$2".into(), "s3".into(), 1_400)
-                .await
-                .unwrap(),
+            s.set_password(
+                by("u1", "s3"),
+                "$scrypt$x".into(),
+                "$scrypt$2".into(),
+                1_400,
+            )
+            .await
+            .unwrap(),
         );
         let (seen, next) = s.invalidations_since(head).await.unwrap();
         assert_eq!(seen, expected);
@@ -284,19 +296,18 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
 
         // Revoking what is already revoked, or someone else's, changes nothing.
         assert!(
-            s.revoke("u1".into(), Revoke::Session("s2".into()), 1_500)
+            s.revoke(by("u1", "s3"), Revoke::Session("s2".into()), 1_500)
                 .await
                 .unwrap()
                 .is_empty()
         );
-        assert!(
-            s.revoke("u2".into(), Revoke::Session("s3".into()), 1_500)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(matches!(
+            s.revoke(by("u2", "s3"), Revoke::Session("s3".into()), 1_500)
+                .await,
+            Err(Error::SessionRevoked)
+        ));
 
-        let all = s.deactivate("u1".into(), 1_600).await.unwrap();
+        let all = s.deactivate(by("u1", "s3"), 1_600).await.unwrap();
         assert_eq!(all.len(), 1);
         assert!(
             all[0].session_id.is_none(),
@@ -322,9 +333,18 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
         s.create_user(new_user("u2", "b@example.com", "bob"))
             .await
             .unwrap();
+        for (id, user, digest) in [("s1", "u1", "d1"), ("s2", "u2", "d2")] {
+            s.create_session(
+                new_session(id, user, digest, 1_000),
+                "$scrypt$x".into(),
+                None,
+            )
+            .await
+            .unwrap();
+        }
         let taken = s
             .update_profile(
-                "u2".into(),
+                by("u2", "s2"),
                 ProfileChange {
                     email: Some("a@example.com".into()),
                     ..Default::default()
@@ -335,7 +355,7 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
         assert!(matches!(taken, Err(Error::Conflict(Taken::Email))));
         let (user, _) = s
             .update_profile(
-                "u2".into(),
+                by("u2", "s2"),
                 ProfileChange {
                     email: Some("c@example.com".into()),
                     ..Default::default()
@@ -349,24 +369,122 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
             ("c@example.com", "bob", 2_000)
         );
 
-        s.create_session(new_session("old", "u1", "d1", 0), "$scrypt$x".into(), None)
+        s.create_session(new_session("old", "u1", "d0", 0), "$scrypt$x".into(), None)
             .await
             .unwrap();
         s.create_session(
-            new_session("live", "u1", "d2", 100_000),
+            new_session("live", "u1", "d3", 100_000),
             "$scrypt$x".into(),
             None,
         )
         .await
         .unwrap();
         s.touch_session("live".into(), 100_500).await.unwrap();
-        assert_eq!(s.purge(50_000).await.unwrap(), 1);
+        assert_eq!(s.purge(50_000).await.unwrap(), 3);
         let left = s.sessions("u1".into(), 100_001).await.unwrap();
         assert_eq!(
             left.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
             ["live"]
         );
         assert_eq!(left[0].last_used_at, 100_500);
+    })
+    .await;
+}
+
+/// A write made for a session happens only while that session is active, and
+/// a password changes only from the hash that was verified.
+#[tokio::test]
+async fn writes_for_a_session_check_it_inside_the_transaction() {
+    on_both(|s| async move {
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        for (id, digest) in [("s1", "d1"), ("s2", "d2")] {
+            s.create_session(
+                new_session(id, "u1", digest, 1_000),
+                "$scrypt$x".into(),
+                None,
+            )
+            .await
+            .unwrap();
+        }
+        s.revoke(by("u1", "s2"), Revoke::All, 1_100).await.unwrap();
+        let email = ProfileChange {
+            email: Some("evil@example.com".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.update_profile(by("u1", "s1"), email, 1_200).await,
+            Err(Error::SessionRevoked)
+        ));
+        assert!(matches!(
+            s.set_password(
+                by("u1", "s1"),
+                "$scrypt$x".into(),
+                "$scrypt$y".into(),
+                1_200
+            )
+            .await,
+            Err(Error::SessionRevoked)
+        ));
+        assert!(matches!(
+            s.deactivate(by("u1", "s1"), 1_200).await,
+            Err(Error::SessionRevoked)
+        ));
+        assert!(matches!(
+            s.revoke(by("u1", "s1"), Revoke::Session("s1".into()), 1_200)
+                .await,
+            Err(Error::SessionRevoked)
+        ));
+        let user = s.credentials_by_id("u1".into()).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                user.user.email.as_str(),
+                user.password_hash.as_str(),
+                user.user.is_active
+            ),
+            ("a@example.com", "$scrypt$x", true)
+        );
+
+        // Expired sessions cannot write either.
+        s.create_session(
+            new_session("s3", "u1", "d3", 2_000),
+            "$scrypt$x".into(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.deactivate(by("u1", "s3"), 2_000 + 10_000).await,
+            Err(Error::SessionRevoked)
+        ));
+
+        // Two changes from the same verified hash: the second finds it gone.
+        s.set_password(
+            by("u1", "s3"),
+            "$scrypt$x".into(),
+            "$scrypt$first".into(),
+            2_100,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.set_password(
+                by("u1", "s3"),
+                "$scrypt$x".into(),
+                "$scrypt$second".into(),
+                2_200
+            )
+            .await,
+            Err(Error::WrongCurrentPassword)
+        ));
+        let hash = s
+            .credentials_by_id("u1".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        assert_eq!(hash, "$scrypt$first");
     })
     .await;
 }

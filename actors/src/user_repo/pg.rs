@@ -25,8 +25,8 @@ use tokio_postgres::{NoTls, Row, Transaction};
 use super::store::{DatabaseSettings, KEEP_REVOKED_MS, USER_COLUMNS, UserStore};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, Credentials, Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation,
-    Session, User,
+    ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
+    Revoke, Rotation, Session, User,
 };
 
 /// The schema, one entry per version; never edit a released entry, append.
@@ -165,6 +165,42 @@ impl PgStore {
         let out = work(&tx).await.map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         Ok(out)
+    }
+
+    /// Runs `work` in a transaction, if `by`'s session is active inside it;
+    /// `SessionRevoked`, writing nothing, if not. The user's row is locked
+    /// first and the session's second, the order every writer of both takes,
+    /// so that a revocation waits for this write or this write sees it.
+    async fn write_as<T>(
+        &self,
+        by: &Principal,
+        now: i64,
+        work: impl AsyncFnOnce(
+            &Transaction<'_>,
+        ) -> std::result::Result<Result<T>, tokio_postgres::Error>,
+    ) -> Result<T> {
+        self.write(async |tx| {
+            let user = tx
+                .query_opt(
+                    "SELECT is_active FROM users WHERE id = $1 FOR UPDATE",
+                    &[&by.user_id],
+                )
+                .await?;
+            let session = tx
+                .query_opt(
+                    "SELECT 1 FROM sessions
+                     WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3
+                     FOR SHARE",
+                    &[&by.session_id, &by.user_id, &now],
+                )
+                .await?;
+            let user_active = user.map(|row| row.try_get::<_, bool>(0)).transpose()?;
+            if user_active != Some(true) || session.is_none() {
+                return Ok(Err(Error::SessionRevoked));
+            }
+            work(tx).await
+        })
+        .await?
     }
 }
 
@@ -515,9 +551,11 @@ impl UserStore for PgStore {
         .await
     }
 
-    async fn revoke(&self, user_id: String, scope: Revoke, now: i64) -> Result<Vec<Invalidation>> {
-        self.write(async |tx| revoke_in(tx, &user_id, &scope, now).await)
-            .await
+    async fn revoke(&self, by: Principal, scope: Revoke, now: i64) -> Result<Vec<Invalidation>> {
+        self.write_as(&by, now, async |tx| {
+            revoke_in(tx, &by.user_id, &scope, now).await.map(Ok)
+        })
+        .await
     }
 
     async fn sessions(&self, user_id: String, now: i64) -> Result<Vec<Session>> {
@@ -539,52 +577,59 @@ impl UserStore for PgStore {
 
     async fn update_profile(
         &self,
-        user_id: String,
+        by: Principal,
         change: ProfileChange,
         now: i64,
     ) -> Result<(User, Vec<Invalidation>)> {
-        self.write(async |tx| {
+        let user_id = &by.user_id;
+        self.write_as(&by, now, async |tx| {
             let sql = format!(
                 "UPDATE users SET email = coalesce($2, email), username = coalesce($3, username),
                                   updated_at = $4
                  WHERE id = $1 RETURNING {USER_COLUMNS}"
             );
             let row = tx
-                .query_one(&sql, &[&user_id, &change.email, &change.username, &now])
+                .query_one(&sql, &[user_id, &change.email, &change.username, &now])
                 .await?;
             let user = user_from(&row)?;
-            let changes = log_invalidations(tx, &user_id, vec![None], now).await?;
-            Ok((user, changes))
+            let changes = log_invalidations(tx, user_id, vec![None], now).await?;
+            Ok(Ok((user, changes)))
         })
         .await
     }
 
     async fn set_password(
         &self,
-        user_id: String,
-        hash: String,
-        keep: String,
+        by: Principal,
+        verified_hash: String,
+        new_hash: String,
         now: i64,
     ) -> Result<Vec<Invalidation>> {
-        self.write(async |tx| {
-            tx.execute(
-                "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
-                &[&user_id, &hash, &now],
-            )
-            .await?;
-            revoke_in(tx, &user_id, &Revoke::AllBut(keep.clone()), now).await
+        self.write_as(&by, now, async |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE users SET password_hash = $3, updated_at = $4
+                     WHERE id = $1 AND password_hash = $2",
+                    &[&by.user_id, &verified_hash, &new_hash, &now],
+                )
+                .await?;
+            if changed == 0 {
+                return Ok(Err(Error::WrongCurrentPassword));
+            }
+            let keep = Revoke::AllBut(by.session_id.clone());
+            revoke_in(tx, &by.user_id, &keep, now).await.map(Ok)
         })
         .await
     }
 
-    async fn deactivate(&self, user_id: String, now: i64) -> Result<Vec<Invalidation>> {
-        self.write(async |tx| {
+    async fn deactivate(&self, by: Principal, now: i64) -> Result<Vec<Invalidation>> {
+        self.write_as(&by, now, async |tx| {
             tx.execute(
                 "UPDATE users SET is_active = FALSE, updated_at = $2 WHERE id = $1",
-                &[&user_id, &now],
+                &[&by.user_id, &now],
             )
             .await?;
-            revoke_in(tx, &user_id, &Revoke::All, now).await
+            revoke_in(tx, &by.user_id, &Revoke::All, now).await.map(Ok)
         })
         .await
     }

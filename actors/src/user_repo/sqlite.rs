@@ -19,8 +19,8 @@ use rusqlite_migration::{M, Migrations};
 use super::store::{DatabaseSettings, KEEP_REVOKED_MS, USER_COLUMNS, UserStore};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, Credentials, Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation,
-    Session, User,
+    ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
+    Revoke, Rotation, Session, User,
 };
 
 /// The schema, one entry per version; never edit a released entry, append.
@@ -96,6 +96,33 @@ impl SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    /// Runs `work` in an immediate transaction, if `by`'s session is active
+    /// inside it; `SessionRevoked`, writing nothing, if not. `work` may refuse
+    /// with a domain error of its own, and then writes nothing either.
+    async fn write_as<T: Send + 'static>(
+        &self,
+        by: Principal,
+        now: i64,
+        work: impl FnOnce(&rusqlite::Transaction<'_>, &Principal) -> rusqlite::Result<Result<T>>
+        + Send
+        + 'static,
+    ) -> Result<T> {
+        self.write(move |tx| {
+            let active: bool = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.id = ?1 AND s.user_id = ?2 AND s.revoked_at IS NULL
+                       AND s.expires_at > ?3 AND u.is_active = 1)",
+                )?
+                .query_row(params![by.session_id, by.user_id, now], |r| r.get(0))?;
+            if !active {
+                return Ok(Err(Error::SessionRevoked));
+            }
+            work(tx, &by)
+        })
+        .await?
     }
 }
 
@@ -467,9 +494,11 @@ impl UserStore for SqliteStore {
         .await
     }
 
-    async fn revoke(&self, user_id: String, scope: Revoke, now: i64) -> Result<Vec<Invalidation>> {
-        self.write(move |tx| revoke_in(tx, &user_id, &scope, now))
-            .await
+    async fn revoke(&self, by: Principal, scope: Revoke, now: i64) -> Result<Vec<Invalidation>> {
+        self.write_as(by, now, move |tx, by| {
+            revoke_in(tx, &by.user_id, &scope, now).map(Ok)
+        })
+        .await
     }
 
     async fn sessions(&self, user_id: String, now: i64) -> Result<Vec<Session>> {
@@ -487,11 +516,12 @@ impl UserStore for SqliteStore {
 
     async fn update_profile(
         &self,
-        user_id: String,
+        by: Principal,
         change: ProfileChange,
         now: i64,
     ) -> Result<(User, Vec<Invalidation>)> {
-        self.write(move |tx| {
+        self.write_as(by, now, move |tx, by| {
+            let user_id = &by.user_id;
             tx.execute(
                 "UPDATE users SET email = coalesce(?2, email), username = coalesce(?3, username),
                                   updated_at = ?4
@@ -500,44 +530,49 @@ impl UserStore for SqliteStore {
             )?;
             let user = tx
                 .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
-                .query_row([&user_id], user_from)?;
+                .query_row([user_id], user_from)?;
             tx.execute(
                 "INSERT INTO invalidations (at, user_id, session_id) VALUES (?1, ?2, NULL)",
                 params![now, user_id],
             )?;
             let changed = Invalidation {
-                user_id,
+                user_id: user_id.clone(),
                 session_id: None,
             };
-            Ok((user, vec![changed]))
+            Ok(Ok((user, vec![changed])))
         })
         .await
     }
 
     async fn set_password(
         &self,
-        user_id: String,
-        hash: String,
-        keep: String,
+        by: Principal,
+        verified_hash: String,
+        new_hash: String,
         now: i64,
     ) -> Result<Vec<Invalidation>> {
-        self.write(move |tx| {
-            tx.execute(
-                "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1",
-                params![user_id, hash, now],
+        self.write_as(by, now, move |tx, by| {
+            let changed = tx.execute(
+                "UPDATE users SET password_hash = ?3, updated_at = ?4
+                 WHERE id = ?1 AND password_hash = ?2",
+                params![by.user_id, verified_hash, new_hash, now],
             )?;
-            revoke_in(tx, &user_id, &Revoke::AllBut(keep), now)
+            if changed == 0 {
+                return Ok(Err(Error::WrongCurrentPassword));
+            }
+            let keep = Revoke::AllBut(by.session_id.clone());
+            revoke_in(tx, &by.user_id, &keep, now).map(Ok)
         })
         .await
     }
 
-    async fn deactivate(&self, user_id: String, now: i64) -> Result<Vec<Invalidation>> {
-        self.write(move |tx| {
+    async fn deactivate(&self, by: Principal, now: i64) -> Result<Vec<Invalidation>> {
+        self.write_as(by, now, move |tx, by| {
             tx.execute(
                 "UPDATE users SET is_active = 0, updated_at = ?2 WHERE id = ?1",
-                params![user_id, now],
+                params![by.user_id, now],
             )?;
-            revoke_in(tx, &user_id, &Revoke::All, now)
+            revoke_in(tx, &by.user_id, &Revoke::All, now).map(Ok)
         })
         .await
     }

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::error::Result;
 use crate::model::{
-    ActiveSession, Credentials, Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation,
-    Session, User,
+    ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
+    Revoke, Rotation, Session, User,
 };
 
 /// The columns of a [`User`], in the order both stores read them.
@@ -99,9 +99,11 @@ pub trait UserStore: Send + Sync + 'static {
         expires_at: i64,
     ) -> Result<Rotation>;
 
-    /// Revokes the user's sessions in `scope`; what caches must drop, empty
-    /// when nothing matched.
-    async fn revoke(&self, user_id: String, scope: Revoke, now: i64) -> Result<Vec<Invalidation>>;
+    /// Revokes `by`'s user's sessions in `scope`; what caches must drop, empty
+    /// when nothing matched. Like every write made for a [`Principal`], it
+    /// fails with `SessionRevoked`, writing nothing, unless `by`'s session is
+    /// active inside the same transaction.
+    async fn revoke(&self, by: Principal, scope: Revoke, now: i64) -> Result<Vec<Invalidation>>;
 
     /// The user's active sessions, newest first.
     async fn sessions(&self, user_id: String, now: i64) -> Result<Vec<Session>>;
@@ -109,22 +111,24 @@ pub trait UserStore: Send + Sync + 'static {
     /// Changes email and/or username; `Conflict` when taken.
     async fn update_profile(
         &self,
-        user_id: String,
+        by: Principal,
         change: ProfileChange,
         now: i64,
     ) -> Result<(User, Vec<Invalidation>)>;
 
-    /// Replaces the password hash and revokes every session but `keep`.
+    /// Replaces the password hash, if it is still `verified_hash` (else
+    /// `WrongCurrentPassword`: another change won), and revokes every session
+    /// but `by`'s.
     async fn set_password(
         &self,
-        user_id: String,
-        hash: String,
-        keep: String,
+        by: Principal,
+        verified_hash: String,
+        new_hash: String,
         now: i64,
     ) -> Result<Vec<Invalidation>>;
 
     /// Soft-deletes the user and revokes all their sessions.
-    async fn deactivate(&self, user_id: String, now: i64) -> Result<Vec<Invalidation>>;
+    async fn deactivate(&self, by: Principal, now: i64) -> Result<Vec<Invalidation>>;
 
     /// Records that a session was used (at most one write a minute per session).
     async fn touch_session(&self, session_id: String, now: i64) -> Result<()>;
