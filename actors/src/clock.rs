@@ -15,6 +15,20 @@ pub fn unix_s() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Measures how long something took (monotonic, unaffected by clock changes).
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.0.elapsed()
+    }
+}
+
 /// A timestamp in milliseconds as a UTC date-time (the epoch if out of range).
 pub fn datetime(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

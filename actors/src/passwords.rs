@@ -5,8 +5,16 @@
 //! inside an actor's mailbox loop: every hash and verify goes to a blocking
 //! thread behind a semaphore of `password.max_concurrent_hashes`, which bounds
 //! both the CPU and the memory in flight.
+//!
+//! A login must take as long for an unknown name as for a wrong password.
+//! Unknown names are verified against a dummy hash made with the configured
+//! parameters; a stored hash made with older, cheaper parameters would answer
+//! sooner, so such a verification is padded (by waiting, not computing) to
+//! what one with the configured parameters has been measured to take.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use scrypt::password_hash::phc::PasswordHash;
 use scrypt::password_hash::{PasswordHasher, PasswordVerifier};
@@ -15,6 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::clock::Stopwatch;
 use crate::error::{Error, FieldError, Result};
 
 /// The `[password]` section of the configuration.
@@ -69,6 +78,9 @@ fn is_common(password: &str) -> bool {
         .is_ok()
 }
 
+/// Verifications with the configured parameters whose median is the padding target.
+const RECENT_COSTS: usize = 16;
+
 /// Outcome of checking a password against a stored hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verification {
@@ -91,6 +103,10 @@ struct Inner {
     /// A hash of a random password with the configured parameters, verified
     /// when the login name is unknown so that both paths cost one hash.
     dummy: OnceCell<String>,
+    /// How long the last few verifications with the configured parameters
+    /// took, in nanoseconds (0: no sample yet); their median is what one costs.
+    recent_costs_ns: [AtomicU64; RECENT_COSTS],
+    next_cost: AtomicUsize,
 }
 
 impl Passwords {
@@ -103,6 +119,8 @@ impl Passwords {
                 params,
                 slots,
                 dummy: OnceCell::new(),
+                recent_costs_ns: std::array::from_fn(|_| AtomicU64::new(0)),
+                next_cost: AtomicUsize::new(0),
             }),
         })
     }
@@ -149,26 +167,65 @@ impl Passwords {
             None => (self.dummy_hash().await?, false),
         };
         let configured = self.inner.params;
-        self.blocking(move || {
-            let hash = PasswordHash::new(&stored)
-                .map_err(|e| Error::Internal(format!("stored hash unreadable: {e}")))?;
-            let matches = Scrypt::default()
-                .verify_password(password.expose_secret().as_bytes(), &hash)
-                .is_ok();
-            let needs_rehash = Params::try_from(&hash).map_or(true, |p| {
-                (p.log_n(), p.r(), p.p()) != (configured.log_n(), configured.r(), configured.p())
-            });
-            Ok(Verification {
-                matches: matches && real,
-                needs_rehash,
+        let (verification, took) = self
+            .blocking(move || {
+                let watch = Stopwatch::start();
+                let hash = PasswordHash::new(&stored)
+                    .map_err(|e| Error::Internal(format!("stored hash unreadable: {e}")))?;
+                let matches = Scrypt::default()
+                    .verify_password(password.expose_secret().as_bytes(), &hash)
+                    .is_ok();
+                let needs_rehash = Params::try_from(&hash).map_or(true, |p| {
+                    (p.log_n(), p.r(), p.p())
+                        != (configured.log_n(), configured.r(), configured.p())
+                });
+                let verification = Verification {
+                    matches: matches && real,
+                    needs_rehash,
+                };
+                Ok((verification, watch.elapsed()))
             })
-        })
-        .await
+            .await?;
+        if verification.needs_rehash {
+            tokio::time::sleep(self.verify_cost().saturating_sub(took)).await;
+        } else {
+            self.measured(took);
+        }
+        Ok(verification)
     }
 
-    /// Computes the dummy hash ahead of the first login that needs it.
+    /// What a verification with the configured parameters takes: the median
+    /// of the recent ones, robust to a slow start-up or one unlucky sample.
+    fn verify_cost(&self) -> Duration {
+        let mut costs: Vec<u64> = self
+            .inner
+            .recent_costs_ns
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .filter(|&c| c > 0)
+            .collect();
+        costs.sort_unstable();
+        Duration::from_nanos(costs.get(costs.len() / 2).copied().unwrap_or(0))
+    }
+
+    /// Records one verification with the configured parameters.
+    fn measured(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let slot = self.inner.next_cost.fetch_add(1, Ordering::Relaxed) % RECENT_COSTS;
+        self.inner.recent_costs_ns[slot].store(sample, Ordering::Relaxed);
+    }
+
+    /// Computes the dummy hash, and measures one verification, ahead of the
+    /// first login that needs them.
     pub async fn warm_up(&self) {
-        if let Err(e) = self.dummy_hash().await {
+        let warmed = async {
+            let mut random = [0u8; 16];
+            getrandom::fill(&mut random)
+                .map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+            let guess: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            self.verify(SecretString::from(guess), None).await
+        };
+        if let Err(e) = warmed.await {
             tracing::warn!(error = %e, "could not precompute the dummy password hash");
         }
     }
