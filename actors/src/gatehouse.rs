@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use email_address::{EmailAddress, Options};
 use ractor::{Actor, ActorRef};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -28,12 +27,13 @@ pub use crate::model::Principal;
 use crate::model::{
     Invalidation, NewSession, NewUser, ProfileChange, Revoke, Rotation, Session, User,
 };
+use crate::names::{MAX_LOGIN_CHARS, loggable, normalize_email, normalize_login, username_problem};
 use crate::passwords::{PasswordSettings, Passwords};
 use crate::rate_limiter::redis::RedisLimiter;
 use crate::rate_limiter::{
     AttemptDecision, Backend, Limits, MemoryLimiter, OnBackendFailure, RateLimitSettings,
     RateLimiter, RateLimiterArgs, RateLimiterMsg, RouteClass, SUSPICION_WINDOW_MS, SharedLimiter,
-    ThrottleRule, normalize_login,
+    ThrottleKey, ThrottleRule, Unshared,
 };
 use crate::supervisor::{
     ActorBoard, ActorReport, ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -316,7 +316,10 @@ impl Gatehouse {
     ) -> Result<Option<RateLimitInfo>> {
         let decision = match self.inner.limits.check(class, client).await {
             Ok(decision) => decision,
-            Err(e) => return self.limiter_unavailable(e).map(|()| None),
+            Err(unshared) => match self.limiter_unavailable(unshared)? {
+                Some(local) => local,
+                None => return Ok(None),
+            },
         };
         if decision.allowed {
             return Ok(Some(decision.info));
@@ -328,10 +331,12 @@ impl Gatehouse {
         Err(Error::RateLimited(decision.info))
     }
 
-    /// The limiter could not decide: `rate_limit.on_backend_failure` says
-    /// what happens. Logged loudly, but at most every ten seconds.
-    fn limiter_unavailable(&self, e: Error) -> Result<()> {
+    /// The shared limiter could not decide: `rate_limit.on_backend_failure`
+    /// says what stands instead (this process's own decision, none, or a
+    /// refusal). Logged loudly, but at most every ten seconds.
+    fn limiter_unavailable<T>(&self, unshared: Unshared<T>) -> Result<Option<T>> {
         let inner = &self.inner;
+        let policy = inner.on_limiter_failure;
         let now = clock::unix_ms();
         let last = inner.limiter_failure_logged.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 10_000
@@ -340,28 +345,30 @@ impl Gatehouse {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::error!(error = %e, policy = ?inner.on_limiter_failure,
-            "rate limiting unavailable; requests are {} until it recovers",
-            match inner.on_limiter_failure {
+            let consequence = match policy {
+                OnBackendFailure::Local => "limited by this instance alone",
                 OnBackendFailure::Allow => "allowed without limits",
                 OnBackendFailure::Deny => "refused",
-            });
+            };
+            tracing::error!(error = %unshared.error, ?policy,
+                "rate limiting unavailable; requests are {consequence} until it recovers");
         }
-        match inner.on_limiter_failure {
-            OnBackendFailure::Allow => Ok(()),
-            OnBackendFailure::Deny => Err(e),
+        match policy {
+            OnBackendFailure::Local => Ok(Some(unshared.local)),
+            OnBackendFailure::Allow => Ok(None),
+            OnBackendFailure::Deny => Err(unshared.error),
         }
     }
 
     /// Creates an account.
     pub async fn register(&self, r: Registration) -> Result<User> {
         let inner = &self.inner;
-        let email = r.email.trim().to_lowercase();
         let username = r.username.trim().to_owned();
         let mut problems = Vec::new();
-        if let Some(p) = email_problem(&email) {
+        let email = normalize_email(&r.email).unwrap_or_else(|p| {
             problems.push(p);
-        }
+            String::new()
+        });
         if let Some(p) = username_problem(&username) {
             problems.push(p);
         }
@@ -406,8 +413,6 @@ impl Gatehouse {
             return Err(self.refuse(&req, "unknown_user"));
         }
         let name = normalize_login(&req.login);
-        let mut attempt = self.attempt(&req, &name).await?;
-
         let mut call = inner.breakers.admit(BreakerId::Database).await?;
         let lookup = name.clone();
         let found = call.track(
@@ -416,6 +421,18 @@ impl Gatehouse {
                 .read(move |s| async move { s.credentials(lookup).await })
                 .await,
         )?;
+        // The account's names share one count; an unknown name counts alone.
+        let key = match &found {
+            Some(c) => ThrottleKey::account(&c.user.id),
+            None => ThrottleKey::name(&name),
+        };
+        let mut attempt = match self.attempt(&req, key).await {
+            Ok(attempt) => attempt,
+            Err(e) => {
+                call.finish();
+                return Err(e);
+            }
+        };
         let (stored, user) = match found {
             Some(c) => (Some(c.password_hash), Some(c.user)),
             None => (None, None),
@@ -477,7 +494,7 @@ impl Gatehouse {
             // The password was changed, or the account deactivated, while we checked.
             return Err(self.refuse(&req, "credentials_changed"));
         };
-        inner.limits.succeeded(&name);
+        inner.limits.succeeded(&attempt.key);
         inner.metrics.login(true);
         tracing::info!(event = "login.success", login = %loggable(&req.login), ip = %req.ip,
             user_id = %user.id, "login accepted");
@@ -490,18 +507,21 @@ impl Gatehouse {
         })
     }
 
-    /// Starts a throttled attempt for `name`; refuses it while the name is locked.
-    async fn attempt(&self, req: &LoginRequest, name: &str) -> Result<Attempt> {
-        let decision = match self.inner.limits.attempt(name).await {
-            Ok(decision) => decision,
-            Err(e) => self
-                .limiter_unavailable(e)
-                .map(|()| AttemptDecision::Allowed)?,
+    /// Starts a throttled attempt against `key`; refuses it while that is locked.
+    async fn attempt(&self, req: &LoginRequest, key: ThrottleKey) -> Result<Attempt> {
+        let (decision, shared) = match self.inner.limits.attempt(&key).await {
+            Ok(decision) => (decision, self.inner.limits.is_shared()),
+            Err(unshared) => (
+                self.limiter_unavailable(unshared)?
+                    .unwrap_or(AttemptDecision::Allowed),
+                false,
+            ),
         };
         match decision {
             AttemptDecision::Allowed => Ok(Attempt {
                 limits: self.inner.limits.clone(),
-                name: name.to_owned(),
+                key,
+                shared,
                 settled: false,
             }),
             AttemptDecision::Locked {
@@ -650,10 +670,6 @@ impl Gatehouse {
 
     /// Changes the caller's email and/or username under the registration rules.
     pub async fn update_profile(&self, who: &Principal, change: ProfileChange) -> Result<User> {
-        let change = ProfileChange {
-            email: change.email.map(|e| e.trim().to_lowercase()),
-            username: change.username.map(|u| u.trim().to_owned()),
-        };
         let mut problems: Vec<FieldError> = Vec::new();
         if change.email.is_none() && change.username.is_none() {
             problems.push(FieldError::new(
@@ -661,7 +677,14 @@ impl Gatehouse {
                 "give an email, a username, or both",
             ));
         }
-        problems.extend(change.email.as_deref().and_then(email_problem));
+        let email = change
+            .email
+            .as_deref()
+            .and_then(|e| normalize_email(e).map_err(|p| problems.push(p)).ok());
+        let change = ProfileChange {
+            email,
+            username: change.username.map(|u| u.trim().to_owned()),
+        };
         problems.extend(change.username.as_deref().and_then(username_problem));
         if !problems.is_empty() {
             return Err(Error::Validation(problems));
@@ -922,23 +945,14 @@ impl Gatehouse {
     }
 }
 
-/// Longest login name worth looking up: no username or email is longer.
-const MAX_LOGIN_CHARS: usize = 254;
-
-/// A login name as it may appear in a log line: cut to a sane length.
-fn loggable(login: &str) -> &str {
-    login
-        .char_indices()
-        .nth(MAX_LOGIN_CHARS)
-        .map_or(login, |(at, _)| &login[..at])
-}
-
 /// A counted login attempt. One that ends without a verdict on the password
 /// (the database failed, the client went away) is given back on drop, so
 /// outages do not lock accounts.
 struct Attempt {
     limits: Limits,
-    name: String,
+    key: ThrottleKey,
+    /// Redis counted it too.
+    shared: bool,
     settled: bool,
 }
 
@@ -952,80 +966,11 @@ impl Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.settled {
-            self.limits.release(&self.name);
+            self.limits.release(&self.key, self.shared);
         }
     }
 }
 
 fn secs_to_ms(s: u64) -> i64 {
     i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
-}
-
-fn email_problem(email: &str) -> Option<FieldError> {
-    let options = Options::default()
-        .with_required_tld()
-        .without_display_text()
-        .without_domain_literal();
-    if email.is_empty() {
-        Some(FieldError::new("email", "is required"))
-    } else if email.len() > 254 || EmailAddress::parse_with_options(email, options).is_err() {
-        Some(FieldError::new("email", "must be a valid email address"))
-    } else {
-        None
-    }
-}
-
-fn username_problem(username: &str) -> Option<FieldError> {
-    let valid_chars = username
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !(3..=32).contains(&username.len()) || !valid_chars {
-        Some(FieldError::new(
-            "username",
-            "must be 3 to 32 characters of letters, digits, '_', '.' or '-'",
-        ))
-    } else {
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usernames() {
-        for ok in ["abc", "Alice_01", "a.b-c", &"x".repeat(32)] {
-            assert!(username_problem(ok).is_none(), "{ok}");
-        }
-        for bad in [
-            "ab",
-            &"x".repeat(33),
-            "has space",
-            "émile",
-            "semi;colon",
-            "",
-        ] {
-            assert!(username_problem(bad).is_some(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn emails() {
-        for ok in ["a@example.com", "first.last+tag@sub.example.org"] {
-            assert!(email_problem(ok).is_none(), "{ok}");
-        }
-        for bad in [
-            "",
-            "plain",
-            "a@b",
-            "Name <a@example.com>",
-            "a@[127.0.0.1]",
-            "@example.com",
-        ] {
-            assert!(email_problem(bad).is_some(), "{bad}");
-        }
-        let long = format!("{}@example.com", "a".repeat(250));
-        assert!(email_problem(&long).is_some());
-    }
 }

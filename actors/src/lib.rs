@@ -26,6 +26,7 @@
 //! * [`breaker`], [`rate_limiter`], [`token_issuer`], [`metrics`], [`user_repo`]:
 //!   one actor each, with its pure logic beside it.
 //! * [`passwords`]: policy and scrypt on blocking threads.
+//! * [`names`]: emails, usernames and login names, validated and canonical.
 //! * [`model`], [`error`], [`clock`]: records, the one error type, the one clock.
 #![cfg_attr(
     not(test),
@@ -38,6 +39,7 @@ pub mod error;
 pub mod gatehouse;
 pub mod metrics;
 pub mod model;
+pub mod names;
 pub mod passwords;
 pub mod rate_limiter;
 pub mod supervisor;

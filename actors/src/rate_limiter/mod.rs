@@ -108,10 +108,16 @@ pub enum Backend {
     Redis,
 }
 
+/// What happens to a request when Redis cannot be asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBackendFailure {
+    /// Decide with this instance's own windows and throttle, which count
+    /// every request all along so that an outage hands out no fresh budget.
+    Local,
+    /// Serve without limits.
     Allow,
+    /// Refuse limited routes (503).
     Deny,
 }
 
@@ -125,7 +131,7 @@ pub struct RateLimitSettings {
     pub on_backend_failure: OnBackendFailure,
     pub routes: RouteLimits,
     /// Most (client, class) windows and login names tracked at once; beyond it
-    /// the least recently active are forgotten.
+    /// the least recently active are forgotten, but never a locked name.
     pub max_tracked_keys: usize,
 }
 
@@ -135,7 +141,7 @@ impl Default for RateLimitSettings {
             backend: Backend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "gatehouse:".into(),
-            on_backend_failure: OnBackendFailure::Allow,
+            on_backend_failure: OnBackendFailure::Local,
             routes: RouteLimits::default(),
             max_tracked_keys: 250_000,
         }
@@ -207,6 +213,12 @@ struct Strikes {
     /// Whether the lock in force has been logged as `account.throttled`.
     announced: bool,
     last_seen: i64,
+}
+
+impl Strikes {
+    fn locked_at(&self, now: i64) -> bool {
+        self.locked_until.is_some_and(|until| until > now)
+    }
 }
 
 /// What a login attempt may do, as the throttle sees it.
@@ -378,7 +390,7 @@ impl MemoryLimiter {
         });
         let idle = now.saturating_sub(self.throttle.lockout_ms);
         self.strikes
-            .retain(|_, s| s.locked_until.is_some_and(|until| until > now) || s.last_seen > idle);
+            .retain(|_, s| s.locked_at(now) || s.last_seen > idle);
         self.failures
             .retain(|_, f| now - f.since < SUSPICION_WINDOW_MS);
         self.windows.shrink_to_fit();
@@ -387,19 +399,24 @@ impl MemoryLimiter {
     }
 
     /// At the key cap: sweep, and if that frees nothing, forget the least
-    /// recently active tenth.
+    /// recently active tenth. A locked name is never forgotten before its lock
+    /// ends, or flooding new names would lift it; locks need no cap of their
+    /// own, since each costs `max_failures` verified passwords, and hashing
+    /// throughput bounds how many can be alive within one lockout.
     fn make_room(&mut self, now: i64) {
         self.sweep(now);
         if self.windows.len() >= self.max_keys {
-            forget_least_recent_tenth(&mut self.windows, |h| {
-                h.times.back().copied().unwrap_or(i64::MIN)
-            });
+            forget_least_recent_tenth(
+                &mut self.windows,
+                |h| h.times.back().copied().unwrap_or(i64::MIN),
+                |_| false,
+            );
         }
         if self.strikes.len() >= self.max_keys {
-            forget_least_recent_tenth(&mut self.strikes, |s| s.last_seen);
+            forget_least_recent_tenth(&mut self.strikes, |s| s.last_seen, |s| s.locked_at(now));
         }
         if self.failures.len() >= self.max_keys {
-            forget_least_recent_tenth(&mut self.failures, |f| f.since);
+            forget_least_recent_tenth(&mut self.failures, |f| f.since, |_| false);
         }
     }
 
@@ -409,14 +426,19 @@ impl MemoryLimiter {
     }
 }
 
-fn forget_least_recent_tenth<K, V>(map: &mut HashMap<K, V>, last_seen: impl Fn(&V) -> i64) {
-    let mut seen: Vec<i64> = map.values().map(&last_seen).collect();
+/// Forgets the least recently seen tenth of the entries that `keep` does not protect.
+fn forget_least_recent_tenth<K, V>(
+    map: &mut HashMap<K, V>,
+    last_seen: impl Fn(&V) -> i64,
+    keep: impl Fn(&V) -> bool,
+) {
+    let mut seen: Vec<i64> = map.values().filter(|v| !keep(v)).map(&last_seen).collect();
     if seen.is_empty() {
         return;
     }
     let cut = seen.len() / 10;
     let (_, &mut threshold, _) = seen.select_nth_unstable(cut);
-    map.retain(|_, v| last_seen(v) > threshold);
+    map.retain(|_, v| keep(v) || last_seen(v) > threshold);
 }
 
 /// A login name as the throttle keys it: a digest, so that neither its
@@ -441,11 +463,6 @@ pub fn bucket(ip: IpAddr) -> IpAddr {
             None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         },
     }
-}
-
-/// Login names are throttled case-insensitively, trimmed, as typed.
-pub fn normalize_login(login: &str) -> String {
-    login.trim().to_lowercase()
 }
 
 /// Messages the `RateLimiter` accepts. Decisions arrive here only with the
@@ -580,15 +597,22 @@ impl Actor for RateLimiter {
 
 const CRASH: &str = "crash requested through the chaos route";
 
-/// The callers' side of rate limiting, valid across restarts of the actor:
-/// memory decisions are made here, on the shared state; Redis decisions are
-/// asked of the `RateLimiter`.
+/// The callers' side of rate limiting, valid across restarts of the actor.
+/// This process's own windows and throttle count every request; with the
+/// Redis backend the shared decision is asked of the `RateLimiter` and wins,
+/// and the local one is what `on_backend_failure = "local"` falls back to.
 #[derive(Clone)]
 pub struct Limits {
     local: Arc<parking_lot::Mutex<MemoryLimiter>>,
     shared: bool,
     names: Arc<Names>,
     timeout: Duration,
+}
+
+/// The shared backend could not decide; what this process alone decided.
+pub struct Unshared<T> {
+    pub error: crate::error::Error,
+    pub local: T,
 }
 
 impl Limits {
@@ -606,48 +630,68 @@ impl Limits {
     }
 
     /// Counts one request of `class` from `client`.
-    pub async fn check(&self, class: RouteClass, client: IpAddr) -> Result<Decision> {
+    pub async fn check(
+        &self,
+        class: RouteClass,
+        client: IpAddr,
+    ) -> Result<Decision, Unshared<Decision>> {
+        let local = self.local.lock().check(class, client, clock::unix_ms());
         if !self.shared {
-            return Ok(self.local.lock().check(class, client, clock::unix_ms()));
+            return Ok(local);
         }
-        system::call(self.actor(), self.timeout, |reply| RateLimiterMsg::Check {
+        let shared = system::call(self.actor(), self.timeout, |reply| RateLimiterMsg::Check {
             class,
             client,
             reply,
         })
-        .await?
+        .await;
+        shared
+            .and_then(|decided| decided)
+            .map_err(|error| Unshared { error, local })
     }
 
-    /// Starts a login attempt for a (normalized) login name.
-    pub async fn attempt(&self, login: &str) -> Result<AttemptDecision> {
+    /// Starts a login attempt against the throttle `key`. With the Redis
+    /// backend, `Ok` means Redis counted it too.
+    pub async fn attempt(
+        &self,
+        key: &ThrottleKey,
+    ) -> Result<AttemptDecision, Unshared<AttemptDecision>> {
+        let local = self.local.lock().attempt(key.as_str(), clock::unix_ms());
         if !self.shared {
-            return Ok(self.local.lock().attempt(login, clock::unix_ms()));
+            return Ok(local);
         }
-        let login = login.to_owned();
-        system::call(self.actor(), self.timeout, |reply| {
+        let login = key.as_str().to_owned();
+        let shared = system::call(self.actor(), self.timeout, |reply| {
             RateLimiterMsg::Attempt { login, reply }
         })
-        .await?
+        .await;
+        shared
+            .and_then(|decided| decided)
+            .map_err(|error| Unshared { error, local })
     }
 
-    /// A login for this (normalized) name succeeded.
-    pub fn succeeded(&self, login: &str) {
+    /// A login counted against `key` succeeded.
+    pub fn succeeded(&self, key: &ThrottleKey) {
+        self.local.lock().succeeded(key.as_str());
         if self.shared {
-            let login = login.to_owned();
+            let login = key.as_str().to_owned();
             system::cast(self.actor(), RateLimiterMsg::Succeeded { login });
-        } else {
-            self.local.lock().succeeded(login);
         }
     }
 
-    /// A login attempt for this (normalized) name ended without a verdict.
-    pub fn release(&self, login: &str) {
-        if self.shared {
-            let login = login.to_owned();
+    /// A login attempt counted against `key` ended without a verdict;
+    /// `shared` says whether the shared backend had counted it.
+    pub fn release(&self, key: &ThrottleKey, shared: bool) {
+        self.local.lock().release(key.as_str());
+        if shared {
+            let login = key.as_str().to_owned();
             system::cast(self.actor(), RateLimiterMsg::Release { login });
-        } else {
-            self.local.lock().release(login);
         }
+    }
+
+    /// Whether decisions are shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// A login from `client` failed; `Some` once per burst from one address.
@@ -655,6 +699,28 @@ impl Limits {
         self.local
             .lock()
             .login_failed(client, login, clock::unix_ms())
+    }
+}
+
+/// What the per-account throttle counts failures against: the account, when
+/// the login name is one of its names (its username and its email then share
+/// one count), else the name as typed, so that unknown names are throttled
+/// like real ones and the answers reveal nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottleKey(String);
+
+impl ThrottleKey {
+    pub fn account(user_id: &str) -> Self {
+        Self(format!("account:{user_id}"))
+    }
+
+    /// An unknown login name, already normalized.
+    pub fn name(login: &str) -> Self {
+        Self(format!("name:{login}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -823,6 +889,25 @@ mod tests {
         assert!(l.tracked().1 <= 1_000);
         l.sweep(300_001);
         assert_eq!(l.tracked().1, 0);
+    }
+
+    #[test]
+    fn flooding_new_names_never_lifts_a_lock() {
+        let mut l = MemoryLimiter::new(RouteLimits::default(), rule(), 100);
+        for _ in 0..3 {
+            l.attempt("victim", 0);
+        }
+        for i in 0..5_000 {
+            l.attempt(&format!("flood{i}"), 1 + i64::from(i));
+        }
+        assert!(l.tracked().1 <= 101, "{:?}", l.tracked());
+        assert!(matches!(
+            l.attempt("victim", 10_000),
+            AttemptDecision::Locked { .. }
+        ));
+        // Once it has run out, the lock goes like any idle name.
+        l.sweep(300_001);
+        assert_eq!(l.attempt("victim", 300_001), AttemptDecision::Allowed);
     }
 
     #[test]
