@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use figment::value::Value;
+use figment::{Figment, Provider};
 use gatehouse_actors::breaker::BreakerSettings;
 use gatehouse_actors::passwords::PasswordSettings;
 use gatehouse_actors::rate_limiter::RateLimitSettings;
@@ -68,6 +69,10 @@ pub struct ServerSettings {
     pub header_read_timeout_ms: u64,
     /// Open connections at most; further clients wait in the accept queue.
     pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed (at most 60 s).
+    pub idle_timeout_ms: u64,
+    /// Base URL of this service as users reach it; links and metadata are built from it.
+    pub public_url: String,
 }
 
 impl Default for ServerSettings {
@@ -80,6 +85,8 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             header_read_timeout_ms: 5_000,
             max_connections: 10_000,
+            idle_timeout_ms: 60_000,
+            public_url: "http://127.0.0.1:8080".into(),
         }
     }
 }
@@ -185,6 +192,7 @@ const OVERRIDE_PREFIX: &str = "GATEHOUSE__";
 
 /// Keys whose values are text, whatever they look like.
 const TEXT_KEYS: &[&str] = &[
+    "server.public_url",
     "auth.jwt_secret",
     "auth.jwt_secret_file",
     "auth.issuer",
@@ -196,6 +204,12 @@ const TEXT_KEYS: &[&str] = &[
     "logging.level",
     "monitoring.token",
 ];
+
+/// The longest idle keep-alive the contract allows.
+const MAX_IDLE_TIMEOUT_MS: u64 = 60_000;
+
+/// Keys whose values must never be repeated back, not even in a complaint about them.
+const SECRET_KEYS: &[&str] = &["auth.jwt_secret", "monitoring.token"];
 
 /// Reads `path` and the environment, and validates the result.
 pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
@@ -224,13 +238,107 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
             figment = figment.merge((path, value));
         }
     }
-    let config: Config = figment.extract().map_err(|errors| {
-        errors
-            .into_iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-    })?;
+    let config: Config = figment
+        .extract()
+        .map_err(|first| every_problem(&figment, first))?;
     validate(config)
+}
+
+/// Deserialization stops at its first error, but an operator should see every
+/// bad key of a file in one run. Each key given is tried alone on top of the
+/// defaults (which are valid), so each bad one is reported on its own line.
+fn every_problem(figment: &Figment, first: figment::Error) -> Vec<String> {
+    let mut leaves = Vec::new();
+    if let Ok(data) = figment.data() {
+        for dict in data.values() {
+            collect_leaves(String::new(), dict, &mut leaves);
+        }
+    }
+    let mut problems: Vec<String> = Vec::new();
+    for (path, value) in leaves {
+        if let Err(errors) = Figment::new()
+            .merge((path.as_str(), value))
+            .extract::<Config>()
+        {
+            for e in errors {
+                let line = describe(&e, &path);
+                if !problems.contains(&line) {
+                    problems.push(line);
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        problems = first.into_iter().map(|e| describe(&e, "")).collect();
+    }
+    problems
+}
+
+fn collect_leaves(prefix: String, dict: &figment::value::Dict, out: &mut Vec<(String, Value)>) {
+    for (key, value) in dict {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            Value::Dict(_, inner) if !inner.is_empty() => collect_leaves(path, inner, out),
+            _ => out.push((path, value.clone())),
+        }
+    }
+}
+
+/// A multi-line message (a TOML syntax error with its snippet) as one line,
+/// without the snippet, which may quote a secret.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            let snippet = line
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !line.is_empty() && !snippet.starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// One line about one bad key: its path and what is wrong, without its value.
+fn describe(e: &figment::Error, fallback_path: &str) -> String {
+    use figment::error::{Actual, Kind};
+    let path = if e.path.is_empty() {
+        fallback_path.to_owned()
+    } else {
+        e.path.join(".")
+    };
+    let found = |actual: &Actual| match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a number with a fraction",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "a value of another kind",
+    };
+    let what = match &e.kind {
+        Kind::InvalidType(actual, expected) => {
+            format!("expected {expected}, found {}", found(actual))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("{} out of range: expected {expected}", found(actual))
+        }
+        Kind::UnknownField(..) => "unknown key (a typo?)".to_owned(),
+        Kind::UnknownVariant(_, expected) => format!("must be one of {}", expected.join(", ")),
+        Kind::Message(_) if SECRET_KEYS.contains(&path.as_str()) => "invalid value".to_owned(),
+        Kind::Message(message) => one_line(message),
+        other => other.to_string(),
+    };
+    if path.is_empty() {
+        what
+    } else {
+        format!("{path}: {what}")
+    }
 }
 
 /// Every rule a loaded configuration must meet, checked all at once.
@@ -260,6 +368,14 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
     check(
         s.max_connections > 0,
         "server.max_connections must be at least 1",
+    );
+    check(
+        (1..=MAX_IDLE_TIMEOUT_MS).contains(&s.idle_timeout_ms),
+        "server.idle_timeout_ms must be between 1 and 60000",
+    );
+    check(
+        public_url(&s.public_url).is_some(),
+        "server.public_url must be an http:// or https:// URL with a host, no query or fragment",
     );
 
     let db = &config.database;
@@ -377,16 +493,6 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
             ),
         );
     }
-    if production {
-        check(
-            config.security.hsts,
-            "security.hsts must be true in production",
-        );
-        check(
-            !config.monitoring.chaos,
-            "monitoring.chaos must be false in production",
-        );
-    }
 
     check(
         tracing_subscriber::EnvFilter::try_new(&config.logging.level).is_ok(),
@@ -405,7 +511,25 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
         "supervisor.restart_window_s must be at least 1",
     );
 
-    let secret = jwt_secret(a, production, &mut problems, &mut warnings);
+    let secret = jwt_secret(a, &mut problems);
+    let broken = production_rules(&config, secret.as_ref());
+    match config.environment {
+        Environment::Production => problems.extend(broken),
+        Environment::Staging => warnings.extend(
+            broken
+                .into_iter()
+                .map(|rule| format!("{rule}; production will refuse it")),
+        ),
+        Environment::Development => {}
+    }
+    if config.environment != Environment::Development
+        && config.monitoring.required_token().is_none()
+    {
+        warnings.push(
+            "monitoring.token is empty: monitoring routes and /metrics are open to anyone who can reach them"
+                .into(),
+        );
+    }
     match secret {
         Some(jwt_secret) if problems.is_empty() => Ok(Loaded {
             config,
@@ -416,13 +540,8 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
     }
 }
 
-/// Resolves the HS256 key and checks it against the environment's rules.
-fn jwt_secret(
-    auth: &AuthSettings,
-    production: bool,
-    problems: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-) -> Option<SecretString> {
+/// Resolves the HS256 key.
+fn jwt_secret(auth: &AuthSettings, problems: &mut Vec<String>) -> Option<SecretString> {
     let secret = match (&auth.jwt_secret, &auth.jwt_secret_file) {
         (Some(_), Some(_)) => {
             problems.push("auth.jwt_secret and auth.jwt_secret_file are both set; set one".into());
@@ -445,25 +564,128 @@ fn jwt_secret(
         problems.push("auth.jwt_secret must not be empty".into());
         return None;
     }
-    if production && secret == DEV_JWT_SECRET {
-        problems.push(
-            "auth.jwt_secret is the shipped development secret; production needs its own".into(),
-        );
-    } else if secret.len() < 32 {
-        let line = "auth.jwt_secret must be at least 32 bytes";
-        if production {
-            problems.push(format!("{line} in production"));
-        } else {
-            warnings.push(format!("{line}; production will refuse it"));
-        }
-    }
     Some(secret.into())
 }
 
+/// Fewest distinct byte values a secret may have in production: a key of one
+/// repeated byte, or of a few, is guessable whatever its length.
+const MIN_DISTINCT_SECRET_BYTES: usize = 16;
+
+/// The rules a production deployment must meet (staging is warned about
+/// them): each broken rule, one line each.
+fn production_rules(config: &Config, jwt_secret: Option<&SecretString>) -> Vec<String> {
+    let a = &config.auth;
+    let mut broken = Vec::new();
+    let mut rule = |ok: bool, problem: String| {
+        if !ok {
+            broken.push(problem);
+        }
+    };
+    rule(
+        config.security.hsts,
+        "security.hsts must be true in production".into(),
+    );
+    rule(
+        !config.monitoring.chaos,
+        "monitoring.chaos must be false in production".into(),
+    );
+    rule(
+        a.leeway_s <= 60,
+        "auth.leeway_s must be at most 60 in production".into(),
+    );
+    rule(
+        a.access_token_ttl_s <= 86_400,
+        "auth.access_token_ttl_s must be at most 86400 in production".into(),
+    );
+    rule(
+        !config
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|net| net.prefix_len() == 0),
+        "server.trusted_proxies must not trust every address (0.0.0.0/0 or ::/0) in production"
+            .into(),
+    );
+    rule(
+        config
+            .monitoring
+            .required_token()
+            .is_none_or(|t| t.chars().count() >= 24),
+        "monitoring.token must be at least 24 characters in production".into(),
+    );
+    rule(
+        config.server.public_url.starts_with("https://"),
+        "server.public_url must be https:// in production".into(),
+    );
+    if let Some(secret) = jwt_secret.map(ExposeSecret::expose_secret) {
+        if secret == DEV_JWT_SECRET {
+            rule(
+                false,
+                "auth.jwt_secret is the shipped development secret; production needs its own"
+                    .into(),
+            );
+        } else {
+            rule(
+                secret.len() >= 32,
+                "auth.jwt_secret must be at least 32 bytes in production".into(),
+            );
+            rule(
+                distinct_bytes(secret) >= MIN_DISTINCT_SECRET_BYTES,
+                format!(
+                    "auth.jwt_secret must have at least {MIN_DISTINCT_SECRET_BYTES} distinct byte values in production"
+                ),
+            );
+        }
+    }
+    broken
+}
+
+fn distinct_bytes(secret: &str) -> usize {
+    secret
+        .bytes()
+        .collect::<std::collections::HashSet<u8>>()
+        .len()
+}
+
+/// `server.public_url` without a trailing slash, if it is usable.
+pub fn public_url(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw).ok()?;
+    let usable = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    usable.then(|| raw.trim_end_matches('/').to_owned())
+}
+
+/// Longest secret file read: a key is bytes, not megabytes (and a path like
+/// `/dev/zero` must not hang the start-up).
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
 fn read_secret_file(path: &PathBuf) -> Result<String, String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-        .map_err(|e| format!("auth.jwt_secret_file: cannot read {}: {e}", path.display()))
+    use std::io::Read;
+    let cannot = |why: String| {
+        format!(
+            "auth.jwt_secret_file: cannot read {}: {why}",
+            path.display()
+        )
+    };
+    let metadata = std::fs::metadata(path).map_err(|e| cannot(e.to_string()))?;
+    if !metadata.is_file() {
+        return Err(cannot("not a regular file".into()));
+    }
+    let mut secret = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| {
+            file.take(MAX_SECRET_FILE_BYTES + 1)
+                .read_to_string(&mut secret)
+        })
+        .map_err(|e| cannot(e.to_string()))?;
+    if secret.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(cannot(format!("longer than {MAX_SECRET_FILE_BYTES} bytes")));
+    }
+    Ok(secret.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// `scheme://host[:port]`, nothing more: what browsers send in `Origin`.
@@ -598,6 +820,115 @@ mod tests {
     }
 
     #[test]
+    fn every_bad_key_of_a_file_is_reported_without_its_value() {
+        let toml = format!(
+            "{MINIMAL}leeway_s = -1\n\
+             [server]\nlisten = \"not-an-address\"\nmax_body_bytes = \"abc\"\nbogus = 1\n\
+             [monitoring]\ntoken = 12345\n"
+        );
+        let problems = load_toml(&toml, &[]).err().unwrap();
+        for key in [
+            "server.listen:",
+            "server.max_body_bytes:",
+            "server.bogus:",
+            "auth.leeway_s:",
+            "monitoring.token:",
+        ] {
+            assert_eq!(
+                problems.iter().filter(|p| p.starts_with(key)).count(),
+                1,
+                "{key}: {problems:?}"
+            );
+        }
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(
+            !problems
+                .iter()
+                .any(|p| p.contains("12345") || p.contains("abc"))
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_line_without_the_file_s_text() {
+        let problems = load_toml("[auth]\njwt_secret = \"s3cr3t-value\n", &[])
+            .err()
+            .unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            !problems[0].contains('\n') && !problems[0].contains("s3cr3t"),
+            "{problems:?}"
+        );
+    }
+
+    /// A production configuration that meets every rule.
+    const PRODUCTION: &str = "environment = \"production\"\n\
+        [server]\npublic_url = \"https://auth.example.com\"\n\
+        [security]\nhsts = true\n\
+        [auth]\njwt_secret = \"Zq8#vL2m!Rt5pW9xKc3@Hn7bYf4&Dg6sJ1e\"\n\
+        [monitoring]\ntoken = \"m0n1t0r-t0ken-0123456789abcdef\"\n";
+
+    #[test]
+    fn production_refuses_dangerous_values_and_staging_warns() {
+        load_toml(PRODUCTION, &[]).unwrap_or_else(|p| panic!("{p:?}"));
+        let dangerous = [
+            ("GATEHOUSE__AUTH__LEEWAY_S", "1000000000", "auth.leeway_s"),
+            (
+                "GATEHOUSE__AUTH__ACCESS_TOKEN_TTL_S",
+                "90000",
+                "auth.access_token_ttl_s",
+            ),
+            (
+                "GATEHOUSE__SERVER__TRUSTED_PROXIES",
+                "[\"0.0.0.0/0\"]",
+                "server.trusted_proxies",
+            ),
+            (
+                "GATEHOUSE__SERVER__TRUSTED_PROXIES",
+                "[\"10.0.0.0/8\", \"::/0\"]",
+                "server.trusted_proxies",
+            ),
+            ("GATEHOUSE__MONITORING__TOKEN", "x", "monitoring.token"),
+            (
+                "GATEHOUSE__SERVER__PUBLIC_URL",
+                "http://auth.example.com",
+                "server.public_url",
+            ),
+            (
+                "GATEHOUSE__AUTH__JWT_SECRET",
+                &"a".repeat(40),
+                "auth.jwt_secret",
+            ),
+            (
+                "GATEHOUSE__AUTH__JWT_SECRET",
+                &"abcd".repeat(10),
+                "distinct",
+            ),
+        ];
+        for (key, value, named) in dangerous {
+            let problems = load_toml(PRODUCTION, &[(key, value)])
+                .err()
+                .unwrap_or_default();
+            assert!(
+                problems.iter().any(|p| p.contains(named)),
+                "{key}={value}: {problems:?}"
+            );
+            let staging = load_toml(PRODUCTION, &[(key, value), ("GATEHOUSE_ENV", "staging")])
+                .unwrap_or_else(|p| panic!("staging {key}: {p:?}"));
+            assert!(
+                staging.warnings.iter().any(|w| w.contains(named)),
+                "{key}: {:?}",
+                staging.warnings
+            );
+        }
+        let open = load_toml(PRODUCTION, &[("GATEHOUSE__MONITORING__TOKEN", "")]).unwrap();
+        assert!(open.warnings.iter().any(|w| w.contains("monitoring.token")));
+        assert!(
+            load_toml(MINIMAL, &[]).unwrap().warnings.is_empty(),
+            "development is quiet"
+        );
+    }
+
+    #[test]
     fn production_refuses_the_dev_secret_and_both_secret_sources() {
         let toml = format!(
             "environment = \"production\"\n[security]\nhsts = true\n[auth]\njwt_secret = \"{DEV_JWT_SECRET}\"\n"
@@ -622,6 +953,15 @@ mod tests {
             loaded.jwt_secret.expose_secret(),
             "from-a-file-that-is-long-enough-for-prod"
         );
+    }
+
+    #[test]
+    fn a_secret_file_must_be_a_small_regular_file() {
+        for path in ["/dev/zero", "/"] {
+            let toml = format!("[auth]\njwt_secret_file = {path:?}\n");
+            let problems = load_toml(&toml, &[]).err().unwrap();
+            assert!(problems[0].contains("jwt_secret_file"), "{problems:?}");
+        }
     }
 
     #[test]

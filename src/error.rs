@@ -23,6 +23,10 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed(String),
+    /// The request body did not arrive within `server.request_timeout_ms`:
+    /// the client's doing, so a 4xx and no error in the log.
+    #[error("request body did not arrive in time")]
+    BodyTimeout,
     /// `server.request_timeout_ms` passed. Answered as SVC003: the request
     /// was waiting on a dependency that did not answer in time (the breaker
     /// counts that dependency's own timeouts, not the abandoned request).
@@ -83,6 +87,12 @@ impl ApiError {
                     Some(format!("Allowed: {allow}")),
                 )
             },
+            Self::BodyTimeout => parts(
+                S::REQUEST_TIMEOUT,
+                "REQ005",
+                "Request body timed out",
+                Some("The request body did not arrive in time".into()),
+            ),
             Self::Timeout => ErrorParts {
                 retry_after_s: Some(1),
                 ..parts(

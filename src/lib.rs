@@ -12,6 +12,7 @@
 //! * [`http`]: the request pipeline, bodies, headers, client IP.
 //! * [`handlers`]: one module per route group, thin.
 //! * [`error`]: every failure and its contract code, mapped in one place.
+//! * [`openapi`]: the OpenAPI document, as the configuration serves it.
 //! * [`telemetry`]: the tracing subscriber and the Prometheus recorder.
 //!
 //! [`run`] ties them together; `main.rs` only parses the command line.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod openapi;
 pub mod router;
 pub mod server;
 pub mod telemetry;
@@ -79,9 +81,10 @@ pub async fn run(
         })
     };
     let app = http::App::new(&config, gatehouse.clone(), prometheus)
-        .map_err(|e| format!("route table: {e}"))?;
+        .map_err(|e| format!("starting the front end: {e}"))?;
     let limits = server::ServerLimits {
         header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
         max_connections: config.server.max_connections,
     };

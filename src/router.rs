@@ -54,6 +54,16 @@ impl Endpoint {
         }
     }
 
+    /// The media types of the request body this endpoint reads, if it reads one.
+    pub fn body(self) -> Option<&'static [&'static str]> {
+        use crate::http::body::{FORM, JSON};
+        match self {
+            Self::Login => Some(&[JSON, FORM]),
+            Self::Register | Self::Refresh | Self::UpdateMe | Self::ChangePassword => Some(&[JSON]),
+            _ => None,
+        }
+    }
+
     /// Needs the monitoring token when one is configured.
     pub fn monitoring_protected(self) -> bool {
         matches!(
@@ -179,13 +189,25 @@ impl Router {
             if chaos || spec.template != KILL_ROUTE {
                 paths.insert(spec.template, i)?;
             }
-            let methods: Vec<&str> = spec.methods.iter().map(|(m, _)| m.as_str()).collect();
+            let mut methods: Vec<&str> = Vec::new();
+            for (method, _) in spec.methods {
+                methods.push(method.as_str());
+                if method == Method::GET {
+                    methods.push(Method::HEAD.as_str());
+                }
+            }
             allow.push(methods.join(", "));
         }
         Ok(Self { paths, allow })
     }
 
+    /// The endpoint for `method` on `path`; `HEAD` is answered wherever `GET` is.
     pub fn route(&self, method: &Method, path: &str) -> Matched<'_> {
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         let Ok(found) = self.paths.at(path) else {
             return Matched::NotFound;
         };
@@ -225,6 +247,17 @@ mod tests {
             Matched::MethodNotAllowed { allow, .. } => assert_eq!(allow, "POST"),
             _ => panic!("expected 405"),
         }
+        match r.route(&Method::POST, "/api/v1/users/me") {
+            Matched::MethodNotAllowed { allow, .. } => assert_eq!(allow, "GET, HEAD, PUT, DELETE"),
+            _ => panic!("expected 405"),
+        }
+        assert!(matches!(
+            r.route(&Method::HEAD, "/api/v1/users/me"),
+            Matched::Found {
+                endpoint: Endpoint::GetMe,
+                ..
+            }
+        ));
         assert!(matches!(
             r.route(&Method::GET, "/api/v1/nope"),
             Matched::NotFound

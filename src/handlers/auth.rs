@@ -1,16 +1,15 @@
 //! `/api/v1/auth/*`: registration, login, refresh, logout.
 
 use gatehouse_actors::{LoginRequest, Registration, Tokens};
-use hyper::body::Incoming;
+use hyper::StatusCode;
 use hyper::header::USER_AGENT;
-use hyper::{Request, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::authenticate;
 use crate::error::ApiError;
-use crate::http::body::{self, FORM, JSON};
-use crate::http::{AppState, Ctx, HttpResponse, empty, json};
+use crate::http::body;
+use crate::http::{AppState, Ctx, HttpResponse, ReadRequest, empty, json};
 
 /// Longest `User-Agent` kept with a session.
 const MAX_USER_AGENT: usize = 512;
@@ -22,12 +21,12 @@ struct RegisterBody {
     password: Option<SecretString>,
 }
 
-pub async fn register(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn register(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
     let RegisterBody {
         email,
         username,
         password,
-    } = body::json_request(state, req).await?;
+    } = body::decode(req)?;
     let (email, username, password) = match (email, username, password) {
         (Some(email), Some(username), Some(password)) => (email, username, password),
         (email, username, password) => {
@@ -59,19 +58,14 @@ struct LoginBody {
 
 pub async fn login(
     state: &AppState,
-    req: Request<Incoming>,
+    req: &ReadRequest,
     ctx: &Ctx,
 ) -> Result<HttpResponse, ApiError> {
-    let (media, parts, bytes) = body::read_request(state, req, &[JSON, FORM]).await?;
     let LoginBody {
         username,
         password,
         grant_type,
-    } = if media == FORM {
-        body::form(&bytes)?
-    } else {
-        body::json(&bytes)?
-    };
+    } = body::decode(req)?;
     if grant_type.as_deref().is_some_and(|g| g != "password") {
         return Err(
             gatehouse_actors::Error::validation("grant_type", "must be \"password\"").into(),
@@ -86,8 +80,8 @@ pub async fn login(
             ]));
         }
     };
-    let user_agent = parts
-        .headers
+    let user_agent = req
+        .headers()
         .get(USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
@@ -108,8 +102,8 @@ struct RefreshBody {
     refresh_token: Option<SecretString>,
 }
 
-pub async fn refresh(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let RefreshBody { refresh_token } = body::json_request(state, req).await?;
+pub async fn refresh(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
+    let RefreshBody { refresh_token } = body::decode(req)?;
     let Some(refresh_token) = refresh_token else {
         return Err(body::missing(&[("refresh_token", true)]));
     };
@@ -120,16 +114,13 @@ pub async fn refresh(state: &AppState, req: Request<Incoming>) -> Result<HttpRes
     json(StatusCode::OK, &TokenBody::from(&tokens))
 }
 
-pub async fn logout(state: &AppState, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn logout(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
     let who = authenticate(state, req).await?;
     state.gatehouse.logout(&who).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-pub async fn logout_all(
-    state: &AppState,
-    req: &Request<Incoming>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn logout_all(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
     let who = authenticate(state, req).await?;
     state.gatehouse.logout_all(&who).await?;
     Ok(empty(StatusCode::NO_CONTENT))

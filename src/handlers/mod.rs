@@ -6,18 +6,14 @@ pub mod monitoring;
 pub mod users;
 
 use gatehouse_actors::{Error, Principal};
-use hyper::body::Incoming;
+use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
-use hyper::{HeaderMap, Request};
 
 use crate::error::ApiError;
-use crate::http::AppState;
+use crate::http::{AppState, ReadRequest};
 
 /// The caller behind the request's bearer token, with a live session.
-pub async fn authenticate(
-    state: &AppState,
-    req: &Request<Incoming>,
-) -> Result<Principal, ApiError> {
+pub async fn authenticate(state: &AppState, req: &ReadRequest) -> Result<Principal, ApiError> {
     Ok(state.gatehouse.authenticate(bearer(req.headers())?).await?)
 }
 

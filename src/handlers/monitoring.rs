@@ -126,8 +126,8 @@ pub fn prometheus(state: &AppState) -> Result<HttpResponse, ApiError> {
 }
 
 /// The OpenAPI 3.1 document of the whole API.
-pub fn openapi() -> Result<HttpResponse, ApiError> {
-    Ok(body(include_str!("../openapi.json"), "application/json"))
+pub fn openapi(state: &AppState) -> Result<HttpResponse, ApiError> {
+    Ok(body(state.openapi.clone(), "application/json"))
 }
 
 fn body(text: impl Into<bytes::Bytes>, content_type: &'static str) -> HttpResponse {

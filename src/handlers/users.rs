@@ -2,17 +2,16 @@
 
 use gatehouse_actors::gatehouse::SessionInfo;
 use gatehouse_actors::model::ProfileChange;
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::authenticate;
 use crate::error::ApiError;
 use crate::http::body;
-use crate::http::{AppState, HttpResponse, empty, json};
+use crate::http::{AppState, HttpResponse, ReadRequest, empty, json};
 
-pub async fn me(state: &AppState, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn me(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
     let who = authenticate(state, req).await?;
     let user = state.gatehouse.me(&who).await?;
     json(StatusCode::OK, &user)
@@ -24,9 +23,9 @@ struct ProfileBody {
     username: Option<String>,
 }
 
-pub async fn update(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, &req).await?;
-    let ProfileBody { email, username } = body::json_request(state, req).await?;
+pub async fn update(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
+    let who = authenticate(state, req).await?;
+    let ProfileBody { email, username } = body::decode(req)?;
     let user = state
         .gatehouse
         .update_profile(&who, ProfileChange { email, username })
@@ -42,13 +41,13 @@ struct PasswordBody {
 
 pub async fn change_password(
     state: &AppState,
-    req: Request<Incoming>,
+    req: &ReadRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, &req).await?;
+    let who = authenticate(state, req).await?;
     let PasswordBody {
         current_password,
         new_password,
-    } = body::json_request(state, req).await?;
+    } = body::decode(req)?;
     let (current, new) = match (current_password, new_password) {
         (Some(current), Some(new)) => (current, new),
         (current, new) => {
@@ -62,10 +61,7 @@ pub async fn change_password(
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-pub async fn deactivate(
-    state: &AppState,
-    req: &Request<Incoming>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn deactivate(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
     let who = authenticate(state, req).await?;
     state.gatehouse.deactivate(&who).await?;
     Ok(empty(StatusCode::NO_CONTENT))
@@ -76,7 +72,7 @@ struct Sessions {
     sessions: Vec<SessionInfo>,
 }
 
-pub async fn sessions(state: &AppState, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn sessions(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
     let who = authenticate(state, req).await?;
     let sessions = state.gatehouse.sessions(&who).await?;
     json(StatusCode::OK, &Sessions { sessions })
@@ -84,7 +80,7 @@ pub async fn sessions(state: &AppState, req: &Request<Incoming>) -> Result<HttpR
 
 pub async fn delete_session(
     state: &AppState,
-    req: &Request<Incoming>,
+    req: &ReadRequest,
     id: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
     let who = authenticate(state, req).await?;

@@ -40,7 +40,7 @@ pub fn expect_media_type(
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (413) before reading
-/// them when `Content-Length` already says so.
+/// them when `Content-Length` already says so. The caller bounds the time.
 pub async fn read(
     mut body: Incoming,
     headers: &HeaderMap,
@@ -78,35 +78,55 @@ async fn drain(body: Incoming, declared: Option<u64>) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rest).await;
 }
 
-/// The body of a route that accepts the `accepted` media types, checked
-/// before reading it, with the one it came as.
-pub async fn read_request(
-    state: &crate::http::AppState,
-    req: hyper::Request<Incoming>,
-    accepted: &[&'static str],
-) -> Result<(&'static str, hyper::http::request::Parts, Bytes), ApiError> {
-    let media = expect_media_type(req.headers(), accepted)?;
-    let (parts, incoming) = req.into_parts();
-    let bytes = read(incoming, &parts.headers, state.max_body_bytes).await?;
-    Ok((media, parts, bytes))
+/// The body of a request whose media type the pipeline checked, decoded as
+/// what it came as: a form, or JSON.
+pub fn decode<T: DeserializeOwned>(req: &hyper::Request<Bytes>) -> Result<T, ApiError> {
+    if media_type(req.headers()).as_deref() == Some(FORM) {
+        form(req.body())
+    } else {
+        json(req.body())
+    }
 }
 
-/// The body of a JSON-only route, decoded.
-pub async fn json_request<T: DeserializeOwned>(
-    state: &crate::http::AppState,
-    req: hyper::Request<Incoming>,
-) -> Result<T, ApiError> {
-    let (_, _, bytes) = read_request(state, req, &[JSON]).await?;
-    json(&bytes)
-}
-
+/// Decodes a JSON body. What is wrong with it is said without repeating any
+/// of it: no submitted value and no type of ours appears in the message.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    use serde_json::error::Category;
     if bytes.is_empty() {
         return Err(ApiError::Malformed("a JSON object is required".into()));
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::Malformed(e.to_string()))
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let decoded = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| (field_of(e.path()), e.into_inner()))
+        .and_then(|value| de.end().map(|()| value).map_err(|e| (None, e)));
+    decoded.map_err(|(field, e)| {
+        ApiError::Malformed(match e.classify() {
+            Category::Syntax => format!(
+                "the body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+            Category::Eof => "the body ends before its JSON does".into(),
+            Category::Data | Category::Io => match field {
+                Some(field) => format!("field `{field}` has the wrong type or appears twice"),
+                None => "the body must be a JSON object of the documented fields".into(),
+            },
+        })
+    })
 }
 
+/// The field a decoding error is about, when it is one of ours: a plain
+/// name of the kind our request bodies use (anything else stays unnamed).
+fn field_of(path: &serde_path_to_error::Path) -> Option<String> {
+    let field = path.to_string();
+    let plain = !field.is_empty()
+        && field.len() <= 32
+        && field.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    plain.then_some(field)
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body, as strictly as JSON
+/// and with messages as discreet.
 pub fn form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde_urlencoded replaces invalid UTF-8 silently; a form must be as strict as JSON.
     let decodes = bytes.split(|b| *b == b'&').all(|pair| {
@@ -121,7 +141,13 @@ pub fn form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if !decodes {
         return Err(ApiError::Malformed("the form is not valid UTF-8".into()));
     }
-    serde_urlencoded::from_bytes(bytes).map_err(|e| ApiError::Malformed(e.to_string()))
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(bytes));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        ApiError::Malformed(match field_of(e.path()) {
+            Some(field) => format!("field `{field}` has the wrong type or appears twice"),
+            None => "the form must hold the documented fields, each once".into(),
+        })
+    })
 }
 
 /// 422 naming each absent field; `fields` pairs a name with whether it is absent.

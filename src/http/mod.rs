@@ -1,9 +1,12 @@
 //! The request pipeline: from a hyper request to a finished response.
 //!
 //! In order: request id, route match (404/405), CORS preflight, monitoring
-//! token, rate limit, the endpoint's handler under the whole-request deadline,
-//! then the error envelope, security and CORS headers, one metrics
-//! observation and one log line. Handlers live in [`crate::handlers`].
+//! token, rate limit, the request body (media type, size, and the deadline:
+//! a body that does not arrive in time is the client's fault, 408), the
+//! endpoint's handler under the whole-request deadline, then the error
+//! envelope, security and CORS headers, one metrics observation and one log
+//! line. `HEAD` gets what `GET` would, without the body. Handlers live in
+//! [`crate::handlers`] and receive the request with its body already read.
 
 pub mod body;
 pub mod client_ip;
@@ -51,6 +54,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub monitoring_token: Option<SecretString>,
+    /// The OpenAPI document, rendered once for this configuration.
+    pub openapi: Bytes,
 }
 
 /// What handlers know about the request besides its body.
@@ -65,11 +70,11 @@ impl App {
         config: &Config,
         gatehouse: Gatehouse,
         prometheus: PrometheusHandle,
-    ) -> Result<Self, matchit::InsertError> {
+    ) -> Result<Self, String> {
         Ok(Self {
             inner: Arc::new(AppState {
                 gatehouse,
-                router: Router::new(config.monitoring.chaos)?,
+                router: Router::new(config.monitoring.chaos).map_err(|e| e.to_string())?,
                 prometheus,
                 process: metrics_process::Collector::default(),
                 policy: Policy {
@@ -88,6 +93,7 @@ impl App {
                     .monitoring
                     .required_token()
                     .map(|t| SecretString::from(t.to_owned())),
+                openapi: crate::openapi::document(config).map_err(|e| e.to_string())?,
             }),
         })
     }
@@ -95,7 +101,10 @@ impl App {
     /// Answers one request; never fails, every error becomes a contract response.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + self.inner.request_timeout;
         let state = &*self.inner;
+        let head = req.method() == Method::HEAD;
+        let token_sent = req.headers().contains_key(hyper::header::AUTHORIZATION);
         let request_id = headers::request_id(req.headers());
         let method_label = method_label(req.method());
         let matched = state.router.route(req.method(), req.uri().path());
@@ -128,8 +137,8 @@ impl App {
                 Matched::Found {
                     endpoint, param, ..
                 } => {
-                    let work = self.dispatch(endpoint, template, req, param, &mut ctx);
-                    tokio::time::timeout(state.request_timeout, work)
+                    let work = self.dispatch(endpoint, template, req, param, deadline, &mut ctx);
+                    tokio::time::timeout_at(deadline, work)
                         .await
                         .unwrap_or(Err(ApiError::Timeout))
                 }
@@ -138,7 +147,11 @@ impl App {
         .instrument(span.clone())
         .await;
 
-        let mut response = outcome.unwrap_or_else(|e| error_response(&e, &ctx.request_id, &span));
+        let mut response =
+            outcome.unwrap_or_else(|e| error_response(&e, &ctx.request_id, token_sent, &span));
+        if head {
+            without_body(&mut response);
+        }
         state.policy.apply(
             response.headers_mut(),
             &ctx.request_id,
@@ -168,6 +181,7 @@ impl App {
         template: &'static str,
         req: Request<Incoming>,
         param: Option<String>,
+        deadline: tokio::time::Instant,
         ctx: &mut Ctx,
     ) -> Result<HttpResponse, ApiError> {
         let state = &*self.inner;
@@ -185,17 +199,29 @@ impl App {
                 Err(e) => return Err(e.into()),
             }
         }
+        let req = match endpoint.body() {
+            Some(accepted) => {
+                let (parts, incoming) = req.into_parts();
+                body::expect_media_type(&parts.headers, accepted)?;
+                let read = body::read(incoming, &parts.headers, state.max_body_bytes);
+                let bytes = tokio::time::timeout_at(deadline, read)
+                    .await
+                    .map_err(|_| ApiError::BodyTimeout)??;
+                Request::from_parts(parts, bytes)
+            }
+            None => req.map(|_| Bytes::new()),
+        };
         use handlers::{auth, users};
         match endpoint {
-            Endpoint::Register => auth::register(state, req).await,
-            Endpoint::Login => auth::login(state, req, ctx).await,
-            Endpoint::Refresh => auth::refresh(state, req).await,
+            Endpoint::Register => auth::register(state, &req).await,
+            Endpoint::Login => auth::login(state, &req, ctx).await,
+            Endpoint::Refresh => auth::refresh(state, &req).await,
             Endpoint::Logout => auth::logout(state, &req).await,
             Endpoint::LogoutAll => auth::logout_all(state, &req).await,
             Endpoint::GetMe => users::me(state, &req).await,
-            Endpoint::UpdateMe => users::update(state, req).await,
+            Endpoint::UpdateMe => users::update(state, &req).await,
             Endpoint::DeleteMe => users::deactivate(state, &req).await,
-            Endpoint::ChangePassword => users::change_password(state, req).await,
+            Endpoint::ChangePassword => users::change_password(state, &req).await,
             Endpoint::ListSessions => users::sessions(state, &req).await,
             Endpoint::DeleteSession => users::delete_session(state, &req, param).await,
             Endpoint::Health => handlers::monitoring::health(state),
@@ -204,9 +230,23 @@ impl App {
             Endpoint::Actors => handlers::monitoring::actors(state),
             Endpoint::KillActor => handlers::monitoring::kill(state, param),
             Endpoint::Prometheus => handlers::monitoring::prometheus(state),
-            Endpoint::OpenApi => handlers::monitoring::openapi(),
+            Endpoint::OpenApi => handlers::monitoring::openapi(state),
         }
     }
+}
+
+/// The request as handlers see it: its body already read.
+pub type ReadRequest = Request<Bytes>;
+
+/// What `HEAD` answers: the `GET` response's status and headers, with the
+/// length of the body it would have had, and no body.
+fn without_body(response: &mut HttpResponse) {
+    use hyper::body::Body as _;
+    let length = response.body().size_hint().exact().unwrap_or(0);
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_LENGTH, length.into());
+    *response.body_mut() = Full::new(Bytes::new());
 }
 
 /// A CORS preflight from an allowed origin: 204 with what may be sent.
@@ -282,8 +322,14 @@ pub fn respond(
 }
 
 /// The contract's error envelope. Server-side failures are logged with their
-/// inner error here, and only here.
-fn error_response(error: &ApiError, request_id: &str, span: &tracing::Span) -> HttpResponse {
+/// inner error here, and only here. A 401 says how to authenticate (RFC 6750),
+/// and that the token sent was no good when one was.
+fn error_response(
+    error: &ApiError,
+    request_id: &str,
+    token_sent: bool,
+    span: &tracing::Span,
+) -> HttpResponse {
     let parts = error.parts();
     if parts.status.is_server_error() {
         span.in_scope(|| tracing::error!(error = %error, code = parts.code, "request failed"));
@@ -308,6 +354,17 @@ fn error_response(error: &ApiError, request_id: &str, span: &tracing::Span) -> H
     }
     if let Some(allow) = parts.allow.and_then(|a| HeaderValue::from_str(a).ok()) {
         headers.insert(hyper::header::ALLOW, allow);
+    }
+    if parts.status == StatusCode::UNAUTHORIZED {
+        let challenge = if token_sent {
+            r#"Bearer error="invalid_token""#
+        } else {
+            "Bearer"
+        };
+        headers.insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
     }
     response
 }
