@@ -6,6 +6,7 @@ mod accounts;
 mod cli;
 mod durability;
 mod edges;
+mod hardening;
 mod harness;
 mod monitoring;
 mod postgres;

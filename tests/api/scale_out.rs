@@ -3,13 +3,12 @@
 //! These tests use the machine's Redis on 127.0.0.1:6379 (each under a key
 //! prefix of its own) or a private `redis-server` they can stop.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::harness::{Builder, DataDir, PASSWORD, Reply, Server, eventually};
+use crate::harness::{Builder, DataDir, PASSWORD, PrivateRedis, Reply, Server, eventually};
 
 fn shared(dir: &DataDir, redis_url: &str, prefix: &str) -> Builder {
     Server::builder()
@@ -91,61 +90,6 @@ async fn two_instances_share_rate_limits_throttle_and_revocation() {
     assert_eq!(breakers["circuit_breakers"]["database"]["state"], "closed");
 }
 
-/// A `redis-server` of the test's own, on a free port, that it can stop and restart.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 async fn redis_breaker(s: &Server) -> Value {
     s.get("/api/v1/monitoring/circuit-breakers", None)
         .await
@@ -158,6 +102,7 @@ async fn losing_redis_is_survived_by_policy_and_limits_resume_when_it_returns() 
     let mut redis = PrivateRedis::start();
     let dir = DataDir::new();
     let s = shared(&dir, &redis.url(), "gatehouse:")
+        .env("GATEHOUSE__RATE_LIMIT__ON_BACKEND_FAILURE", "allow")
         .env("GATEHOUSE__RATE_LIMIT__ROUTES__LOGIN__LIMIT", 2)
         .env("GATEHOUSE__CIRCUIT_BREAKER__REDIS__FAILURE_THRESHOLD", 2)
         .env("GATEHOUSE__CIRCUIT_BREAKER__REDIS__RESET_TIMEOUT_MS", 300)
