@@ -10,10 +10,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use gatehouse_actors::breaker::{BreakerId, BreakerSettings, CircuitBreaker, Outcome};
 use gatehouse_actors::model::ActiveSession;
-use gatehouse_actors::rate_limiter::{
-    MemoryLimiter, RouteClass, RouteLimit, RouteLimits, ThrottleRule,
-};
-use gatehouse_actors::token_issuer::{AuthSettings, TokenKeys};
+use gatehouse_actors::rate_limiter::window::Windows;
+use gatehouse_actors::rate_limiter::{RouteClass, RouteLimit, RouteLimits};
+use gatehouse_actors::token_issuer::{AuthSettings, keys};
 use gatehouse_actors::user_repo::SessionCache;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -23,30 +22,33 @@ const NOW_MS: i64 = NOW_S * 1000;
 
 fn tokens(c: &mut Criterion) {
     let secret = SecretString::from("micro-benchmark-secret-0123456789abcdef");
-    let keys = TokenKeys::new(&secret, &AuthSettings::default()).expect("token keys");
+    let (signer, verifier) = keys(&secret, &AuthSettings::default()).expect("token keys");
     let user = "0190f5a4-7b7e-7cc3-9d0e-2f6a1b3c4d5e";
     let session = "0190f5a4-8c1d-7aa2-8e3f-5b6c7d8e9f00";
     c.bench_function("token/sign", |b| {
-        b.iter(|| keys.sign(black_box(user), black_box(session), NOW_S))
+        b.iter(|| signer.sign(black_box(user), black_box(session), NOW_S))
     });
-    let (token, _) = keys.sign(user, session, NOW_S).expect("a signed token");
+    let token = signer
+        .sign(user, session, NOW_S)
+        .expect("a signed token")
+        .token;
     let token = token.expose_secret().to_owned();
-    assert!(keys.verify(&token, NOW_S).is_ok(), "the token verifies");
+    assert!(verifier.verify(&token, NOW_S).is_ok(), "the token verifies");
     c.bench_function("token/verify", |b| {
-        b.iter(|| keys.verify(black_box(&token), NOW_S))
+        b.iter(|| verifier.verify(black_box(&token), NOW_S))
     });
     let mut forged = token.clone();
     forged.pop();
     forged.push(if token.ends_with('A') { 'B' } else { 'A' });
     c.bench_function("token/verify_bad_signature", |b| {
-        b.iter(|| keys.verify(black_box(&forged), NOW_S))
+        b.iter(|| verifier.verify(black_box(&forged), NOW_S))
     });
 }
 
 fn session_check(c: &mut Criterion) {
     let cache = SessionCache::default();
     // Trusted, as after a successful invalidation poll.
-    cache.polled(NOW_MS, 0);
+    cache.polled(NOW_MS);
     let epoch = cache.epoch();
     for i in 0..10_000 {
         cache.put_session(
@@ -78,16 +80,11 @@ fn limits(default_limit: u32) -> RouteLimits {
     }
 }
 
-const THROTTLE: ThrottleRule = ThrottleRule {
-    max_failures: 10,
-    lockout_ms: 300_000,
-};
-
 fn rate_limit(c: &mut Criterion) {
     let client = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
 
     // One busy client, always allowed: the window slides by one hit per call.
-    let mut limiter = MemoryLimiter::new(limits(1_000_000), THROTTLE, 250_000);
+    let mut limiter = Windows::new(limits(1_000_000), 250_000);
     let mut now = NOW_MS;
     c.bench_function("rate_limit/check allowed (one client)", |b| {
         b.iter(|| {
@@ -97,7 +94,7 @@ fn rate_limit(c: &mut Criterion) {
     });
 
     // One client over its limit: refused.
-    let mut limiter = MemoryLimiter::new(limits(300), THROTTLE, 250_000);
+    let mut limiter = Windows::new(limits(300), 250_000);
     for _ in 0..300 {
         limiter.check(RouteClass::Default, client, NOW_MS);
     }
@@ -107,7 +104,7 @@ fn rate_limit(c: &mut Criterion) {
     });
 
     // 100,000 distinct clients, in turn.
-    let mut limiter = MemoryLimiter::new(limits(300), THROTTLE, 250_000);
+    let mut limiter = Windows::new(limits(300), 250_000);
     let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
     let mut i = 0u32;
     c.bench_function("rate_limit/check (100k distinct clients)", |b| {

@@ -213,19 +213,105 @@ fn domain_parts<'a>(
     }
 }
 
-/// The error envelope: `{"error": {...}}`.
-#[derive(Serialize)]
+/// The error envelope, `{"error": {...}}`: the body of every non-2xx response.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error, examples(json!({
+    "error": {
+        "code": "AUTH001",
+        "message": "Invalid credentials provided",
+        "details": "Username or password is incorrect",
+        "correlation_id": "01J9Z3K7Q2W8X5V4B6N1M0P3R7",
+        "timestamp": "2026-01-01T00:00:00Z"
+    }
+})))]
 pub struct Envelope<'a> {
+    #[schema(inline)]
     pub error: Body<'a>,
 }
 
-#[derive(Serialize)]
+/// What went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Body<'a> {
+    #[schema(value_type = ErrorCode)]
     pub code: &'static str,
+    /// Fixed text for the code.
+    #[schema(examples("Invalid credentials provided"))]
     pub message: &'static str,
+    /// More about this occurrence, or null. Never holds a submitted value.
+    #[schema(required = true, examples("Username or password is incorrect"))]
     pub details: Option<&'a str>,
+    /// The request's `X-Request-ID`.
     pub correlation_id: &'a str,
+    /// When the error was produced (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     pub timestamp: String,
+    /// Present only on `VAL001`: the fields that failed validation.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<FieldProblem>, required = false)]
     pub fields: Option<&'a [FieldError]>,
+}
+
+/// A field that failed validation (the schema of [`FieldError`]).
+#[derive(utoipa::ToSchema)]
+#[schema(as = FieldError)]
+pub struct FieldProblem {
+    /// The request field, as the client spelled it.
+    #[schema(examples("email"))]
+    pub field: String,
+    /// Why it was refused, in words a user can act on.
+    #[schema(examples("must be a valid email address"))]
+    pub message: String,
+}
+
+/// The code of an error response; each code has a fixed `message`.
+///
+/// * `REQ001` (413): the body is larger than `server.max_body_bytes`.
+/// * `REQ002` (415): the route takes another content type.
+/// * `REQ003` (400): malformed body: not JSON (or form data), not UTF-8, a
+///   value of the wrong type, a repeated key.
+/// * `REQ004` (405): the path exists but not with this method (`Allow` lists
+///   those it has).
+/// * `REQ005` (408): the request body did not arrive within
+///   `server.request_timeout_ms`.
+/// * `AUTH001` (401): bad login: the same for an unknown user, a wrong
+///   password and a deactivated account.
+/// * `AUTH002` (401): missing, malformed or badly signed token; wrong `alg`,
+///   `typ`, `iss` or `aud`; `nbf` in the future; a wrong or missing
+///   monitoring token.
+/// * `AUTH003` (401): expired token.
+/// * `AUTH004` (401): session revoked, or refresh token reused, unknown or
+///   expired.
+/// * `AUTH005` (403): `current_password` is wrong.
+/// * `AUTH006` (429): too many consecutive failed logins for this login name
+///   (`Retry-After`).
+/// * `NOT001` (404): no such route or resource.
+/// * `USER001` (409): the email or username is taken (ignoring case).
+/// * `VAL001` (422): field validation failed; `fields` says which and why.
+/// * `RATE001` (429): the client IP used up the route's rate-limit window
+///   (`Retry-After`).
+/// * `SVC001` (503): a circuit breaker is open (`Retry-After`).
+/// * `SVC002` (500): anything unexpected; nothing internal is shown.
+/// * `SVC003` (503): a dependency failed or did not answer in time while its
+///   breaker was closed (`Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "UPPERCASE")]
+pub enum ErrorCode {
+    Req001,
+    Req002,
+    Req003,
+    Req004,
+    Req005,
+    Auth001,
+    Auth002,
+    Auth003,
+    Auth004,
+    Auth005,
+    Auth006,
+    Not001,
+    User001,
+    Val001,
+    Rate001,
+    Svc001,
+    Svc002,
+    Svc003,
 }

@@ -8,9 +8,11 @@
 //!
 //! * [`config`]: typed configuration, file + environment overlay, validation.
 //! * [`server`]: accept loop, connection limits and timeouts, graceful shutdown.
-//! * [`router`]: the route table, 404 / 405.
-//! * [`http`]: the request pipeline, bodies, headers, client IP.
+//! * [`routes`]: the route table, one row per route.
+//! * [`http`]: the request pipeline (guards, rate limits, bodies, headers,
+//!   client IP, request metrics) and the router; it knows routes only as rows.
 //! * [`handlers`]: one module per route group, thin.
+//! * [`wire`]: the JSON shapes requests carry and answers hold.
 //! * [`error`]: every failure and its contract code, mapped in one place.
 //! * [`openapi`]: the OpenAPI document, as the configuration serves it.
 //! * [`telemetry`]: the tracing subscriber and the Prometheus recorder.
@@ -26,9 +28,10 @@ pub mod error;
 pub mod handlers;
 pub mod http;
 pub mod openapi;
-pub mod router;
+pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod wire;
 
 use std::future::Future;
 use std::time::Duration;
@@ -58,6 +61,7 @@ pub async fn run(
         database_breaker: config.circuit_breaker.database,
         redis_breaker: config.circuit_breaker.redis,
         restart: config.supervisor.policy(),
+        clock: gatehouse_actors::clock::SystemClock::shared(),
     })
     .await
     .map_err(|e| format!("cannot start: {e}"))?;
@@ -76,11 +80,11 @@ pub async fn run(
             let mut every = tokio::time::interval(Duration::from_secs(5));
             loop {
                 every.tick().await;
-                prometheus.run_upkeep();
+                telemetry::upkeep(&prometheus);
             }
         })
     };
-    let app = http::App::new(&config, gatehouse.clone(), prometheus)
+    let app = http::App::new(&config, routes::ROUTES, gatehouse.clone(), prometheus)
         .map_err(|e| format!("starting the front end: {e}"))?;
     let limits = server::ServerLimits {
         header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
@@ -91,10 +95,7 @@ pub async fn run(
     server::serve(listener, app, limits, shutdown).await;
     upkeep.abort();
 
-    gatehouse
-        .shutdown()
-        .await
-        .map_err(|e| format!("flushing the database at shutdown: {e}"))?;
+    gatehouse.shutdown().await;
     tracing::info!(target: telemetry::LIFECYCLE, "stopped");
     Ok(())
 }

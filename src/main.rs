@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         println!("configuration {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let _log_flusher = match telemetry::init_tracing(&loaded.config.logging) {
+    let _log_writer = match telemetry::init_tracing(&loaded.config.logging) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("cannot start logging: {e}");

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use gatehouse_actors::clock::monotonic;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -134,13 +135,13 @@ pub async fn serve(
                         }
                         None => {
                             connection.as_mut().graceful_shutdown();
-                            cut_off = Some(Instant::now() + limits.header_read_timeout);
+                            cut_off = Some(monotonic() + limits.header_read_timeout);
                         }
                     },
                     changed = stopping.changed(), if cut_off.is_none() => {
                         if changed.is_err() || *stopping.borrow() {
                             connection.as_mut().graceful_shutdown();
-                            cut_off = Some(Instant::now() + limits.shutdown_grace);
+                            cut_off = Some(monotonic() + limits.shutdown_grace);
                         }
                     }
                 }
@@ -175,7 +176,7 @@ struct Activity {
 impl Activity {
     fn new() -> Self {
         Self {
-            opened: Instant::now(),
+            opened: monotonic(),
             in_flight: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
@@ -209,7 +210,7 @@ impl Activity {
                 Some(self.opened + limits.header_read_timeout)
             };
             match deadline {
-                Some(at) if at <= Instant::now() => return,
+                Some(at) if at <= monotonic() => return,
                 Some(at) => tokio::select! {
                     () = tokio::time::sleep_until(at) => {}
                     () = changed => {}

@@ -5,19 +5,20 @@
 //! the top level of every line. [`LIFECYCLE`] events (the bound address,
 //! shutdown) are logged whatever the configured level.
 //!
-//! Lines are appended to an in-memory batch that a dedicated thread writes
-//! to stderr every [`FLUSH_EVERY`] (sooner once it holds [`FLUSH_AT`] bytes):
-//! a request pays for a copy under a short lock, never for a system call or
-//! for waking another thread, and nothing is ever dropped.
+//! Lines go through `tracing-appender`'s non-blocking writer: a request pays
+//! for formatting and a channel send, and a thread of its own writes them out
+//! in batches (a buffered stderr, flushed whenever the channel runs dry). The
+//! channel is bounded at [`LOG_BUFFER_LINES`]; when a burst fills it, further
+//! lines are dropped rather than blocking requests, and counted in
+//! `gatehouse_log_lines_dropped_total` (the durable record of security
+//! events is the database's, not this stream).
+
+use std::io::BufWriter;
+use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
-use std::time::Duration;
-
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -26,12 +27,23 @@ use crate::config::{LogFormat, LoggingSettings};
 /// Target of the start-up and shutdown lines operators and scripts rely on.
 pub const LIFECYCLE: &str = "gatehouse::lifecycle";
 
-/// Installs the subscriber. Keep the returned flusher until the process
-/// ends: dropping it writes out the last batch.
-pub fn init_tracing(logging: &LoggingSettings) -> Result<LogFlusher, String> {
+/// Lines that may wait for the writer thread before new ones are dropped.
+pub const LOG_BUFFER_LINES: usize = 128_000;
+
+/// How many lines the writer had to drop, for the metric.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Installs the subscriber. Keep the returned guard until the process ends:
+/// dropping it writes out the last lines.
+pub fn init_tracing(logging: &LoggingSettings) -> Result<WorkerGuard, String> {
     let filter = EnvFilter::try_new(format!("{},{LIFECYCLE}=info", logging.level))
         .map_err(|e| format!("logging.level: {e}"))?;
-    let (writer, flusher) = batched(std::io::stderr());
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("log-writer")
+        .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let _ = DROPPED.set(writer.error_counter());
     let registry = tracing_subscriber::registry().with(filter);
     let result = match logging.format {
         LogFormat::Json => registry
@@ -48,106 +60,15 @@ pub fn init_tracing(logging: &LoggingSettings) -> Result<LogFlusher, String> {
             .with(tracing_subscriber::fmt::layer().with_writer(writer))
             .try_init(),
     };
-    result.map(|()| flusher).map_err(|e| e.to_string())
+    result.map(|()| guard).map_err(|e| e.to_string())
 }
 
-/// How long a log line may wait in memory.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
-
-/// A batch this large is written at once.
-pub const FLUSH_AT: usize = 64 * 1024;
-
-/// The lines not yet written, and whether the writer thread should stop.
-#[derive(Default)]
-struct Batch {
-    lines: Mutex<(Vec<u8>, bool)>,
-    ready: Condvar,
-}
-
-impl Batch {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<u8>, bool)> {
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Where the subscriber writes: the in-memory batch. Cheap to clone.
-#[derive(Clone)]
-pub struct LogWriter(Arc<Batch>);
-
-/// Owns the writer thread; dropping it writes out the last lines.
-pub struct LogFlusher {
-    batch: Arc<Batch>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// A writer into a batch that a thread of its own writes out to `out`.
-fn batched(mut out: impl Write + Send + 'static) -> (LogWriter, LogFlusher) {
-    let batch = Arc::new(Batch::default());
-    let shared = Arc::clone(&batch);
-    let thread = std::thread::Builder::new()
-        .name("log-writer".into())
-        .spawn(move || {
-            let mut taken = Vec::with_capacity(FLUSH_AT);
-            loop {
-                let stopping = {
-                    let (mut guard, _) = shared
-                        .ready
-                        .wait_timeout_while(shared.lock(), FLUSH_EVERY, |(lines, stop)| {
-                            lines.len() < FLUSH_AT && !*stop
-                        })
-                        .unwrap_or_else(PoisonError::into_inner);
-                    std::mem::swap(&mut guard.0, &mut taken);
-                    guard.1
-                };
-                // Nowhere to report a failure to write the log but the log.
-                let _ = out.write_all(&taken).and_then(|()| out.flush());
-                taken.clear();
-                if stopping {
-                    return;
-                }
-            }
-        })
-        .ok();
-    let flusher = LogFlusher {
-        batch: Arc::clone(&batch),
-        thread,
-    };
-    (LogWriter(batch), flusher)
-}
-
-impl Drop for LogFlusher {
-    fn drop(&mut self) {
-        self.batch.lock().1 = true;
-        self.batch.ready.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// One write of a log line into the batch.
-pub struct LineWriter<'a>(&'a Batch);
-
-impl Write for LineWriter<'_> {
-    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut guard = self.0.lock();
-        guard.0.extend_from_slice(line);
-        if guard.0.len() >= FLUSH_AT {
-            self.0.ready.notify_one();
-        }
-        Ok(line.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for LogWriter {
-    type Writer = LineWriter<'a>;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        LineWriter(&self.0)
+/// Brings the series that are sampled rather than counted up to date.
+pub fn upkeep(prometheus: &PrometheusHandle) {
+    prometheus.run_upkeep();
+    if let Some(dropped) = DROPPED.get() {
+        metrics::counter!("gatehouse_log_lines_dropped_total")
+            .absolute(u64::try_from(dropped.dropped_lines()).unwrap_or(u64::MAX));
     }
 }
 
@@ -183,6 +104,10 @@ pub fn init_metrics() -> Result<PrometheusHandle, BuildError> {
     metrics::describe_counter!(
         "gatehouse_actor_restarts_total",
         "Actor restarts by the supervisor"
+    );
+    metrics::describe_counter!(
+        "gatehouse_log_lines_dropped_total",
+        "Log lines dropped because the writer could not keep up"
     );
     for result in ["success", "failure"] {
         metrics::counter!("gatehouse_logins_total", "result" => result).absolute(0);

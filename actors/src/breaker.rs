@@ -12,15 +12,15 @@
 //! generation are ignored: a slow call admitted before the breaker opened
 //! cannot close it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use arc_swap::ArcSwap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::clock;
+use crate::clock::{self, SharedClock};
 use crate::error::{Error, Result};
 use crate::system::{self, ActorKind, Names};
 
@@ -47,8 +47,7 @@ impl Default for BreakerSettings {
 }
 
 /// Which dependency a breaker guards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BreakerId {
     Database,
     Redis,
@@ -63,8 +62,7 @@ impl BreakerId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
     Open,
@@ -90,16 +88,14 @@ impl BreakerState {
     }
 }
 
-/// What operators see of a breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What operators and callers see of a breaker (times in Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerSnapshot {
     pub state: BreakerState,
     pub failure_count: u32,
-    #[serde(with = "clock::rfc3339_ms::option")]
     pub last_failure: Option<i64>,
-    #[serde(with = "clock::rfc3339_ms::option")]
     pub next_attempt: Option<i64>,
-    #[serde(skip)]
+    /// Permits carry it; outcomes from an older generation are ignored.
     pub generation: u64,
 }
 
@@ -263,31 +259,31 @@ impl CircuitBreaker {
 }
 
 /// Where the `Breaker` actor publishes every breaker's state for readers:
-/// health, monitoring, and callers admitting themselves while closed.
+/// health, monitoring, and callers admitting themselves while closed. Only
+/// the actor writes it; readers take the latest snapshot without a lock.
 #[derive(Default)]
 pub struct BreakerBoard {
-    snapshots: RwLock<HashMap<BreakerId, BreakerSnapshot>>,
+    snapshots: ArcSwap<BTreeMap<BreakerId, BreakerSnapshot>>,
 }
 
 impl BreakerBoard {
     pub fn get(&self, id: BreakerId) -> Option<BreakerSnapshot> {
-        self.snapshots.read().get(&id).copied()
+        self.snapshots.load().get(&id).copied()
     }
 
     /// Every breaker, in a stable order.
     pub fn all(&self) -> Vec<(BreakerId, BreakerSnapshot)> {
-        let mut all: Vec<_> = self
-            .snapshots
-            .read()
+        self.snapshots
+            .load()
             .iter()
             .map(|(k, v)| (*k, *v))
-            .collect();
-        all.sort_by_key(|(id, _)| *id);
-        all
+            .collect()
     }
 
     fn publish(&self, id: BreakerId, snapshot: BreakerSnapshot) {
-        self.snapshots.write().insert(id, snapshot);
+        let mut all = BTreeMap::clone(&self.snapshots.load());
+        all.insert(id, snapshot);
+        self.snapshots.store(Arc::new(all));
     }
 }
 
@@ -295,8 +291,9 @@ impl BreakerBoard {
 pub enum BreakerMsg {
     /// May a call go through? `Err(seconds)` says when to come back.
     Admit(BreakerId, RpcReplyPort<Result<Permit, u64>>),
-    /// A call admitted earlier has finished.
-    Report(Permit, Outcome),
+    /// A call admitted earlier has finished. A failure is acknowledged, so
+    /// that the caller's 503 goes out only once the breaker has counted it.
+    Report(Permit, Outcome, Option<RpcReplyPort<()>>),
     /// Fail on purpose (chaos testing): the supervisor must restart us.
     Crash,
 }
@@ -305,13 +302,17 @@ pub enum BreakerMsg {
 #[derive(Clone)]
 pub struct BreakerArgs {
     pub breakers: Vec<(BreakerId, BreakerSettings)>,
+    /// Where it publishes; also what a new incarnation resumes from, so that
+    /// a restart does not close a breaker the dependency opened.
     pub board: Arc<BreakerBoard>,
+    pub clock: SharedClock,
 }
 
 /// The `Breaker` actor's state: every breaker it owns.
 pub struct Circuits {
     breakers: HashMap<BreakerId, CircuitBreaker>,
     board: Arc<BreakerBoard>,
+    clock: SharedClock,
 }
 
 pub struct Breaker;
@@ -350,7 +351,7 @@ impl Actor for Breaker {
         args: BreakerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut breakers = HashMap::new();
-        let now = clock::unix_ms();
+        let now = args.clock.now_ms();
         for (id, settings) in args.breakers {
             let breaker = match args.board.get(id) {
                 Some(last) => CircuitBreaker::resume(settings, last, now),
@@ -361,6 +362,7 @@ impl Actor for Breaker {
         let state = Circuits {
             breakers,
             board: args.board,
+            clock: args.clock,
         };
         for (id, breaker) in &state.breakers {
             Self::publish(&state, *id, None);
@@ -376,7 +378,7 @@ impl Actor for Breaker {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let now = clock::unix_ms();
+        let now = state.clock.now_ms();
         match msg {
             BreakerMsg::Admit(id, reply) => {
                 let Some(breaker) = state.breakers.get_mut(&id) else {
@@ -395,10 +397,13 @@ impl Actor for Breaker {
                 Self::publish(state, id, transition);
                 let _ = reply.send(admission);
             }
-            BreakerMsg::Report(permit, outcome) => {
+            BreakerMsg::Report(permit, outcome, counted) => {
                 if let Some(breaker) = state.breakers.get_mut(&permit.breaker) {
                     let transition = breaker.report(permit, outcome, now);
                     Self::publish(state, permit.breaker, transition);
+                }
+                if let Some(counted) = counted {
+                    let _ = counted.send(());
                 }
             }
             BreakerMsg::Crash => return Err("crash requested through the chaos route".into()),
@@ -432,7 +437,7 @@ impl Breakers {
     pub async fn run<T>(&self, id: BreakerId, work: impl Future<Output = Result<T>>) -> Result<T> {
         let mut call = self.admit(id).await?;
         let result = call.track(work.await);
-        call.finish();
+        call.finish().await;
         result
     }
 
@@ -458,6 +463,7 @@ impl Breakers {
         Ok(PermitGuard {
             permit,
             names: Arc::clone(&self.names),
+            timeout: self.timeout,
             failed: false,
             cut_short: false,
             finished: false,
@@ -467,13 +473,14 @@ impl Breakers {
 
 /// An admitted call in flight. Pass the results of its dependency work
 /// through [`PermitGuard::track`]; [`PermitGuard::finish`] then reports a
-/// failure if any of them failed for infrastructure reasons, an abandoned
-/// call if some never reached the dependency (an actor was restarting), else
-/// a success. Dropped unfinished, it reports the failure it saw, or an
-/// abandoned call.
+/// failure if any of them failed for infrastructure reasons (and waits until
+/// the breaker has counted it), an abandoned call if some never reached the
+/// dependency (an actor was restarting), else a success. Dropped unfinished,
+/// it reports the failure it saw, or an abandoned call.
 pub struct PermitGuard {
     permit: Permit,
     names: Arc<Names>,
+    timeout: Duration,
     failed: bool,
     cut_short: bool,
     finished: bool,
@@ -490,34 +497,39 @@ impl PermitGuard {
         result
     }
 
-    pub fn finish(&mut self) {
-        let outcome = if self.failed {
-            Outcome::Failure
-        } else if self.cut_short {
-            Outcome::Abandoned
-        } else {
-            Outcome::Success
-        };
-        self.report(outcome);
-    }
-
-    fn report(&mut self, outcome: Outcome) {
+    pub async fn finish(&mut self) {
         self.finished = true;
-        system::cast(
-            self.names.get(ActorKind::Breaker),
-            BreakerMsg::Report(self.permit, outcome),
-        );
+        let name = self.names.get(ActorKind::Breaker);
+        let permit = self.permit;
+        if self.failed {
+            // A breaker that cannot be asked is restarting; it resumes from its snapshot.
+            let _ = system::call(name, self.timeout, |counted| {
+                BreakerMsg::Report(permit, Outcome::Failure, Some(counted))
+            })
+            .await;
+        } else {
+            let outcome = if self.cut_short {
+                Outcome::Abandoned
+            } else {
+                Outcome::Success
+            };
+            system::cast(name, BreakerMsg::Report(permit, outcome, None));
+        }
     }
 }
 
 impl Drop for PermitGuard {
     fn drop(&mut self) {
         if !self.finished {
-            self.report(if self.failed {
+            let outcome = if self.failed {
                 Outcome::Failure
             } else {
                 Outcome::Abandoned
-            });
+            };
+            system::cast(
+                self.names.get(ActorKind::Breaker),
+                BreakerMsg::Report(self.permit, outcome, None),
+            );
         }
     }
 }

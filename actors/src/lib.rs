@@ -1,30 +1,36 @@
 //! # Gatehouse actors
 //!
-//! Everything behind the HTTP front end: the supervised actors, the domain
-//! rules they enforce and the storage they own. Nothing here knows about HTTP.
+//! Everything behind the HTTP front end: the supervised actors, the state
+//! each one owns, the use cases built on them, and the storage. Nothing here
+//! knows about HTTP or JSON.
 //!
 //! ## Supervision tree
 //!
 //! ```text
-//! Supervisor ─┬─ RateLimiter   owns the per-IP windows and login throttle (Redis calls, sweeping)
-//!             ├─ Breaker       circuit-breaker state machines (database, redis)
-//!             ├─ UserRepo      the store: serialized writes, pooled reads, cache invalidation
-//!             ├─ TokenIssuer   signs access tokens, mints refresh tokens
-//!             └─ Metrics       the JSON summary behind /api/v1/monitoring/metrics
+//! Supervisor ─┬─ Breaker       owns the breaker state machines (database, redis); publishes snapshots
+//!             ├─ RateLimiter   owns the per-client windows, the account throttle, burst counts; talks to Redis
+//!             ├─ UserRepo      owns the store (connections) and the session cache; serializes writes
+//!             ├─ TokenIssuer   owns the signing key; publishes the verifier
+//!             └─ Metrics       owns the service tallies
 //! ```
 //!
-//! The supervisor restarts any child that fails. Callers reach actors by
-//! registry name ([`system`]), so a restart is invisible to them beyond the
-//! calls that were in flight. State that must outlive a restart (session
-//! cache, breaker and actor boards, tallies) is created by [`Gatehouse::start`]
-//! and handed to each incarnation.
+//! Each actor creates its state when it starts, so a restart rebuilds it
+//! (the store reopened, the cache empty and untrusted until the first poll,
+//! the key rebuilt, the breakers resumed from their last published state).
+//! Callers reach actors by registry name ([`system`]) with typed messages, so
+//! a restart is invisible to them beyond the calls that were in flight; what
+//! the hot path reads without a message (breaker snapshots, the verifier,
+//! the session cache) the owning actor publishes, and only it writes.
 //!
 //! ## Layout
 //!
-//! * [`gatehouse`]: start-up and the use cases (register, login, authenticate…).
+//! * [`gatehouse`]: the composition root: starts the tree, builds the services.
+//! * [`services`]: the use cases, by capability: `auth` (where a login goes),
+//!   `accounts`, `sessions`, `edge`, `operations`.
 //! * [`supervisor`], [`system`]: restarts, names, call helpers.
 //! * [`breaker`], [`rate_limiter`], [`token_issuer`], [`metrics`], [`user_repo`]:
-//!   one actor each, with its pure logic beside it.
+//!   one actor each, with the state it owns and its pure logic beside it.
+//! * [`user_repo::rules`]: the session rules both stores apply.
 //! * [`passwords`]: policy and scrypt on blocking threads.
 //! * [`names`]: emails, usernames and login names, validated and canonical.
 //! * [`model`], [`error`], [`clock`]: records, the one error type, the one clock.
@@ -32,6 +38,7 @@
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+#![deny(clippy::await_holding_lock)]
 
 pub mod breaker;
 pub mod clock;
@@ -42,12 +49,12 @@ pub mod model;
 pub mod names;
 pub mod passwords;
 pub mod rate_limiter;
+pub mod services;
 pub mod supervisor;
 pub mod system;
 pub mod token_issuer;
 pub mod user_repo;
 
 pub use error::{Error, FieldError, RateLimitInfo, Result, Taken};
-pub use gatehouse::{
-    Gatehouse, HealthStatus, LoginRequest, Principal, Registration, Settings, Tokens,
-};
+pub use gatehouse::{Gatehouse, Settings};
+pub use model::Principal;

@@ -1,15 +1,10 @@
 //! Domain records as the repository stores them and the API shows them.
 //!
-//! Times are Unix milliseconds inside Gatehouse and RFC 3339 UTC strings on
-//! the wire. Password hashes live only in [`Credentials`], which is never
-//! serialized.
-
-use serde::Serialize;
-
-use crate::clock::rfc3339_ms;
+//! Times are Unix milliseconds. Password hashes live only in
+//! [`Credentials`], whose `Debug` leaves them out.
 
 /// An account, as its owner may see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub id: String,
     /// Stored lower-cased.
@@ -17,9 +12,7 @@ pub struct User {
     /// Stored as chosen; unique ignoring case.
     pub username: String,
     pub is_active: bool,
-    #[serde(with = "rfc3339_ms")]
     pub created_at: i64,
-    #[serde(with = "rfc3339_ms")]
     pub updated_at: i64,
 }
 
@@ -49,17 +42,13 @@ pub struct NewUser {
 }
 
 /// A login session: what a refresh token is bound to and what access tokens name in `sid`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: String,
-    #[serde(skip)]
     pub user_id: String,
-    #[serde(with = "rfc3339_ms")]
     pub created_at: i64,
-    #[serde(with = "rfc3339_ms")]
     pub last_used_at: i64,
     /// Slides forward on each refresh, never past `created_at + session_max_lifetime_s`.
-    #[serde(with = "rfc3339_ms")]
     pub expires_at: i64,
     pub ip: Option<String>,
     pub user_agent: Option<String>,

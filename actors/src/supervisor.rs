@@ -13,13 +13,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::RwLock;
+use arc_swap::ArcSwap;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
-use serde::Serialize;
 
-use crate::clock;
+use crate::clock::SharedClock;
 use crate::system::{ActorKind, Names};
 
 /// Starts one incarnation of a child, linked to the given supervisor.
@@ -41,34 +40,43 @@ pub struct RestartPolicy {
     pub window: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActorStatus {
     Running,
     Restarting,
     Stopped,
 }
 
+impl ActorStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Restarting => "restarting",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
 /// What operators see of one actor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActorReport {
     pub status: ActorStatus,
     pub restarts: u64,
-    /// When it last failed; the reason is in the log, not here.
-    #[serde(with = "clock::rfc3339_ms::option")]
+    /// When it last failed (Unix ms); the reason is in the log, not here.
     pub last_failure: Option<i64>,
 }
 
-/// Every actor's status, written by the supervisor, read by monitoring.
+/// Every actor's status as the supervisor last published it: written by the
+/// supervisor alone, read without locks by monitoring.
 #[derive(Default)]
 pub struct ActorBoard {
-    reports: RwLock<BTreeMap<ActorKind, ActorReport>>,
+    reports: ArcSwap<BTreeMap<ActorKind, ActorReport>>,
 }
 
 impl ActorBoard {
     pub fn all(&self) -> Vec<(ActorKind, ActorReport)> {
         self.reports
-            .read()
+            .load()
             .iter()
             .map(|(k, r)| (*k, r.clone()))
             .collect()
@@ -76,19 +84,21 @@ impl ActorBoard {
 
     /// True when every actor is running.
     pub fn all_running(&self) -> bool {
-        let reports = self.reports.read();
+        let reports = self.reports.load();
         reports.len() == ActorKind::ALL.len()
             && reports.values().all(|r| r.status == ActorStatus::Running)
     }
 
+    /// Publishes a change to one report (only the supervisor calls this).
     fn update(&self, kind: ActorKind, change: impl FnOnce(&mut ActorReport)) {
-        let mut reports = self.reports.write();
+        let mut reports = BTreeMap::clone(&self.reports.load());
         let report = reports.entry(kind).or_insert(ActorReport {
             status: ActorStatus::Restarting,
             restarts: 0,
             last_failure: None,
         });
         change(report);
+        self.reports.store(Arc::new(reports));
     }
 }
 
@@ -102,14 +112,17 @@ pub struct SupervisorArgs {
     pub names: Arc<Names>,
     pub board: Arc<ActorBoard>,
     pub policy: RestartPolicy,
+    pub clock: SharedClock,
 }
 
 pub struct SupervisorState {
     children: HashMap<ActorKind, SpawnFn>,
-    restarts: HashMap<ActorKind, VecDeque<Instant>>,
+    /// When each child was last restarted (Unix ms), within the policy's window.
+    restarts: HashMap<ActorKind, VecDeque<i64>>,
     names: Arc<Names>,
     board: Arc<ActorBoard>,
     policy: RestartPolicy,
+    clock: SharedClock,
 }
 
 /// Back-off before retrying a child that failed to start.
@@ -131,12 +144,13 @@ impl Supervisor {
         kind: ActorKind,
         state: &mut SupervisorState,
     ) {
-        let now = Instant::now();
+        let now = state.clock.now_ms();
         let window = state.policy.window;
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         let history = state.restarts.entry(kind).or_default();
         while history
             .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
+            .is_some_and(|t| now.saturating_sub(*t) > window_ms)
         {
             history.pop_front();
         }
@@ -207,6 +221,7 @@ impl Actor for Supervisor {
             names: args.names,
             board: args.board,
             policy: args.policy,
+            clock: args.clock,
         })
     }
 
@@ -251,7 +266,7 @@ impl Actor for Supervisor {
         };
         state.board.update(kind, |r| {
             r.status = ActorStatus::Restarting;
-            r.last_failure = Some(clock::unix_ms());
+            r.last_failure = Some(state.clock.now_ms());
         });
         tracing::error!(event = "actor.failed", actor = kind.name(), reason = %reason, "actor failed");
         Self::restart(&myself, kind, state).await;

@@ -1,8 +1,11 @@
-//! Access and refresh tokens: the `TokenIssuer` actor signs, anyone verifies.
+//! Access and refresh tokens: the `TokenIssuer` actor issues them, and
+//! publishes what verifying them takes.
 //!
-//! Signing goes through the actor (one place mints credentials). Verifying is a
-//! pure function of the shared [`TokenKeys`], so the hot path of every
-//! authenticated request costs an HMAC and no mailbox round trip.
+//! The actor owns the signing key, built when it starts (a restart rebuilds
+//! it from the configuration), and answers one message per login or refresh
+//! with both tokens. Verifying is on the hot path of every authenticated
+//! request, so it needs no mailbox: the actor publishes a [`Verifier`] that
+//! callers read without a lock.
 //!
 //! Validation is configured explicitly rather than trusting jsonwebtoken's
 //! defaults: HS256 only, `typ` must be `JWT`, no `crit` extensions, `iss`,
@@ -11,6 +14,9 @@
 //! `exp` and `nbf` are checked here with `now` as a parameter.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::system::{self, ActorKind, Names};
 
 /// The `[auth]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -118,50 +125,59 @@ pub fn refresh_digest(token: &str) -> String {
         .collect()
 }
 
-/// Keys and validation rules, shared by the issuer actor and every verifier.
-pub struct TokenKeys {
+/// What signs access tokens: owned by the `TokenIssuer`.
+pub struct Signer {
     encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
     header: Header,
     issuer: String,
     audience: String,
     access_ttl_s: u64,
+}
+
+/// What checks access tokens: published by the `TokenIssuer`, read by every
+/// authenticated request.
+pub struct Verifier {
+    decoding: DecodingKey,
+    validation: Validation,
     leeway_s: i64,
 }
 
-impl TokenKeys {
-    pub fn new(secret: &SecretString, settings: &AuthSettings) -> Result<Self> {
-        let key = secret.expose_secret().as_bytes();
-        let encoding =
-            EncodingKey::from_secret(key).map_err(|e| Error::Internal(format!("jwt key: {e}")))?;
-        let decoding =
-            DecodingKey::from_secret(key).map_err(|e| Error::Internal(format!("jwt key: {e}")))?;
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        // exp and nbf are checked in `verify` with `now` as a parameter.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.set_issuer(&[&settings.issuer]);
-        validation.set_audience(&[&settings.audience]);
-        let mut header = Header::new(Algorithm::HS256);
-        header.typ = Some("JWT".into());
-        Ok(Self {
-            encoding,
-            decoding,
-            validation,
-            header,
-            issuer: settings.issuer.clone(),
-            audience: settings.audience.clone(),
-            access_ttl_s: settings.access_token_ttl_s,
-            leeway_s: i64::try_from(settings.leeway_s).unwrap_or(i64::MAX),
-        })
-    }
+/// Builds the signer and verifier for `secret` under `settings`.
+pub fn keys(secret: &SecretString, settings: &AuthSettings) -> Result<(Signer, Verifier)> {
+    let key = secret.expose_secret().as_bytes();
+    let encoding =
+        EncodingKey::from_secret(key).map_err(|e| Error::Internal(format!("jwt key: {e}")))?;
+    let decoding =
+        DecodingKey::from_secret(key).map_err(|e| Error::Internal(format!("jwt key: {e}")))?;
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.algorithms = vec![Algorithm::HS256];
+    // exp and nbf are checked in `verify` with `now` as a parameter.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    validation.set_issuer(&[&settings.issuer]);
+    validation.set_audience(&[&settings.audience]);
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = Some("JWT".into());
+    let signer = Signer {
+        encoding,
+        header,
+        issuer: settings.issuer.clone(),
+        audience: settings.audience.clone(),
+        access_ttl_s: settings.access_token_ttl_s,
+    };
+    let verifier = Verifier {
+        decoding,
+        validation,
+        leeway_s: i64::try_from(settings.leeway_s).unwrap_or(i64::MAX),
+    };
+    Ok((signer, verifier))
+}
 
+impl Signer {
     /// Signs an access token for `user_id` in `session_id`, valid from `now` (unix seconds).
-    pub fn sign(&self, user_id: &str, session_id: &str, now: i64) -> Result<(SecretString, u64)> {
+    pub fn sign(&self, user_id: &str, session_id: &str, now: i64) -> Result<AccessToken> {
         let ttl = self.access_ttl_s;
         let claims = AccessClaims {
             sub: user_id.to_owned(),
@@ -176,9 +192,14 @@ impl TokenKeys {
         };
         let token = jsonwebtoken::encode(&self.header, &claims, &self.encoding)
             .map_err(|e| Error::Internal(format!("jwt sign: {e}")))?;
-        Ok((token.into(), ttl))
+        Ok(AccessToken {
+            token: token.into(),
+            expires_in: ttl,
+        })
     }
+}
 
+impl Verifier {
     /// Checks signature, header, claims and times; `now` is unix seconds.
     pub fn verify(&self, token: &str, now: i64) -> Result<AccessClaims> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
@@ -207,61 +228,122 @@ pub struct AccessToken {
     pub expires_in: u64,
 }
 
+/// What one login or refresh is handed: both tokens.
+pub struct Issued {
+    pub access: AccessToken,
+    pub refresh: RefreshToken,
+}
+
 /// Messages the `TokenIssuer` accepts.
 pub enum TokenIssuerMsg {
-    /// Mint a fresh refresh token (before the session that will hold its digest is written).
-    MintRefresh {
-        reply: RpcReplyPort<Result<RefreshToken>>,
-    },
-    /// Sign an access token for a session that exists.
-    SignAccess {
+    /// A fresh refresh token, and an access token for `session_id` signed at
+    /// `now` (unix seconds): one round trip per login or refresh.
+    Issue {
         user_id: String,
         session_id: String,
-        reply: RpcReplyPort<Result<AccessToken>>,
+        now: i64,
+        reply: RpcReplyPort<Result<Issued>>,
     },
     /// Fail on purpose (chaos testing): the supervisor must restart us.
     Crash,
+}
+
+/// What the `TokenIssuer` is started with.
+#[derive(Clone)]
+pub struct TokenIssuerArgs {
+    pub secret: SecretString,
+    pub settings: AuthSettings,
+    /// Where it publishes its [`Verifier`].
+    pub published: Arc<ArcSwapOption<Verifier>>,
 }
 
 pub struct TokenIssuer;
 
 impl Actor for TokenIssuer {
     type Msg = TokenIssuerMsg;
-    type State = Arc<TokenKeys>;
-    type Arguments = Arc<TokenKeys>;
+    type State = Signer;
+    type Arguments = TokenIssuerArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        keys: Arc<TokenKeys>,
+        args: TokenIssuerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(keys)
+        let (signer, verifier) = keys(&args.secret, &args.settings)?;
+        args.published.store(Some(Arc::new(verifier)));
+        Ok(signer)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        keys: &mut Self::State,
+        signer: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // A caller that gave up is not an error of ours: replies may go nowhere.
         match msg {
-            TokenIssuerMsg::MintRefresh { reply } => {
-                let _ = reply.send(RefreshToken::generate());
-            }
-            TokenIssuerMsg::SignAccess {
+            TokenIssuerMsg::Issue {
                 user_id,
                 session_id,
+                now,
                 reply,
             } => {
-                let signed = keys
-                    .sign(&user_id, &session_id, crate::clock::unix_s())
-                    .map(|(token, expires_in)| AccessToken { token, expires_in });
-                let _ = reply.send(signed);
+                let issued = RefreshToken::generate().and_then(|refresh| {
+                    let access = signer.sign(&user_id, &session_id, now)?;
+                    Ok(Issued { access, refresh })
+                });
+                let _ = reply.send(issued);
             }
             TokenIssuerMsg::Crash => return Err("crash requested through the chaos route".into()),
         }
         Ok(())
+    }
+}
+
+/// The callers' handle: issue through the actor, verify with what it published.
+#[derive(Clone)]
+pub struct Tokens {
+    names: Arc<Names>,
+    timeout: Duration,
+    published: Arc<ArcSwapOption<Verifier>>,
+}
+
+impl Tokens {
+    pub fn new(
+        names: Arc<Names>,
+        timeout: Duration,
+        published: Arc<ArcSwapOption<Verifier>>,
+    ) -> Self {
+        Self {
+            names,
+            timeout,
+            published,
+        }
+    }
+
+    pub async fn issue(&self, user_id: &str, session_id: &str, now: i64) -> Result<Issued> {
+        let (user_id, session_id) = (user_id.to_owned(), session_id.to_owned());
+        system::call(
+            self.names.get(ActorKind::TokenIssuer),
+            self.timeout,
+            |reply| TokenIssuerMsg::Issue {
+                user_id,
+                session_id,
+                now,
+                reply,
+            },
+        )
+        .await?
+    }
+
+    /// Checks an access token; `now` is unix seconds.
+    pub fn verify(&self, token: &str, now: i64) -> Result<AccessClaims> {
+        match self.published.load().as_deref() {
+            Some(verifier) => verifier.verify(token, now),
+            None => Err(Error::ActorUnavailable(
+                "token_issuer has not started".into(),
+            )),
+        }
     }
 }
 
@@ -272,8 +354,8 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000;
 
-    fn keys() -> TokenKeys {
-        TokenKeys::new(
+    fn pair() -> (Signer, Verifier) {
+        keys(
             &SecretString::from("k".repeat(32)),
             &AuthSettings::default(),
         )
@@ -318,18 +400,18 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let k = keys();
-        let (token, ttl) = k.sign("u1", "s1", NOW).unwrap();
-        assert_eq!(ttl, 900);
-        let c = k.verify(token.expose_secret(), NOW + 10).unwrap();
+        let (signer, k) = pair();
+        let access = signer.sign("u1", "s1", NOW).unwrap();
+        assert_eq!(access.expires_in, 900);
+        let c = k.verify(access.token.expose_secret(), NOW + 10).unwrap();
         assert_eq!((c.sub.as_str(), c.sid.as_str()), ("u1", "s1"));
         assert_eq!(c.exp, NOW + 900);
     }
 
     #[test]
     fn expiry_honours_leeway() {
-        let k = keys();
-        let (token, _) = k.sign("u1", "s1", NOW).unwrap();
+        let (signer, k) = pair();
+        let token = signer.sign("u1", "s1", NOW).unwrap().token;
         let t = token.expose_secret();
         assert!(k.verify(t, NOW + 904).is_ok());
         assert!(matches!(k.verify(t, NOW + 905), Err(Error::TokenExpired)));
@@ -337,8 +419,8 @@ mod tests {
 
     #[test]
     fn future_nbf_is_refused() {
-        let k = keys();
-        let (token, _) = k.sign("u1", "s1", NOW + 60).unwrap();
+        let (signer, k) = pair();
+        let token = signer.sign("u1", "s1", NOW + 60).unwrap().token;
         assert!(matches!(
             k.verify(token.expose_secret(), NOW),
             Err(Error::InvalidToken)
@@ -349,12 +431,12 @@ mod tests {
     #[test]
     fn hand_built_token_with_right_key_passes() {
         let t = forge(hs256(), claims(NOW), &[b'k'; 32]);
-        assert!(keys().verify(&t, NOW).is_ok());
+        assert!(pair().1.verify(&t, NOW).is_ok());
     }
 
     #[test]
     fn attacks_are_refused() {
-        let k = keys();
+        let (_, k) = pair();
         let key = [b'k'; 32];
         let none = format!(
             "{}.{}.",

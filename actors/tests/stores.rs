@@ -1,45 +1,22 @@
 //! Both stores, SQLite and PostgreSQL, against the same scenarios: the
 //! `UserRepo` and every route rely on them meaning the same thing.
-//! PostgreSQL is the machine's (127.0.0.1:5432), one fresh database per test.
+//! PostgreSQL is the machine's (the testkit's, 127.0.0.1:5432 by default),
+//! one fresh database per test; without it, only the SQLite half runs.
 
 use std::sync::Arc;
 
 use gatehouse_actors::model::{NewSession, NewUser, Principal, ProfileChange, Revoke, Rotation};
 use gatehouse_actors::user_repo::pg::PgStore;
 use gatehouse_actors::user_repo::sqlite::SqliteStore;
-use gatehouse_actors::user_repo::{DatabaseSettings, UserStore};
+use gatehouse_actors::user_repo::{DatabaseSettings, Store};
 use gatehouse_actors::{Error, Taken};
+use gatehouse_testkit::{PgDatabase, Service};
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
-
-/// A database of the test's own, dropped afterwards.
-struct PgDatabase {
-    name: String,
-}
-
-impl PgDatabase {
-    async fn create() -> Self {
-        let name = format!("gatehouse_store_{}", uuid::Uuid::new_v4().simple());
-        admin(&format!("CREATE DATABASE {name}")).await;
-        Self { name }
-    }
-}
-
-async fn admin(sql: &str) {
-    let (client, connection) =
-        tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    let driver = tokio::spawn(connection);
-    client.batch_execute(sql).await.unwrap();
-    drop(client);
-    let _ = driver.await;
-}
-
-/// Runs `scenario` against a fresh SQLite file and a fresh PostgreSQL database.
+/// Runs `scenario` against a fresh SQLite file and a fresh PostgreSQL database
+/// (skipping the PostgreSQL half, with a printed reason, when it is absent).
 async fn on_both<F, Fut>(scenario: F)
 where
-    F: Fn(Arc<dyn UserStore>) -> Fut,
+    F: Fn(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
@@ -50,17 +27,20 @@ where
     .unwrap();
     scenario(Arc::new(sqlite)).await;
 
-    let db = PgDatabase::create().await;
+    if !gatehouse_testkit::require(Service::Postgres) {
+        return;
+    }
+    let db = PgDatabase::create();
     let pg = PgStore::connect(&DatabaseSettings {
-        url: format!("{POSTGRES}/{}", db.name),
+        url: db.url(),
         ..DatabaseSettings::default()
     })
     .unwrap();
-    let pg: Arc<dyn UserStore> = Arc::new(pg);
+    let pg: Arc<dyn Store> = Arc::new(pg);
     scenario(Arc::clone(&pg)).await;
     pg.close().await.unwrap();
     drop(pg);
-    admin(&format!("DROP DATABASE {} WITH (FORCE)", db.name)).await;
+    drop(db);
 }
 
 fn new_user(id: &str, email: &str, username: &str) -> NewUser {

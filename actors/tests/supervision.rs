@@ -3,29 +3,32 @@
 //! stopped and reported.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gatehouse_actors::breaker::BreakerSettings;
+use gatehouse_actors::clock::SystemClock;
 use gatehouse_actors::passwords::PasswordSettings;
 use gatehouse_actors::rate_limiter::RateLimitSettings;
+use gatehouse_actors::services::accounts::Registration;
+use gatehouse_actors::services::auth::LoginRequest;
+use gatehouse_actors::services::operations::HealthStatus;
 use gatehouse_actors::supervisor::{
     ActorBoard, ActorStatus, ChildSpec, RestartPolicy, Supervisor, SupervisorArgs,
 };
 use gatehouse_actors::system::{ActorKind, Names};
 use gatehouse_actors::token_issuer::AuthSettings;
 use gatehouse_actors::user_repo::DatabaseSettings;
-use gatehouse_actors::{Gatehouse, HealthStatus, LoginRequest, Registration, Settings};
+use gatehouse_actors::{Gatehouse, Settings};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+/// Polls `check` every 10 ms until it holds or `limit` passes.
 async fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
+    let polled = async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    check()
+    };
+    tokio::time::timeout(limit, polled).await.is_ok()
 }
 
 fn settings(dir: &tempfile::TempDir, max_restarts: usize) -> Settings {
@@ -47,11 +50,17 @@ fn settings(dir: &tempfile::TempDir, max_restarts: usize) -> Settings {
             max_restarts,
             window: Duration::from_secs(60),
         },
+        clock: SystemClock::shared(),
     }
 }
 
 fn report(g: &Gatehouse, kind: ActorKind) -> (ActorStatus, u64) {
-    let (_, r) = g.actors().into_iter().find(|(k, _)| *k == kind).unwrap();
+    let (_, r) = g
+        .operations
+        .actors()
+        .into_iter()
+        .find(|(k, _)| *k == kind)
+        .unwrap();
     (r.status, r.restarts)
 }
 
@@ -59,39 +68,42 @@ fn report(g: &Gatehouse, kind: ActorKind) -> (ActorStatus, u64) {
 async fn every_actor_is_restarted_and_the_service_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     let g = Gatehouse::start(settings(&dir, 5)).await.unwrap();
-    assert_eq!(g.health(), HealthStatus::Healthy);
+    assert_eq!(g.operations.health(), HealthStatus::Healthy);
     for kind in ActorKind::ALL {
-        g.kill(kind).unwrap();
+        g.operations.kill(kind).await.unwrap();
         let restarted = wait_for(Duration::from_secs(2), || {
             report(&g, kind) == (ActorStatus::Running, 1)
         })
         .await;
         assert!(restarted, "{kind:?}: {:?}", report(&g, kind));
     }
-    assert_eq!(g.health(), HealthStatus::Healthy);
+    assert_eq!(g.operations.health(), HealthStatus::Healthy);
     let failed = g
+        .operations
         .actors()
         .into_iter()
         .all(|(_, r)| r.last_failure.is_some());
     assert!(failed, "each failure is recorded");
 
     // The whole flow works through the new incarnations.
-    g.register(Registration {
-        email: "after@example.com".into(),
-        username: "after".into(),
-        password: "correct horse battery staple".to_owned().into(),
-    })
-    .await
-    .unwrap();
-    g.login(LoginRequest {
-        login: "after".into(),
-        password: "correct horse battery staple".to_owned().into(),
-        ip: "127.0.0.1".parse().unwrap(),
-        user_agent: None,
-    })
-    .await
-    .unwrap();
-    g.shutdown().await.unwrap();
+    g.accounts
+        .register(Registration {
+            email: "after@example.com".into(),
+            username: "after".into(),
+            password: "correct horse battery staple".to_owned().into(),
+        })
+        .await
+        .unwrap();
+    g.auth
+        .login(LoginRequest {
+            login: "after".into(),
+            password: "correct horse battery staple".to_owned().into(),
+            ip: "127.0.0.1".parse().unwrap(),
+            user_agent: None,
+        })
+        .await
+        .unwrap();
+    g.shutdown().await;
 }
 
 #[tokio::test]
@@ -99,23 +111,23 @@ async fn a_child_that_keeps_failing_is_left_stopped_and_health_is_unhealthy() {
     let dir = tempfile::tempdir().unwrap();
     let g = Gatehouse::start(settings(&dir, 2)).await.unwrap();
     for round in 1..=2 {
-        g.kill(ActorKind::TokenIssuer).unwrap();
+        g.operations.kill(ActorKind::TokenIssuer).await.unwrap();
         let back = wait_for(Duration::from_secs(2), || {
             report(&g, ActorKind::TokenIssuer) == (ActorStatus::Running, round)
         })
         .await;
         assert!(back, "restart {round}");
     }
-    g.kill(ActorKind::TokenIssuer).unwrap();
+    g.operations.kill(ActorKind::TokenIssuer).await.unwrap();
     let stopped = wait_for(Duration::from_secs(2), || {
         report(&g, ActorKind::TokenIssuer).0 == ActorStatus::Stopped
     })
     .await;
     assert!(stopped, "{:?}", report(&g, ActorKind::TokenIssuer));
-    assert_eq!(g.health(), HealthStatus::Unhealthy);
+    assert_eq!(g.operations.health(), HealthStatus::Unhealthy);
     // A stopped actor is an error for its callers, not a hang.
-    assert!(g.kill(ActorKind::TokenIssuer).is_err());
-    g.shutdown().await.unwrap();
+    assert!(g.operations.kill(ActorKind::TokenIssuer).await.is_err());
+    g.shutdown().await;
 }
 
 /// An actor that panics on any message.
@@ -162,6 +174,7 @@ async fn a_panic_is_a_failure_like_any_other() {
                 max_restarts: 3,
                 window: Duration::from_secs(60),
             },
+            clock: SystemClock::shared(),
         },
     )
     .await

@@ -1,19 +1,25 @@
-//! The servers under test, each its own process: Gatehouse (the binary cargo
-//! built for this bench) and the bare hyper baseline (this bench binary run
-//! again in baseline mode). Both log to a file in a private temp dir and say
+//! The servers under test, each its own process: Gatehouse (the binary named
+//! by `BENCH_GATEHOUSE_BIN`, else the one `cargo build --release -p gatehouse`
+//! makes) and the bare hyper baseline (this bench binary run again in
+//! baseline mode). Both log to a file in a private temp dir and say
 //! `listening on ADDR` once bound to port 0.
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tempfile::TempDir;
 
 /// Env var that turns this bench binary into the baseline server; its value
 /// is the body size in bytes.
 pub const BASELINE_ENV: &str = "GATEHOUSE_BENCH_BASELINE_BODY";
+
+/// Env var naming the `gatehouse` binary to measure, instead of building one.
+pub const BIN_ENV: &str = "BENCH_GATEHOUSE_BIN";
 
 /// A password that passes Gatehouse's policy.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -96,10 +102,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
+            gatehouse_testkit::signal(self.child.id(), "TERM");
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
@@ -129,6 +132,75 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The workspace's root directory (this package is its `benches/`).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the bench package lies inside the workspace")
+}
+
+/// The `gatehouse` binary every scenario starts: `BENCH_GATEHOUSE_BIN` if
+/// set (say, an older build, to compare against), else a release build of
+/// the workspace's service, made once per run.
+pub fn gatehouse_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(
+        || match std::env::var_os(BIN_ENV).filter(|v| !v.is_empty()) {
+            Some(given) => {
+                let binary = PathBuf::from(given);
+                assert!(
+                    binary.is_file(),
+                    "{BIN_ENV}={} is not a file",
+                    binary.display()
+                );
+                println!("  gatehouse: {} (from {BIN_ENV})", binary.display());
+                binary
+            }
+            None => {
+                let binary = build_gatehouse();
+                println!("  gatehouse: {} (release build)", binary.display());
+                binary
+            }
+        },
+    )
+}
+
+/// Runs `cargo build --release -p gatehouse` (with the cargo running this
+/// bench, `$CARGO`) and returns the executable it reports:
+/// `<target dir>/release/gatehouse`.
+fn build_gatehouse() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = workspace_root();
+    let output = Command::new(&cargo)
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "gatehouse",
+            "--bin",
+            "gatehouse",
+        ])
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .arg("--message-format=json-render-diagnostics")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
+    assert!(
+        output.status.success(),
+        "cargo build --release -p gatehouse failed ({}); set {BIN_ENV} to use a binary built elsewhere",
+        output.status
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "gatehouse")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| crate::report::target_dir().join("release/gatehouse"))
+}
+
 /// A Gatehouse process with a private database.
 pub struct Gatehouse {
     pub proc: Proc,
@@ -144,10 +216,10 @@ impl Gatehouse {
             .tempdir()
             .expect("create a temp dir");
         let db = dir.path().join("gatehouse.db");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        let mut command = Command::new(gatehouse_binary());
         command
             .arg("--config")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"));
+            .arg(workspace_root().join("config.toml"));
         // Nothing from the caller's environment may change what is measured.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("GATEHOUSE") {

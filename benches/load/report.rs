@@ -231,20 +231,18 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Where reports go: `$CARGO_TARGET_DIR/bench/` when that is set, else the
-/// workspace's `target/bench/`.
+/// Where reports go: `<target dir>/bench/`.
 pub fn report_dir() -> PathBuf {
+    target_dir().join("bench")
+}
+
+/// `$CARGO_TARGET_DIR` when that is set (relative to the workspace root),
+/// else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    let root = crate::procs::workspace_root();
     match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            let dir = if dir.is_absolute() {
-                dir
-            } else {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)
-            };
-            dir.join("bench")
-        }
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench"),
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gatehouse_testkit::{PgDatabase, WriteLock};
 use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -216,33 +217,23 @@ pub async fn main_instance(k: &Knobs, bounds: &mut Bounds, report: &mut Report) 
     report.detail("main", Value::Object(detail));
 }
 
-/// The machine's PostgreSQL, where the `postgres` scenario makes a database of its own.
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
-
-async fn postgres_admin(sql: &str) -> Result<(), tokio_postgres::Error> {
-    let (client, connection) =
-        tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(connection);
-    let done = client.batch_execute(sql).await;
-    drop(client);
-    let _ = driver.await;
-    done
-}
-
-/// `/users/me` and login with the PostgreSQL store, beside the SQLite figures.
+/// `/users/me` and login with the PostgreSQL store, beside the SQLite figures,
+/// on a database of its own on the machine's PostgreSQL (the testkit's:
+/// `GATEHOUSE_TEST_POSTGRES_URL`, default 127.0.0.1:5432).
 pub async fn postgres(k: &Knobs, bounds: &Bounds, report: &mut Report) {
-    let name = format!("gatehouse_bench_{}", std::process::id());
-    // One statement per call: CREATE DATABASE cannot share a transaction.
-    let _ = postgres_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-    if let Err(e) = postgres_admin(&format!("CREATE DATABASE {name}")).await {
-        println!("  postgres: skipped, no database at {POSTGRES}: {e}");
+    if let Some(reason) = gatehouse_testkit::Service::Postgres.unavailable() {
+        println!("  postgres: skipped, {reason}");
         return;
     }
+    let db = match PgDatabase::try_create("gatehouse_bench") {
+        Ok(db) => db,
+        Err(e) => {
+            println!("  postgres: skipped, {e}");
+            return;
+        }
+    };
     {
-        let gh = Gatehouse::start(
-            "postgres",
-            &[("GATEHOUSE__DATABASE__URL", format!("{POSTGRES}/{name}"))],
-        );
+        let gh = Gatehouse::start("postgres", &[("GATEHOUSE__DATABASE__URL", db.url())]);
         let addr = gh.addr();
         let pid = gh.proc.pid();
         let mut c = Client::new(addr);
@@ -271,7 +262,8 @@ pub async fn postgres(k: &Knobs, bounds: &Bounds, report: &mut Report) {
         }
         report.detail("postgres", Value::Object(detail));
     }
-    let _ = postgres_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    // The server is gone; the database goes now.
+    drop(db);
 }
 
 /// Samples a process's RSS every 20 ms until stopped; returns the peak.
@@ -659,9 +651,7 @@ pub async fn breaker(k: &Knobs, report: &mut Report) {
         .with(format!("answers {validation_label}")),
     );
 
-    let lock = rusqlite::Connection::open(&gh.db).expect("open the database for the lock");
-    lock.execute_batch("BEGIN IMMEDIATE")
-        .expect("take SQLite's write lock");
+    let lock = WriteLock::sqlite(&gh.db);
     let locked_at = Instant::now();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -689,8 +679,7 @@ pub async fn breaker(k: &Knobs, report: &mut Report) {
         loadgen::run(addr, &plan, registrations("brk_".to_owned())),
         async {
             tokio::time::sleep_until((locked_at + hold).into()).await;
-            lock.execute_batch("ROLLBACK")
-                .expect("release SQLite's write lock");
+            drop(lock);
             Instant::now()
         }
     );

@@ -1,32 +1,29 @@
 //! `/api/v1/auth/*`: registration, login, refresh, logout.
 
-use gatehouse_actors::{LoginRequest, Registration, Tokens};
+use gatehouse_actors::services::accounts::Registration;
+use gatehouse_actors::services::auth::LoginRequest;
 use hyper::StatusCode;
 use hyper::header::USER_AGENT;
-use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use secrecy::ExposeSecret;
 
-use super::authenticate;
 use crate::error::ApiError;
 use crate::http::body;
 use crate::http::{AppState, Ctx, HttpResponse, ReadRequest, empty, json};
+use crate::wire::{self, TokensBody, UserBody};
 
 /// Longest `User-Agent` kept with a session.
 const MAX_USER_AGENT: usize = 512;
 
-#[derive(Deserialize)]
-struct RegisterBody {
-    email: Option<String>,
-    username: Option<String>,
-    password: Option<SecretString>,
-}
-
-pub async fn register(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
-    let RegisterBody {
+pub async fn register(
+    state: &AppState,
+    req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let wire::RegisterRequest {
         email,
         username,
         password,
-    } = body::decode(req)?;
+    } = body::decode(&req)?;
     let (email, username, password) = match (email, username, password) {
         (Some(email), Some(username), Some(password)) => (email, username, password),
         (email, username, password) => {
@@ -39,33 +36,22 @@ pub async fn register(state: &AppState, req: &ReadRequest) -> Result<HttpRespons
     };
     let user = state
         .gatehouse
+        .accounts
         .register(Registration {
             email,
             username,
             password,
         })
         .await?;
-    json(StatusCode::CREATED, &user)
+    json(StatusCode::CREATED, &UserBody::from(&user))
 }
 
-/// The login body, as JSON or as an OAuth2 password-grant form.
-#[derive(Deserialize)]
-struct LoginBody {
-    username: Option<String>,
-    password: Option<SecretString>,
-    grant_type: Option<String>,
-}
-
-pub async fn login(
-    state: &AppState,
-    req: &ReadRequest,
-    ctx: &Ctx,
-) -> Result<HttpResponse, ApiError> {
-    let LoginBody {
+pub async fn login(state: &AppState, req: ReadRequest, ctx: Ctx) -> Result<HttpResponse, ApiError> {
+    let wire::LoginRequest {
         username,
         password,
         grant_type,
-    } = body::decode(req)?;
+    } = body::decode(&req)?;
     if grant_type.as_deref().is_some_and(|g| g != "password") {
         return Err(
             gatehouse_actors::Error::validation("grant_type", "must be \"password\"").into(),
@@ -85,8 +71,9 @@ pub async fn login(
         .get(USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
-    let tokens = state
+    let issued = state
         .gatehouse
+        .auth
         .login(LoginRequest {
             login,
             password,
@@ -94,54 +81,44 @@ pub async fn login(
             user_agent,
         })
         .await?;
-    json(StatusCode::OK, &TokenBody::from(&tokens))
+    json(StatusCode::OK, &TokensBody::from(&issued))
 }
 
-#[derive(Deserialize)]
-struct RefreshBody {
-    refresh_token: Option<SecretString>,
-}
-
-pub async fn refresh(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
-    let RefreshBody { refresh_token } = body::decode(req)?;
+pub async fn refresh(
+    state: &AppState,
+    req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let wire::RefreshRequest { refresh_token } = body::decode(&req)?;
     let Some(refresh_token) = refresh_token else {
         return Err(body::missing(&[("refresh_token", true)]));
     };
-    let tokens = state
+    let issued = state
         .gatehouse
+        .auth
         .refresh(refresh_token.expose_secret())
         .await?;
-    json(StatusCode::OK, &TokenBody::from(&tokens))
+    json(StatusCode::OK, &TokensBody::from(&issued))
 }
 
-pub async fn logout(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, req).await?;
-    state.gatehouse.logout(&who).await?;
+pub async fn logout(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    state.gatehouse.sessions.logout(ctx.principal()?).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-pub async fn logout_all(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, req).await?;
-    state.gatehouse.logout_all(&who).await?;
+pub async fn logout_all(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    state
+        .gatehouse
+        .sessions
+        .logout_all(ctx.principal()?)
+        .await?;
     Ok(empty(StatusCode::NO_CONTENT))
-}
-
-/// The contract's token response.
-#[derive(Serialize)]
-pub struct TokenBody<'a> {
-    access_token: &'a str,
-    token_type: &'static str,
-    expires_in: u64,
-    refresh_token: &'a str,
-}
-
-impl<'a> From<&'a Tokens> for TokenBody<'a> {
-    fn from(t: &'a Tokens) -> Self {
-        Self {
-            access_token: t.access_token.expose_secret(),
-            token_type: "bearer",
-            expires_in: t.expires_in,
-            refresh_token: t.refresh_token.expose_secret(),
-        }
-    }
 }

@@ -1,61 +1,35 @@
 //! `/api/v1/monitoring/*`, `/metrics` and the OpenAPI document: what
 //! operators, Prometheus and client generators read.
 
-use std::collections::BTreeMap;
-
-use gatehouse_actors::HealthStatus;
+use gatehouse_actors::services::operations::HealthStatus;
 use gatehouse_actors::system::ActorKind;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{HeaderMap, StatusCode};
-use secrecy::ExposeSecret;
-use serde::Serialize;
-use subtle::ConstantTimeEq;
+use hyper::StatusCode;
 
-use super::bearer;
 use crate::error::ApiError;
-use crate::http::{AppState, HttpResponse, empty, json, now_rfc3339};
+use crate::http::{AppState, Ctx, HttpResponse, ReadRequest, empty, json, respond, rfc3339};
+use crate::wire::{self, ActorBody, BreakerBody, Logins, MetricsSummary};
 
-/// Refuses a request without the monitoring token, when one is configured.
-/// The comparison takes the same time wherever the first difference is.
-pub fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.monitoring_token else {
-        return Ok(());
-    };
-    let given = bearer(headers)?;
-    if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
-        Ok(())
-    } else {
-        Err(gatehouse_actors::Error::InvalidToken.into())
-    }
-}
-
-#[derive(Serialize)]
-struct Health {
-    status: HealthStatus,
-    timestamp: String,
-    version: &'static str,
-    uptime_s: u64,
-    circuit_breakers: BTreeMap<&'static str, &'static str>,
-    actors: BTreeMap<&'static str, gatehouse_actors::supervisor::ActorStatus>,
-}
-
-pub fn health(state: &AppState) -> Result<HttpResponse, ApiError> {
-    let g = &state.gatehouse;
-    let status = g.health();
-    let body = Health {
-        status,
-        timestamp: now_rfc3339(),
+pub async fn health(
+    state: &AppState,
+    _req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let ops = &state.gatehouse.operations;
+    let status = ops.health();
+    let body = wire::Health {
+        status: status.name(),
+        timestamp: rfc3339(state.clock.now_ms()),
         version: env!("CARGO_PKG_VERSION"),
-        uptime_s: g.uptime().as_secs(),
-        circuit_breakers: g
+        uptime_s: ops.uptime().as_secs(),
+        circuit_breakers: ops
             .breakers()
             .into_iter()
             .map(|(id, b)| (id.name(), b.state.name()))
             .collect(),
-        actors: g
+        actors: ops
             .actors()
             .into_iter()
-            .map(|(kind, report)| (kind.name(), report.status))
+            .map(|(kind, report)| (kind.name(), report.status.name()))
             .collect(),
     };
     let code = if status == HealthStatus::Unhealthy {
@@ -66,49 +40,67 @@ pub fn health(state: &AppState) -> Result<HttpResponse, ApiError> {
     json(code, &body)
 }
 
-#[derive(Serialize)]
-struct CircuitBreakers {
-    circuit_breakers: BTreeMap<&'static str, gatehouse_actors::breaker::BreakerSnapshot>,
-}
-
-pub fn circuit_breakers(state: &AppState) -> Result<HttpResponse, ApiError> {
-    let body = CircuitBreakers {
+pub async fn circuit_breakers(
+    state: &AppState,
+    _req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let body = wire::CircuitBreakers {
         circuit_breakers: state
             .gatehouse
+            .operations
             .breakers()
-            .into_iter()
-            .map(|(id, snapshot)| (id.name(), snapshot))
+            .iter()
+            .map(|(id, snapshot)| (id.name(), BreakerBody::from(snapshot)))
             .collect(),
     };
     json(StatusCode::OK, &body)
 }
 
-pub async fn summary(state: &AppState) -> Result<HttpResponse, ApiError> {
-    json(StatusCode::OK, &state.gatehouse.metrics_summary().await?)
+pub async fn summary(
+    state: &AppState,
+    _req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let tally = state.gatehouse.operations.tally().await?;
+    let stats = &state.stats;
+    let body = MetricsSummary {
+        uptime_s: state.started.elapsed().as_secs(),
+        requests_total: stats.requests_total(),
+        latency_ms: stats.latency(),
+        logins: Logins {
+            success: tally.login_successes,
+            failure: tally.login_failures,
+        },
+        registrations_total: tally.registrations,
+        rate_limited_total: stats.rate_limited_total(),
+    };
+    json(StatusCode::OK, &body)
 }
 
-#[derive(Serialize)]
-struct Actors {
-    actors: BTreeMap<&'static str, gatehouse_actors::supervisor::ActorReport>,
-}
-
-pub fn actors(state: &AppState) -> Result<HttpResponse, ApiError> {
+pub async fn actors(
+    state: &AppState,
+    _req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
     let actors = state
         .gatehouse
+        .operations
         .actors()
-        .into_iter()
-        .map(|(kind, report)| (kind.name(), report))
+        .iter()
+        .map(|(kind, report)| (kind.name(), ActorBody::from(report)))
         .collect();
-    json(StatusCode::OK, &Actors { actors })
+    json(StatusCode::OK, &wire::Actors { actors })
 }
 
 /// Makes the named actor fail (the route exists only with `monitoring.chaos`).
-pub fn kill(state: &AppState, name: Option<String>) -> Result<HttpResponse, ApiError> {
-    let kind = name
+pub async fn kill(state: &AppState, _req: ReadRequest, ctx: Ctx) -> Result<HttpResponse, ApiError> {
+    let kind = ctx
+        .param
         .as_deref()
         .and_then(ActorKind::from_name)
         .ok_or(ApiError::NotFound)?;
-    state.gatehouse.kill(kind)?;
+    state.gatehouse.operations.kill(kind).await?;
     tracing::warn!(
         event = "actor.killed",
         actor = kind.name(),
@@ -117,23 +109,28 @@ pub fn kill(state: &AppState, name: Option<String>) -> Result<HttpResponse, ApiE
     Ok(empty(StatusCode::ACCEPTED))
 }
 
-pub fn prometheus(state: &AppState) -> Result<HttpResponse, ApiError> {
+pub async fn prometheus(
+    state: &AppState,
+    _req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
     state.process.collect();
-    Ok(body(
-        state.prometheus.render(),
+    Ok(respond(
+        StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
+        state.prometheus.render(),
     ))
 }
 
 /// The OpenAPI 3.1 document of the whole API.
-pub fn openapi(state: &AppState) -> Result<HttpResponse, ApiError> {
-    Ok(body(state.openapi.clone(), "application/json"))
-}
-
-fn body(text: impl Into<bytes::Bytes>, content_type: &'static str) -> HttpResponse {
-    let mut response = hyper::Response::new(http_body_util::Full::new(text.into()));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
+pub async fn openapi(
+    state: &AppState,
+    _req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    Ok(respond(
+        StatusCode::OK,
+        "application/json",
+        state.openapi.clone(),
+    ))
 }

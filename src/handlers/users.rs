@@ -1,53 +1,41 @@
 //! `/api/v1/users/me*`: the caller's own account and sessions.
 
-use gatehouse_actors::gatehouse::SessionInfo;
 use gatehouse_actors::model::ProfileChange;
 use hyper::StatusCode;
-use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
 
-use super::authenticate;
 use crate::error::ApiError;
 use crate::http::body;
-use crate::http::{AppState, HttpResponse, ReadRequest, empty, json};
+use crate::http::{AppState, Ctx, HttpResponse, ReadRequest, empty, json};
+use crate::wire::{self, SessionBody, SessionList, UserBody};
 
-pub async fn me(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, req).await?;
-    let user = state.gatehouse.me(&who).await?;
-    json(StatusCode::OK, &user)
+pub async fn me(state: &AppState, _req: ReadRequest, ctx: Ctx) -> Result<HttpResponse, ApiError> {
+    let user = state.gatehouse.accounts.me(ctx.principal()?).await?;
+    json(StatusCode::OK, &UserBody::from(&user))
 }
 
-#[derive(Deserialize)]
-struct ProfileBody {
-    email: Option<String>,
-    username: Option<String>,
-}
-
-pub async fn update(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, req).await?;
-    let ProfileBody { email, username } = body::decode(req)?;
+pub async fn update(
+    state: &AppState,
+    req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let wire::UpdateProfileRequest { email, username } = body::decode(&req)?;
     let user = state
         .gatehouse
-        .update_profile(&who, ProfileChange { email, username })
+        .accounts
+        .update_profile(ctx.principal()?, ProfileChange { email, username })
         .await?;
-    json(StatusCode::OK, &user)
-}
-
-#[derive(Deserialize)]
-struct PasswordBody {
-    current_password: Option<SecretString>,
-    new_password: Option<SecretString>,
+    json(StatusCode::OK, &UserBody::from(&user))
 }
 
 pub async fn change_password(
     state: &AppState,
-    req: &ReadRequest,
+    req: ReadRequest,
+    ctx: Ctx,
 ) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, req).await?;
-    let PasswordBody {
+    let wire::ChangePasswordRequest {
         current_password,
         new_password,
-    } = body::decode(req)?;
+    } = body::decode(&req)?;
     let (current, new) = match (current_password, new_password) {
         (Some(current), Some(new)) => (current, new),
         (current, new) => {
@@ -57,34 +45,49 @@ pub async fn change_password(
             ]));
         }
     };
-    state.gatehouse.change_password(&who, current, new).await?;
+    state
+        .gatehouse
+        .accounts
+        .change_password(ctx.principal()?, current, new)
+        .await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-pub async fn deactivate(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, req).await?;
-    state.gatehouse.deactivate(&who).await?;
+pub async fn deactivate(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    state
+        .gatehouse
+        .accounts
+        .deactivate(ctx.principal()?)
+        .await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-#[derive(Serialize)]
-struct Sessions {
-    sessions: Vec<SessionInfo>,
-}
-
-pub async fn sessions(state: &AppState, req: &ReadRequest) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, req).await?;
-    let sessions = state.gatehouse.sessions(&who).await?;
-    json(StatusCode::OK, &Sessions { sessions })
+pub async fn sessions(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let sessions = state.gatehouse.sessions.list(ctx.principal()?).await?;
+    let body = SessionList {
+        sessions: sessions.iter().map(SessionBody::from).collect(),
+    };
+    json(StatusCode::OK, &body)
 }
 
 pub async fn delete_session(
     state: &AppState,
-    req: &ReadRequest,
-    id: Option<String>,
+    _req: ReadRequest,
+    ctx: Ctx,
 ) -> Result<HttpResponse, ApiError> {
-    let who = authenticate(state, req).await?;
-    let id = id.ok_or(ApiError::NotFound)?;
-    state.gatehouse.revoke_session(&who, &id).await?;
+    let id = ctx.param.as_deref().ok_or(ApiError::NotFound)?;
+    state
+        .gatehouse
+        .sessions
+        .revoke_session(ctx.principal()?, id)
+        .await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }

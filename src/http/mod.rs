@@ -10,15 +10,19 @@
 
 pub mod body;
 pub mod client_ip;
+pub mod guard;
 pub mod headers;
+pub mod router;
+pub mod stats;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use gatehouse_actors::{Gatehouse, RateLimitInfo};
+use gatehouse_actors::clock::Stopwatch;
+use gatehouse_actors::{Gatehouse, Principal, RateLimitInfo};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, RETRY_AFTER};
@@ -31,9 +35,9 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::{ApiError, Body, Envelope};
-use crate::handlers;
-use crate::router::{Endpoint, Matched, Router, UNMATCHED};
 use headers::Policy;
+use router::{Guard, Matched, Route, Router, UNMATCHED};
+use stats::RequestStats;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -56,25 +60,40 @@ pub struct AppState {
     pub monitoring_token: Option<SecretString>,
     /// The OpenAPI document, rendered once for this configuration.
     pub openapi: Bytes,
+    pub stats: RequestStats,
+    pub started: Stopwatch,
+    /// The clock the services read, for the timestamps of answers.
+    pub clock: gatehouse_actors::clock::SharedClock,
 }
 
-/// What handlers know about the request besides its body.
+/// What a handler knows about its request besides the request itself.
 pub struct Ctx {
-    pub request_id: String,
-    pub client: std::net::IpAddr,
-    pub rate: Option<RateLimitInfo>,
+    pub client: IpAddr,
+    /// Who the bearer token speaks for, on routes guarded for users.
+    pub principal: Option<Principal>,
+    /// The `{id}` or `{name}` segment, for routes that have one.
+    pub param: Option<String>,
+}
+
+impl Ctx {
+    /// The caller of a route guarded for users.
+    pub fn principal(&self) -> Result<&Principal, ApiError> {
+        self.principal
+            .as_ref()
+            .ok_or(ApiError::Domain(gatehouse_actors::Error::InvalidToken))
+    }
 }
 
 impl App {
     pub fn new(
         config: &Config,
+        routes: &'static [Route],
         gatehouse: Gatehouse,
         prometheus: PrometheusHandle,
     ) -> Result<Self, String> {
         Ok(Self {
             inner: Arc::new(AppState {
-                gatehouse,
-                router: Router::new(config.monitoring.chaos).map_err(|e| e.to_string())?,
+                router: Router::new(routes, config.monitoring.chaos).map_err(|e| e.to_string())?,
                 prometheus,
                 process: metrics_process::Collector::default(),
                 policy: Policy {
@@ -93,25 +112,28 @@ impl App {
                     .monitoring
                     .required_token()
                     .map(|t| SecretString::from(t.to_owned())),
-                openapi: crate::openapi::document(config).map_err(|e| e.to_string())?,
+                openapi: crate::openapi::document(config, routes).map_err(|e| e.to_string())?,
+                stats: RequestStats::default(),
+                started: Stopwatch::start(),
+                clock: std::sync::Arc::clone(&gatehouse.operations.clock),
+                gatehouse,
             }),
         })
     }
 
     /// Answers one request; never fails, every error becomes a contract response.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::from_std(started) + self.inner.request_timeout;
+        let watch = Stopwatch::start();
         let state = &*self.inner;
+        let deadline = gatehouse_actors::clock::monotonic() + state.request_timeout;
         let head = req.method() == Method::HEAD;
         let token_sent = req.headers().contains_key(hyper::header::AUTHORIZATION);
         let request_id = headers::request_id(req.headers());
         let method_label = method_label(req.method());
         let matched = state.router.route(req.method(), req.uri().path());
         let template = match &matched {
-            Matched::Found { template, .. } | Matched::MethodNotAllowed { template, .. } => {
-                template
-            }
+            Matched::Found { route, .. } => route.template,
+            Matched::MethodNotAllowed { template, .. } => template,
             Matched::NotFound => UNMATCHED,
         };
         let span = tracing::info_span!("request", request_id = %request_id,
@@ -119,12 +141,9 @@ impl App {
         let origin = state.policy.allowed_origin(req.headers()).cloned();
         let path = req.uri().path();
         let api = path.starts_with("/api/v1/auth") || path.starts_with("/api/v1/users");
+        let client = client_ip::client_ip(peer.ip(), req.headers(), &state.trusted_proxies);
 
-        let mut ctx = Ctx {
-            request_id,
-            client: client_ip::client_ip(peer.ip(), req.headers(), &state.trusted_proxies),
-            rate: None,
-        };
+        let mut rate = None;
         let outcome = async {
             match matched {
                 Matched::NotFound => Err(ApiError::NotFound),
@@ -134,10 +153,8 @@ impl App {
                         None => Err(ApiError::MethodNotAllowed(allow.to_owned())),
                     }
                 }
-                Matched::Found {
-                    endpoint, param, ..
-                } => {
-                    let work = self.dispatch(endpoint, template, req, param, deadline, &mut ctx);
+                Matched::Found { route, param } => {
+                    let work = self.dispatch(route, req, param, client, deadline, &mut rate);
                     tokio::time::timeout_at(deadline, work)
                         .await
                         .unwrap_or(Err(ApiError::Timeout))
@@ -147,24 +164,19 @@ impl App {
         .instrument(span.clone())
         .await;
 
-        let mut response =
-            outcome.unwrap_or_else(|e| error_response(&e, &ctx.request_id, token_sent, &span));
+        let mut response = outcome.unwrap_or_else(|e| {
+            let now = state.clock.now_ms();
+            error_response(&e, &request_id, token_sent, &span, now)
+        });
         if head {
             without_body(&mut response);
         }
-        state.policy.apply(
-            response.headers_mut(),
-            &ctx.request_id,
-            origin,
-            api,
-            ctx.rate,
-        );
-        let status = response.status().as_u16();
-        let latency = started.elapsed();
         state
-            .gatehouse
-            .metrics()
-            .request(method_label, template, status, latency);
+            .policy
+            .apply(response.headers_mut(), &request_id, origin, api, rate);
+        let status = response.status().as_u16();
+        let latency = watch.elapsed();
+        state.stats.record(method_label, template, status, latency);
         span.in_scope(|| {
             tracing::info!(
                 status,
@@ -175,31 +187,32 @@ impl App {
         response
     }
 
+    /// The route's guard, its rate limit, its body, then its handler.
     async fn dispatch(
         &self,
-        endpoint: Endpoint,
-        template: &'static str,
+        route: &'static Route,
         req: Request<Incoming>,
         param: Option<String>,
+        client: IpAddr,
         deadline: tokio::time::Instant,
-        ctx: &mut Ctx,
+        rate: &mut Option<RateLimitInfo>,
     ) -> Result<HttpResponse, ApiError> {
         let state = &*self.inner;
-        if endpoint.monitoring_protected() {
-            handlers::monitoring::check_token(state, req.headers())?;
+        if route.guard == Guard::Monitoring {
+            guard::monitoring_token(state, req.headers())?;
         }
-        if let Some(class) = endpoint.rate_class() {
-            match state.gatehouse.check_rate(class, ctx.client).await {
-                Ok(info) => ctx.rate = info,
+        if let Some(class) = route.rate {
+            match state.gatehouse.edge.check_rate(class, client).await {
+                Ok(info) => *rate = info,
                 Err(gatehouse_actors::Error::RateLimited(info)) => {
-                    ctx.rate = Some(info);
-                    state.gatehouse.metrics().rate_limited(template);
+                    *rate = Some(info);
+                    state.stats.rate_limited(route.template);
                     return Err(gatehouse_actors::Error::RateLimited(info).into());
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        let req = match endpoint.body() {
+        let req = match route.body.accepted() {
             Some(accepted) => {
                 let (parts, incoming) = req.into_parts();
                 body::expect_media_type(&parts.headers, accepted)?;
@@ -211,27 +224,16 @@ impl App {
             }
             None => req.map(|_| Bytes::new()),
         };
-        use handlers::{auth, users};
-        match endpoint {
-            Endpoint::Register => auth::register(state, &req).await,
-            Endpoint::Login => auth::login(state, &req, ctx).await,
-            Endpoint::Refresh => auth::refresh(state, &req).await,
-            Endpoint::Logout => auth::logout(state, &req).await,
-            Endpoint::LogoutAll => auth::logout_all(state, &req).await,
-            Endpoint::GetMe => users::me(state, &req).await,
-            Endpoint::UpdateMe => users::update(state, &req).await,
-            Endpoint::DeleteMe => users::deactivate(state, &req).await,
-            Endpoint::ChangePassword => users::change_password(state, &req).await,
-            Endpoint::ListSessions => users::sessions(state, &req).await,
-            Endpoint::DeleteSession => users::delete_session(state, &req, param).await,
-            Endpoint::Health => handlers::monitoring::health(state),
-            Endpoint::CircuitBreakers => handlers::monitoring::circuit_breakers(state),
-            Endpoint::MetricsSummary => handlers::monitoring::summary(state).await,
-            Endpoint::Actors => handlers::monitoring::actors(state),
-            Endpoint::KillActor => handlers::monitoring::kill(state, param),
-            Endpoint::Prometheus => handlers::monitoring::prometheus(state),
-            Endpoint::OpenApi => handlers::monitoring::openapi(state),
-        }
+        let principal = match route.guard {
+            Guard::User => Some(guard::user(state, req.headers()).await?),
+            Guard::Open | Guard::Monitoring => None,
+        };
+        let ctx = Ctx {
+            client,
+            principal,
+            param,
+        };
+        (route.handler)(state, req, ctx).await
     }
 }
 
@@ -329,6 +331,7 @@ fn error_response(
     request_id: &str,
     token_sent: bool,
     span: &tracing::Span,
+    now_ms: i64,
 ) -> HttpResponse {
     let parts = error.parts();
     if parts.status.is_server_error() {
@@ -340,7 +343,7 @@ fn error_response(
             message: parts.message,
             details: parts.details.as_deref(),
             correlation_id: request_id,
-            timestamp: now_rfc3339(),
+            timestamp: rfc3339(now_ms),
             fields: parts.fields,
         },
     };
@@ -369,9 +372,10 @@ fn error_response(
     response
 }
 
-pub fn now_rfc3339() -> String {
+/// A millisecond timestamp as RFC 3339 UTC, to the second.
+pub fn rfc3339(ms: i64) -> String {
     use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::now_utc()
+    gatehouse_actors::clock::datetime(ms)
         .replace_nanosecond(0)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .format(&Rfc3339)

@@ -1,23 +1,13 @@
 //! The command line and configuration validation, through the binary.
 
-use std::process::{Command, Output};
+use std::ffi::OsStr;
+use std::process::Output;
 
-use crate::harness::{binary, shipped_config};
+use crate::harness::{cli, shipped_config, stderr};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(binary());
-    command
-        .args(args)
-        .env_remove("GATEHOUSE_ENV")
-        .env_remove("GATEHOUSE_CONFIG");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().expect("run gatehouse")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    cli(&args, env)
 }
 
 fn config_file(contents: &str) -> tempfile::NamedTempFile {

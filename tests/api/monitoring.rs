@@ -355,31 +355,58 @@ async fn a_burst_of_failures_from_one_address_is_flagged_once() {
     assert_eq!(failure["reason"], "unknown_user");
 }
 
+/// The document lists what the router serves: the chaos-only routes only
+/// while `monitoring.chaos` is on (then every row of the table), each with
+/// its row's operation id.
 #[tokio::test]
 async fn the_openapi_document_covers_exactly_the_routes_served() {
-    let s = Server::start();
-    let r = s.get("/api/v1/openapi.json", None).await;
-    r.ok(200);
-    assert!(r.body["openapi"].as_str().unwrap().starts_with("3.1"));
-    let documented: BTreeSet<(String, String)> = r.body["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(path, item)| {
-            item.as_object()
-                .unwrap()
-                .keys()
-                .filter(|k| ["get", "put", "post", "delete", "patch"].contains(&k.as_str()))
-                .map(move |m| (path.clone(), m.to_uppercase()))
-        })
-        .collect();
-    let served: BTreeSet<(String, String)> = gatehouse::router::ROUTES
-        .iter()
-        .flat_map(|spec| {
-            spec.methods
+    use gatehouse::http::router::Router;
+    use gatehouse::routes::{KILL_ROUTE, ROUTES};
+
+    for chaos in [false, true] {
+        let s = Server::builder()
+            .env("GATEHOUSE__MONITORING__CHAOS", chaos)
+            .start();
+        let r = s.get("/api/v1/openapi.json", None).await;
+        r.ok(200);
+        assert!(r.body["openapi"].as_str().unwrap().starts_with("3.1"));
+        let documented: BTreeSet<(String, String)> = r.body["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| ["get", "put", "post", "delete", "patch"].contains(&k.as_str()))
+                    .map(move |m| (path.clone(), m.to_uppercase()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> = Router::new(ROUTES, chaos)
+            .unwrap()
+            .served()
+            .flat_map(|(template, methods)| {
+                methods
+                    .into_iter()
+                    .map(move |m| (template.to_owned(), m.as_str().to_owned()))
+            })
+            .collect();
+        assert_eq!(documented, served, "chaos = {chaos}");
+        let kill = (KILL_ROUTE.to_owned(), "POST".to_owned());
+        assert_eq!(documented.contains(&kill), chaos);
+        if chaos {
+            let table: BTreeSet<(String, String)> = ROUTES
                 .iter()
-                .map(move |(m, _)| (spec.template.to_owned(), m.as_str().to_owned()))
-        })
-        .collect();
-    assert_eq!(documented, served);
+                .map(|route| (route.template.to_owned(), route.method.as_str().to_owned()))
+                .collect();
+            assert_eq!(documented, table);
+        }
+        for route in ROUTES.iter().filter(|route| chaos || !route.chaos_only) {
+            let method = route.method.as_str().to_lowercase();
+            assert_eq!(
+                r.body["paths"][route.template][&method]["operationId"],
+                route.operation_id
+            );
+        }
+    }
 }

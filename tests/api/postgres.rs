@@ -1,5 +1,6 @@
 //! PostgreSQL-specific behaviour, whichever store the rest of the suite runs on:
-//! a database that is unreachable at start-up, then comes back.
+//! a database that is unreachable at start-up, then comes back. Skipped,
+//! with a printed reason, when PostgreSQL is not reachable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +18,8 @@ struct Gate {
 
 impl Gate {
     fn closed() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         Self {
-            port,
+            port: gatehouse_testkit::free_port(),
             forwarding: None,
         }
     }
@@ -33,7 +29,8 @@ impl Gate {
         self.forwarding = Some(tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect("127.0.0.1:5432").await {
+                    let postgres = gatehouse_testkit::postgres_address();
+                    if let Ok(mut server) = TcpStream::connect(postgres).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
                 });
@@ -52,6 +49,7 @@ impl Drop for Gate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_at_start_up_then_recovers_without_a_restart() {
+    gatehouse_testkit::require_postgres!();
     let db = Arc::new(PgDatabase::create());
     let mut gate = Gate::closed();
     let s = Server::builder()

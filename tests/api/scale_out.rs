@@ -1,7 +1,8 @@
 //! Several instances sharing one database and one Redis behave as one
 //! service; Redis failing is survived per `rate_limit.on_backend_failure`.
 //! These tests use the machine's Redis on 127.0.0.1:6379 (each under a key
-//! prefix of its own) or a private `redis-server` they can stop.
+//! prefix of its own) or a private `redis-server` they can stop, and are
+//! skipped, with a printed reason, when that is not there.
 
 use std::time::Duration;
 
@@ -28,10 +29,12 @@ async fn bad_login(s: &Server, login: &str) -> Reply {
 
 #[tokio::test]
 async fn two_instances_share_rate_limits_throttle_and_revocation() {
+    gatehouse_testkit::require_redis!();
+    let redis_url = gatehouse_testkit::redis_url();
     let dir = DataDir::new();
     let prefix = unique_prefix();
     let start = || {
-        shared(&dir, "redis://127.0.0.1:6379", &prefix)
+        shared(&dir, &redis_url, &prefix)
             .env("GATEHOUSE__RATE_LIMIT__ROUTES__LOGIN__LIMIT", 6)
             .env("GATEHOUSE__AUTH__MAX_FAILED_LOGINS", 3)
             .start()
@@ -55,7 +58,7 @@ async fn two_instances_share_rate_limits_throttle_and_revocation() {
     a.register("shared_user").await.ok(201);
     let other = unique_prefix();
     let start = || {
-        shared(&dir, "redis://127.0.0.1:6379", &other)
+        shared(&dir, &redis_url, &other)
             .env("GATEHOUSE__AUTH__MAX_FAILED_LOGINS", 3)
             .start()
     };
@@ -99,6 +102,7 @@ async fn redis_breaker(s: &Server) -> Value {
 
 #[tokio::test]
 async fn losing_redis_is_survived_by_policy_and_limits_resume_when_it_returns() {
+    gatehouse_testkit::require_redis_server!();
     let mut redis = PrivateRedis::start();
     let dir = DataDir::new();
     let s = shared(&dir, &redis.url(), "gatehouse:")
@@ -157,6 +161,7 @@ async fn losing_redis_is_survived_by_policy_and_limits_resume_when_it_returns() 
 
 #[tokio::test]
 async fn with_deny_an_unreachable_redis_refuses_limited_routes_only() {
+    gatehouse_testkit::require_redis_server!();
     let mut redis = PrivateRedis::start();
     let dir = DataDir::new();
     let s = shared(&dir, &redis.url(), "gatehouse:")

@@ -1,6 +1,6 @@
 //! The Redis backend: the same sliding windows and login throttle as
-//! [`MemoryLimiter`](super::MemoryLimiter), shared by every instance that
-//! points at the same Redis and prefix.
+//! [`Windows`](super::window::Windows) and [`Throttle`](super::throttle::Throttle),
+//! shared by every instance that points at the same Redis and prefix.
 //!
 //! Each decision is one atomic server-side script, so one round trip, and two
 //! instances racing for the last slot of a window cannot both get it. Every
@@ -18,7 +18,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
-use super::{AttemptDecision, Decision, RouteClass, RouteLimits, ThrottleRule, bucket, name_key};
+use super::throttle::{AttemptDecision, ThrottleKey, ThrottleRule};
+use super::window::{Decision, RouteClass, RouteLimits, bucket};
 use crate::clock;
 use crate::error::{Error, RateLimitInfo, Result};
 
@@ -132,8 +133,8 @@ impl RedisLimiter {
         format!("{}rl:{}:{}", self.prefix, class.name(), bucket(client))
     }
 
-    fn strikes_key(&self, login: &str) -> String {
-        let digest: String = name_key(login).iter().map(|b| format!("{b:02x}")).collect();
+    fn strikes_key(&self, key: &ThrottleKey) -> String {
+        let digest: String = key.digest().iter().map(|b| format!("{b:02x}")).collect();
         format!("{}throttle:{digest}", self.prefix)
     }
 
@@ -169,11 +170,11 @@ impl RedisLimiter {
         })
     }
 
-    /// Starts a login attempt for a (normalized) login name.
-    pub async fn attempt(&self, login: &str, now: i64) -> Result<AttemptDecision> {
+    /// Starts a login attempt against `key`.
+    pub async fn attempt(&self, key: &ThrottleKey, now: i64) -> Result<AttemptDecision> {
         let (allowed, wait_ms, first): (i64, i64, i64) = self
             .attempt
-            .key(self.strikes_key(login))
+            .key(self.strikes_key(key))
             .arg(now)
             .arg(self.throttle.max_failures)
             .arg(self.throttle.lockout_ms)
@@ -190,10 +191,10 @@ impl RedisLimiter {
         })
     }
 
-    /// An attempt for this (normalized) name ended without a verdict.
-    pub async fn release(&self, login: &str, _now: i64) -> Result<()> {
+    /// An attempt against `key` ended without a verdict.
+    pub async fn release(&self, key: &ThrottleKey) -> Result<()> {
         self.release
-            .key(self.strikes_key(login))
+            .key(self.strikes_key(key))
             .arg(self.throttle.max_failures)
             .invoke_async::<i64>(&mut self.connection.clone())
             .await
@@ -201,10 +202,10 @@ impl RedisLimiter {
             .map_err(unavailable)
     }
 
-    /// A login for this (normalized) name succeeded: its strikes are forgiven.
-    pub async fn succeeded(&self, login: &str) -> Result<()> {
+    /// A login counted against `key` succeeded: its strikes are forgiven.
+    pub async fn succeeded(&self, key: &ThrottleKey) -> Result<()> {
         redis::cmd("DEL")
-            .arg(self.strikes_key(login))
+            .arg(self.strikes_key(key))
             .exec_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)
@@ -219,12 +220,12 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
-    use crate::rate_limiter::{MemoryLimiter, RouteLimit, Window};
+    use crate::rate_limiter::window::{RouteLimit, Window, Windows};
 
     fn limiter(routes: RouteLimits) -> RedisLimiter {
         let prefix = format!("gatehouse-test:{}:", uuid::Uuid::new_v4().simple());
         RedisLimiter::new(
-            "redis://127.0.0.1:6379",
+            &gatehouse_testkit::redis_url(),
             &prefix,
             routes,
             ThrottleRule {
@@ -240,6 +241,7 @@ mod tests {
     /// The script and the memory backend decide the same on the same timestamps.
     #[tokio::test]
     async fn lua_window_matches_the_memory_window() {
+        gatehouse_testkit::require_redis!();
         let routes = RouteLimits {
             login: RouteLimit {
                 limit: Some(5),
@@ -248,14 +250,7 @@ mod tests {
             ..RouteLimits::default()
         };
         let redis = limiter(routes);
-        let mut memory = MemoryLimiter::new(
-            routes,
-            ThrottleRule {
-                max_failures: 3,
-                lockout_ms: 1,
-            },
-            1_000,
-        );
+        let mut memory = Windows::new(routes, 1_000);
         let base = 1_800_000_000_000i64;
         let mut t = base;
         for i in 0..400i64 {
@@ -268,6 +263,7 @@ mod tests {
 
     #[tokio::test]
     async fn window_boundaries_are_exact() {
+        gatehouse_testkit::require_redis!();
         let redis = limiter(RouteLimits::default());
         let w: Window = RouteLimits::default().window(RouteClass::Register);
         let mut hits = VecDeque::new();
@@ -284,35 +280,37 @@ mod tests {
 
     #[tokio::test]
     async fn throttle_locks_reports_once_and_success_forgives() {
+        gatehouse_testkit::require_redis!();
         let redis = limiter(RouteLimits::default());
+        let alice = ThrottleKey::account("alice");
         for _ in 0..3 {
             assert_eq!(
-                redis.attempt("alice", 0).await.unwrap(),
+                redis.attempt(&alice, 0).await.unwrap(),
                 AttemptDecision::Allowed
             );
         }
         assert_eq!(
-            redis.attempt("alice", 1_000).await.unwrap(),
+            redis.attempt(&alice, 1_000).await.unwrap(),
             AttemptDecision::Locked {
                 retry_after_s: 299,
                 first: true
             }
         );
         assert_eq!(
-            redis.attempt("alice", 2_000).await.unwrap(),
+            redis.attempt(&alice, 2_000).await.unwrap(),
             AttemptDecision::Locked {
                 retry_after_s: 298,
                 first: false
             }
         );
         assert_eq!(
-            redis.attempt("alice", 300_000).await.unwrap(),
+            redis.attempt(&alice, 300_000).await.unwrap(),
             AttemptDecision::Allowed
         );
-        redis.succeeded("alice").await.unwrap();
+        redis.succeeded(&alice).await.unwrap();
         for _ in 0..3 {
             assert_eq!(
-                redis.attempt("alice", 300_001).await.unwrap(),
+                redis.attempt(&alice, 300_001).await.unwrap(),
                 AttemptDecision::Allowed
             );
         }

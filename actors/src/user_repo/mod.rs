@@ -1,78 +1,114 @@
 //! The `UserRepo` actor: the only way to the user store.
 //!
-//! Writes are serialized: the actor hands each to its writer task, which runs
-//! them one after another (on a blocking thread or the driver's socket), so
-//! two registrations never race inside the database, and a write queued
-//! behind a caller that gave up is skipped rather than committed unseen. The
-//! mailbox itself never waits on the database: reads and the invalidation
-//! poll run concurrently, also while a write waits on a locked database.
+//! It opens the store when it starts (SQLite file or PostgreSQL pool, from
+//! the settings), so a restart reopens its connections, and creates and
+//! publishes the [`SessionCache`] that authenticated requests read; a new
+//! cache is untrusted until the first poll of the invalidation log, which
+//! happens at once.
 //!
-//! Operations travel as jobs: a closure over the [`UserStore`] that sends its
-//! typed result back on a oneshot channel. The store methods are the typed
-//! interface; the actor decides only *how* they run (serial or concurrent),
-//! which keeps one message type for every operation.
+//! Operations arrive as typed messages ([`protocol`]). Reads run concurrently,
+//! off the mailbox. Writes are serialized by the actor itself: it keeps them
+//! in a queue and starts the next when the previous one is done, so two
+//! registrations never race inside the database, and a write whose caller
+//! gave up is skipped rather than committed unseen. What a write made stale
+//! is dropped from the cache before its caller hears of it. The mailbox never
+//! waits on the database.
 //!
-//! The actor also polls the store's invalidation log four times a second and
-//! applies it to the shared [`SessionCache`].
+//! Four times a second it reads the invalidation log and applies what other
+//! processes changed; every ten minutes it purges what has expired.
 
 pub mod cache;
 pub mod pg;
+pub mod protocol;
+pub mod rules;
 pub mod sqlite;
 pub mod store;
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::{mpsc, oneshot};
+use arc_swap::ArcSwapOption;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::clock;
+use crate::clock::SharedClock;
 use crate::error::{Error, Result};
-use crate::model::Invalidation;
-use crate::system::{self, ActorKind, Names};
+use crate::model::{ActiveSession, Invalidation, User};
+use crate::system::{ActorKind, Names};
 pub use cache::SessionCache;
-pub use store::{DatabaseSettings, UserStore};
-
-type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// One operation on the store, carrying its own reply channel.
-pub type Job = Box<dyn FnOnce(Arc<dyn UserStore>) -> BoxFuture + Send>;
+pub use protocol::{Read, Store, Write};
+pub use store::DatabaseSettings;
 
 /// Messages the `UserRepo` accepts.
 pub enum UserRepoMsg {
-    /// Runs alone, in arrival order.
-    Write(Job),
-    /// Runs concurrently with other reads.
-    Read(Job),
+    Read(Read),
+    Write(Write),
+    /// The session if active, through the cache: what was read is cached.
+    ActiveSession {
+        session_id: String,
+        now: i64,
+        reply: RpcReplyPort<Result<Option<ActiveSession>>>,
+    },
+    /// A user by id, through the cache.
+    User {
+        user_id: String,
+        now: i64,
+        reply: RpcReplyPort<Result<Option<User>>>,
+    },
+    /// Record that a session was used (bookkeeping; nobody waits).
+    Touch {
+        session_id: String,
+        now: i64,
+    },
+    /// The write in progress finished; start the next.
+    WriteDone,
     /// Time to read the invalidation log.
     Poll,
-    /// Time to delete expired sessions and old log entries.
-    Purge,
     /// A poll that started at `started` came back.
     Polled {
         started: i64,
         result: Result<(Vec<Invalidation>, i64)>,
     },
+    /// Time to delete expired sessions and old log entries.
+    Purge,
     /// Fail on purpose (chaos testing): the supervisor must restart us.
     Crash,
 }
 
-/// What the `UserRepo` is started with; both outlive any one incarnation of the actor.
+/// What the `UserRepo` is started with; it opens the store itself.
 #[derive(Clone)]
 pub struct UserRepoArgs {
-    pub store: Arc<dyn UserStore>,
-    pub cache: Arc<SessionCache>,
+    pub settings: DatabaseSettings,
+    pub clock: SharedClock,
+    /// Where it publishes the cache it creates.
+    pub cache: Arc<ArcSwapOption<SessionCache>>,
+}
+
+/// A write waiting for its turn.
+enum Queued {
+    /// A caller's, with its reply port.
+    Asked(Write),
+    /// The repository's own bookkeeping.
+    Touch {
+        session_id: String,
+        now: i64,
+    },
+    Purge {
+        now: i64,
+    },
 }
 
 pub struct RepoState {
-    store: Arc<dyn UserStore>,
+    store: Arc<dyn Store>,
     cache: Arc<SessionCache>,
-    /// The writer task's queue; dropping it (when this incarnation ends)
-    /// lets the task finish what was queued and stop.
-    writes: mpsc::UnboundedSender<Job>,
+    clock: SharedClock,
+    /// Where this incarnation reads the invalidation log from; negative until
+    /// the first poll fixes it.
+    cursor: i64,
     polling: bool,
+    queue: VecDeque<Queued>,
+    writing: bool,
 }
 
 /// How often the invalidation log is read.
@@ -81,7 +117,54 @@ pub const POLL_EVERY: Duration = Duration::from_millis(250);
 /// How often expired sessions are purged.
 pub const PURGE_EVERY: Duration = Duration::from_secs(600);
 
+/// Opens the store the settings name: PostgreSQL when `url` is set, else the SQLite file.
+pub async fn open(settings: &DatabaseSettings) -> Result<Arc<dyn Store>> {
+    if settings.url.is_empty() {
+        let settings = settings.clone();
+        let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&settings))
+            .await
+            .map_err(|e| Error::Internal(format!("opening the store: {e}")))??;
+        Ok(Arc::new(store))
+    } else {
+        Ok(Arc::new(pg::PgStore::connect(settings)?))
+    }
+}
+
 pub struct UserRepo;
+
+impl UserRepo {
+    /// Starts the next queued write, skipping those nobody waits for any more.
+    fn next_write(myself: &ActorRef<UserRepoMsg>, state: &mut RepoState) {
+        while !state.writing {
+            let Some(queued) = state.queue.pop_front() else {
+                return;
+            };
+            if let Queued::Asked(write) = &queued
+                && write.abandoned()
+            {
+                continue;
+            }
+            state.writing = true;
+            let (store, cache) = (Arc::clone(&state.store), Arc::clone(&state.cache));
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                match queued {
+                    Queued::Asked(write) => write.run(store.as_ref(), &cache).await,
+                    Queued::Touch { session_id, now } => {
+                        if let Err(e) = store.touch_session(session_id, now).await {
+                            tracing::debug!(error = %e, "could not record session use");
+                        }
+                    }
+                    Queued::Purge { now } => match store.purge(now).await {
+                        Ok(purged) => tracing::info!(purged, "purged expired and revoked sessions"),
+                        Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+                    },
+                }
+                let _ = myself.send_message(UserRepoMsg::WriteDone);
+            });
+        }
+    }
+}
 
 impl Actor for UserRepo {
     type Msg = UserRepoMsg;
@@ -93,23 +176,33 @@ impl Actor for UserRepo {
         myself: ActorRef<Self::Msg>,
         args: UserRepoArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let store = open(&args.settings).await?;
+        let cache = Arc::new(SessionCache::default());
+        args.cache.store(Some(Arc::clone(&cache)));
         // Read the log at once: until the first poll the cache serves nothing.
         myself.send_message(UserRepoMsg::Poll)?;
         myself.send_interval(POLL_EVERY, || UserRepoMsg::Poll);
         myself.send_interval(PURGE_EVERY, || UserRepoMsg::Purge);
-        let (writes, mut queue) = mpsc::unbounded_channel::<Job>();
-        let store = Arc::clone(&args.store);
-        tokio::spawn(async move {
-            while let Some(job) = queue.recv().await {
-                job(Arc::clone(&store)).await;
-            }
-        });
         Ok(RepoState {
-            store: args.store,
-            cache: args.cache,
-            writes,
+            store,
+            cache,
+            clock: args.clock,
+            cursor: -1,
             polling: false,
+            queue: VecDeque::new(),
+            writing: false,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Err(e) = state.store.close().await {
+            tracing::warn!(error = %e, "flushing the store failed");
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -119,38 +212,67 @@ impl Actor for UserRepo {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            UserRepoMsg::Write(job) => {
-                if state.writes.send(job).is_err() {
-                    return Err("the writer task is gone".into());
-                }
+            UserRepoMsg::Read(read) => {
+                let store = Arc::clone(&state.store);
+                tokio::spawn(async move { read.run(store.as_ref()).await });
             }
-            UserRepoMsg::Read(job) => {
-                tokio::spawn(job(Arc::clone(&state.store)));
+            UserRepoMsg::Write(write) => {
+                state.queue.push_back(Queued::Asked(write));
+                Self::next_write(&myself, state);
+            }
+            UserRepoMsg::Touch { session_id, now } => {
+                state.queue.push_back(Queued::Touch { session_id, now });
+                Self::next_write(&myself, state);
+            }
+            UserRepoMsg::Purge => {
+                let now = state.clock.now_ms();
+                state.queue.push_back(Queued::Purge { now });
+                Self::next_write(&myself, state);
+            }
+            UserRepoMsg::WriteDone => {
+                state.writing = false;
+                Self::next_write(&myself, state);
+            }
+            UserRepoMsg::ActiveSession {
+                session_id,
+                now,
+                reply,
+            } => {
+                let (store, cache) = (Arc::clone(&state.store), Arc::clone(&state.cache));
+                let epoch = cache.epoch();
+                tokio::spawn(async move {
+                    let found = store.active_session(session_id, now).await;
+                    if let Ok(Some(session)) = &found {
+                        cache.put_session(session.clone(), epoch, now);
+                    }
+                    let _ = reply.send(found);
+                });
+            }
+            UserRepoMsg::User {
+                user_id,
+                now,
+                reply,
+            } => {
+                let (store, cache) = (Arc::clone(&state.store), Arc::clone(&state.cache));
+                let epoch = cache.epoch();
+                tokio::spawn(async move {
+                    let found = store.user(user_id).await;
+                    if let Ok(Some(user)) = &found {
+                        cache.put_user(user.clone(), epoch, now);
+                    }
+                    let _ = reply.send(found);
+                });
             }
             UserRepoMsg::Poll if !state.polling => {
                 state.polling = true;
                 let store = Arc::clone(&state.store);
-                let cursor = state.cache.cursor();
+                let (cursor, started) = (state.cursor, state.clock.now_ms());
                 tokio::spawn(async move {
-                    let started = clock::unix_ms();
                     let result = store.invalidations_since(cursor).await;
                     let _ = myself.send_message(UserRepoMsg::Polled { started, result });
                 });
             }
             UserRepoMsg::Poll => {}
-            UserRepoMsg::Purge => {
-                let purge: Job = Box::new(|store| {
-                    Box::pin(async move {
-                        match store.purge(clock::unix_ms()).await {
-                            Ok(purged) => {
-                                tracing::info!(purged, "purged expired and revoked sessions")
-                            }
-                            Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
-                        }
-                    })
-                });
-                let _ = state.writes.send(purge);
-            }
             UserRepoMsg::Polled { started, result } => {
                 state.polling = false;
                 match result {
@@ -158,7 +280,8 @@ impl Actor for UserRepo {
                         for change in &changes {
                             state.cache.invalidate(change);
                         }
-                        state.cache.polled(started, cursor);
+                        state.cursor = cursor;
+                        state.cache.polled(started);
                     }
                     Err(e) => tracing::warn!(error = %e, "reading the invalidation log failed"),
                 }
@@ -169,60 +292,102 @@ impl Actor for UserRepo {
     }
 }
 
-/// The callers' handle to the `UserRepo`, valid across its restarts.
+/// The callers' handle to the `UserRepo`, valid across its restarts: the
+/// typed operations of [`protocol`], the cached lookups, and the cache.
 #[derive(Clone)]
-pub struct UserRepoClient {
+pub struct Repo {
     names: Arc<Names>,
+    /// The longest a store call may legitimately take, plus slack for the queue.
     timeout: Duration,
+    cache: Arc<ArcSwapOption<SessionCache>>,
 }
 
-impl UserRepoClient {
-    pub fn new(names: Arc<Names>, timeout: Duration) -> Self {
-        Self { names, timeout }
-    }
-
-    /// Runs `op` as a write: after every write queued before it, alone.
-    pub async fn write<T, F, Fut>(&self, op: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(Arc<dyn UserStore>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T>> + Send + 'static,
-    {
-        self.run(op, UserRepoMsg::Write).await
-    }
-
-    /// Runs `op` as a read, concurrently with other reads.
-    pub async fn read<T, F, Fut>(&self, op: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(Arc<dyn UserStore>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T>> + Send + 'static,
-    {
-        self.run(op, UserRepoMsg::Read).await
-    }
-
-    async fn run<T, F, Fut>(&self, op: F, kind: fn(Job) -> UserRepoMsg) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(Arc<dyn UserStore>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T>> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |store| {
-            Box::pin(async move {
-                // The caller timed out or went away: do not commit what nobody will see.
-                if tx.is_closed() {
-                    return;
-                }
-                let _ = tx.send(op(store).await);
-            })
-        });
-        system::send(self.names.get(ActorKind::UserRepo), kind(job))?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(result)) => result,
-            // The actor failed with the job in its mailbox: the store never saw it.
-            Ok(Err(_)) => Err(Error::ActorUnavailable("user_repo dropped the call".into())),
-            Err(_) => Err(Error::Unavailable("user_repo call timed out".into())),
+impl Repo {
+    pub fn new(
+        names: Arc<Names>,
+        timeout: Duration,
+        cache: Arc<ArcSwapOption<SessionCache>>,
+    ) -> Self {
+        Self {
+            names,
+            timeout,
+            cache,
         }
+    }
+
+    /// The cache the running incarnation published, if it has started.
+    fn cache(&self) -> Option<Arc<SessionCache>> {
+        self.cache.load_full()
+    }
+
+    /// Asks the repository and waits. A timed-out call is the database's
+    /// slowness (the breaker counts it); a call the actor never took is not.
+    async fn ask<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(RpcReplyPort<Result<T>>) -> UserRepoMsg,
+    ) -> Result<T> {
+        let name = self.names.get(ActorKind::UserRepo);
+        let repo = ActorRef::<UserRepoMsg>::where_is(name)
+            .ok_or_else(|| Error::ActorUnavailable("user_repo is not running".into()))?;
+        match repo.call(build, Some(self.timeout)).await {
+            Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => Err(Error::Unavailable("user_repo call timed out".into())),
+            Ok(CallResult::SenderError) => {
+                Err(Error::ActorUnavailable("user_repo dropped the call".into()))
+            }
+            Err(e) => Err(Error::ActorUnavailable(format!("user_repo: {e}"))),
+        }
+    }
+
+    /// The session if it is cached as active (and the cache is trusted).
+    pub fn cached_session(&self, session_id: &str, now: i64) -> Option<ActiveSession> {
+        self.cache()?.session(session_id, now)
+    }
+
+    /// The session if active, read from the store; what is read is cached.
+    pub async fn active_session(
+        &self,
+        session_id: &str,
+        now: i64,
+    ) -> Result<Option<ActiveSession>> {
+        let session_id = session_id.to_owned();
+        self.ask(|reply| UserRepoMsg::ActiveSession {
+            session_id,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// The user if cached (and the cache is trusted).
+    pub fn cached_user(&self, user_id: &str, now: i64) -> Option<User> {
+        self.cache()?.user(user_id, now)
+    }
+
+    /// A user by id, read from the store; what is read is cached.
+    pub async fn user(&self, user_id: &str, now: i64) -> Result<Option<User>> {
+        let user_id = user_id.to_owned();
+        self.ask(|reply| UserRepoMsg::User {
+            user_id,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Records, at most once a minute per session, that it was used.
+    pub fn touch(&self, session_id: &str, now: i64) {
+        if self.cache().is_some_and(|c| c.touch_due(session_id, now)) {
+            let session_id = session_id.to_owned();
+            crate::system::cast(
+                self.names.get(ActorKind::UserRepo),
+                UserRepoMsg::Touch { session_id, now },
+            );
+        }
+    }
+
+    /// Whether the running incarnation's cache was confirmed by a poll lately.
+    pub fn trusted(&self, now: i64) -> bool {
+        self.cache().is_some_and(|c| c.trusted(now))
     }
 }

@@ -7,6 +7,8 @@
 //! therefore starts, answers 503 while it cannot reach it (its breaker opens)
 //! and recovers on its own once it can.
 //!
+//! What the rows mean is decided by [`super::rules`], as for SQLite.
+//!
 //! Errors are mapped as in SQLite: unique violations on the email or
 //! username index are [`Error::Conflict`]; lost connections, timeouts,
 //! serialization failures and deadlocks are [`Error::Unavailable`].
@@ -22,7 +24,9 @@ use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row, Transaction};
 
-use super::store::{DatabaseSettings, KEEP_REVOKED_MS, USER_COLUMNS, UserStore};
+use super::protocol::Store;
+use super::rules::{self, Exchange, Presented, SessionState};
+use super::store::{DatabaseSettings, USER_COLUMNS};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
     ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
@@ -188,14 +192,21 @@ impl PgStore {
                 .await?;
             let session = tx
                 .query_opt(
-                    "SELECT 1 FROM sessions
-                     WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3
+                    "SELECT revoked_at, expires_at FROM sessions WHERE id = $1 AND user_id = $2
                      FOR SHARE",
-                    &[&by.session_id, &by.user_id, &now],
+                    &[&by.session_id, &by.user_id],
                 )
                 .await?;
             let user_active = user.map(|row| row.try_get::<_, bool>(0)).transpose()?;
-            if user_active != Some(true) || session.is_none() {
+            let state = match (session, user_active) {
+                (Some(row), Some(user_active)) => Some(SessionState {
+                    revoked_at: row.try_get(0)?,
+                    expires_at: row.try_get(1)?,
+                    user_active,
+                }),
+                _ => None,
+            };
+            if !rules::session_active(state, now) {
                 return Ok(Err(Error::SessionRevoked));
             }
             work(tx).await
@@ -268,45 +279,41 @@ async fn revoke_in(
     scope: &Revoke,
     now: i64,
 ) -> std::result::Result<Vec<Invalidation>, tokio_postgres::Error> {
-    let revoked: Vec<Option<String>> = match scope {
+    let rows = match scope {
         Revoke::Session(id) => {
-            let n = tx
-                .execute(
-                    "UPDATE sessions SET revoked_at = $3
-                     WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3",
-                    &[id, &user_id, &now],
-                )
-                .await?;
-            if n == 0 {
-                Vec::new()
-            } else {
-                vec![Some(id.clone())]
-            }
-        }
-        Revoke::All => {
-            tx.execute(
-                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-                &[&user_id, &now],
-            )
-            .await?;
-            vec![None]
-        }
-        Revoke::AllBut(keep) => tx
-            .query(
-                "UPDATE sessions SET revoked_at = $3
-                 WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL RETURNING id",
-                &[&user_id, keep, &now],
+            tx.query(
+                "UPDATE sessions SET revoked_at = $2
+                 WHERE user_id = $1 AND id = $3 AND revoked_at IS NULL AND expires_at > $2 RETURNING id",
+                &[&user_id, &now, id],
             )
             .await?
-            .iter()
-            .map(|row| row.try_get(0).map(Some))
-            .collect::<std::result::Result<_, _>>()?,
+        }
+        Revoke::All => {
+            tx.query(
+                "UPDATE sessions SET revoked_at = $2
+                 WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+                &[&user_id, &now],
+            )
+            .await?
+        }
+        Revoke::AllBut(keep) => {
+            tx.query(
+                "UPDATE sessions SET revoked_at = $2
+                 WHERE user_id = $1 AND id <> $3 AND revoked_at IS NULL RETURNING id",
+                &[&user_id, &now, keep],
+            )
+            .await?
+        }
     };
-    log_invalidations(tx, user_id, revoked, now).await
+    let revoked = rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<std::result::Result<Vec<String>, _>>()?;
+    log_invalidations(tx, user_id, rules::invalidations(scope, revoked), now).await
 }
 
 #[async_trait]
-impl UserStore for PgStore {
+impl Store for PgStore {
     async fn create_user(&self, user: NewUser) -> Result<User> {
         self.write(async |tx| {
             tx.execute(
@@ -353,15 +360,23 @@ impl UserStore for PgStore {
         let created = self
             .write(async |tx| {
                 // The row lock orders this login after (or before) a password change.
-                let unchanged = tx
+                let current = tx
                     .query_opt(
-                        "SELECT password_hash = $2 AND is_active FROM users WHERE id = $1 FOR UPDATE",
-                        &[&s.user_id, &verified_hash],
+                        "SELECT password_hash, is_active FROM users WHERE id = $1 FOR UPDATE",
+                        &[&s.user_id],
                     )
                     .await?
-                    .map(|row| row.try_get::<_, bool>(0))
+                    .map(|row| {
+                        Ok::<_, tokio_postgres::Error>((
+                            row.try_get::<_, String>(0)?,
+                            row.try_get::<_, bool>(1)?,
+                        ))
+                    })
                     .transpose()?;
-                if unchanged != Some(true) {
+                let current = current
+                    .as_ref()
+                    .map(|(hash, active)| (hash.as_str(), *active));
+                if !rules::may_open_session(current, &verified_hash) {
                     return Ok(false);
                 }
                 if let Some(hash) = &rehash {
@@ -405,21 +420,31 @@ impl UserStore for PgStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT s.user_id, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
-                 WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active",
-                &[&session_id, &now],
+                "SELECT s.user_id, s.revoked_at, s.expires_at, u.is_active
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+                &[&session_id],
             )
             .await
             .map_err(classify)?;
-        row.map(|row| {
-            Ok(ActiveSession {
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let read = || -> std::result::Result<_, tokio_postgres::Error> {
+            let state = SessionState {
+                revoked_at: row.try_get(1)?,
+                expires_at: row.try_get(2)?,
+                user_active: row.try_get(3)?,
+            };
+            Ok((row.try_get::<_, String>(0)?, state))
+        };
+        let (user_id, state) = read().map_err(classify)?;
+        Ok(
+            rules::session_active(Some(state), now).then_some(ActiveSession {
                 session_id,
-                user_id: row.try_get(0)?,
-                expires_at: row.try_get(1)?,
-            })
-        })
-        .transpose()
-        .map_err(classify)
+                user_id,
+                expires_at: state.expires_at,
+            }),
+        )
     }
 
     async fn user(&self, user_id: String) -> Result<Option<User>> {
@@ -493,60 +518,82 @@ impl UserStore for PgStore {
         old_digest: String,
         new_digest: String,
         now: i64,
-        expires_at: i64,
+        refresh_ttl_ms: i64,
     ) -> Result<Rotation> {
         self.write(async |tx| {
             // The row lock makes two instances exchanging the same token take
             // turns: the second then finds it spent.
             let current = tx
                 .query_opt(
-                    "SELECT s.id, s.user_id, s.absolute_expires_at,
-                            s.revoked_at IS NULL AND s.expires_at > $2 AND u.is_active
+                    "SELECT s.id, s.user_id, s.absolute_expires_at, s.revoked_at, s.expires_at, u.is_active
                      FROM sessions s JOIN users u ON u.id = s.user_id
                      WHERE s.refresh_digest = $1
                      FOR UPDATE OF s",
-                    &[&old_digest, &now],
-                )
-                .await?;
-            if let Some(row) = current {
-                let (session_id, user_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-                let (absolute, active): (i64, bool) = (row.try_get(2)?, row.try_get(3)?);
-                if !active {
-                    return Ok(Rotation::Invalid);
-                }
-                tx.execute(
-                    "UPDATE sessions SET refresh_digest = $2, last_used_at = $3, expires_at = $4
-                     WHERE id = $1",
-                    &[&session_id, &new_digest, &now, &expires_at.min(absolute)],
-                )
-                .await?;
-                tx.execute(
-                    "INSERT INTO spent_refresh_tokens (digest, session_id, spent_at) VALUES ($1, $2, $3)",
-                    &[&old_digest, &session_id, &now],
-                )
-                .await?;
-                return Ok(Rotation::Rotated {
-                    session_id,
-                    user_id,
-                });
-            }
-            let spent = tx
-                .query_opt(
-                    "SELECT s.id, s.user_id FROM spent_refresh_tokens t
-                     JOIN sessions s ON s.id = t.session_id WHERE t.digest = $1",
                     &[&old_digest],
                 )
                 .await?;
-            let Some(row) = spent else {
-                return Ok(Rotation::Invalid);
+            let presented = match current {
+                Some(row) => Presented::Current {
+                    session_id: row.try_get(0)?,
+                    user_id: row.try_get(1)?,
+                    absolute_expires_at: row.try_get(2)?,
+                    state: SessionState {
+                        revoked_at: row.try_get(3)?,
+                        expires_at: row.try_get(4)?,
+                        user_active: row.try_get(5)?,
+                    },
+                },
+                None => match tx
+                    .query_opt(
+                        "SELECT s.id, s.user_id FROM spent_refresh_tokens t
+                         JOIN sessions s ON s.id = t.session_id WHERE t.digest = $1",
+                        &[&old_digest],
+                    )
+                    .await?
+                {
+                    Some(row) => Presented::Spent {
+                        session_id: row.try_get(0)?,
+                        user_id: row.try_get(1)?,
+                    },
+                    None => Presented::Unknown,
+                },
             };
-            let (session_id, user_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            let changes = revoke_in(tx, &user_id, &Revoke::Session(session_id.clone()), now).await?;
-            Ok(Rotation::Reused {
-                session_id,
-                user_id,
-                changes,
-            })
+            match rules::exchange(presented, now, refresh_ttl_ms) {
+                Exchange::Rotate {
+                    session_id,
+                    user_id,
+                    expires_at,
+                } => {
+                    tx.execute(
+                        "UPDATE sessions SET refresh_digest = $2, last_used_at = $3, expires_at = $4
+                         WHERE id = $1",
+                        &[&session_id, &new_digest, &now, &expires_at],
+                    )
+                    .await?;
+                    tx.execute(
+                        "INSERT INTO spent_refresh_tokens (digest, session_id, spent_at) VALUES ($1, $2, $3)",
+                        &[&old_digest, &session_id, &now],
+                    )
+                    .await?;
+                    Ok(Rotation::Rotated {
+                        session_id,
+                        user_id,
+                    })
+                }
+                Exchange::RevokeForReuse {
+                    session_id,
+                    user_id,
+                } => {
+                    let scope = Revoke::Session(session_id.clone());
+                    let changes = revoke_in(tx, &user_id, &scope, now).await?;
+                    Ok(Rotation::Reused {
+                        session_id,
+                        user_id,
+                        changes,
+                    })
+                }
+                Exchange::Refuse => Ok(Rotation::Invalid),
+            }
         })
         .await
     }
@@ -647,16 +694,17 @@ impl UserStore for PgStore {
     }
 
     async fn purge(&self, now: i64) -> Result<u64> {
+        let keep = rules::retention(now);
         self.write(async |tx| {
             let sessions = tx
                 .execute(
                     "DELETE FROM sessions WHERE expires_at <= $1 OR revoked_at <= $2",
-                    &[&now, &(now - KEEP_REVOKED_MS)],
+                    &[&keep.expired_before, &keep.revoked_before],
                 )
                 .await?;
             tx.execute(
                 "DELETE FROM invalidations WHERE at <= $1",
-                &[&(now - KEEP_REVOKED_MS)],
+                &[&keep.revoked_before],
             )
             .await?;
             Ok(sessions)

@@ -2,10 +2,12 @@
 //!
 //! The database runs in WAL mode with `synchronous = FULL`, so every
 //! committed write survives a crash of the process or the machine, and readers
-//! never wait for the writer. Every call runs on a blocking thread; the
-//! `UserRepo` actor makes sure only one write is in flight at a time, and
+//! never wait for the writer. Every call runs on a blocking thread. The
+//! `UserRepo` actor makes sure only one write is in flight at a time (the
+//! mutex only hands the write connection to that blocking thread), and
 //! writes take the lock up front (`BEGIN IMMEDIATE`) so that a busy database
 //! waits `busy_timeout_ms` and then fails cleanly instead of deadlocking.
+//! What the rows mean is decided by [`super::rules`], as for PostgreSQL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,9 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use rusqlite_migration::{M, Migrations};
 
-use super::store::{DatabaseSettings, KEEP_REVOKED_MS, USER_COLUMNS, UserStore};
+use super::protocol::Store;
+use super::rules::{self, Exchange, Presented, SessionState};
+use super::store::{DatabaseSettings, USER_COLUMNS};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
     ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
@@ -110,14 +114,8 @@ impl SqliteStore {
         + 'static,
     ) -> Result<T> {
         self.write(move |tx| {
-            let active: bool = tx
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
-                     WHERE s.id = ?1 AND s.user_id = ?2 AND s.revoked_at IS NULL
-                       AND s.expires_at > ?3 AND u.is_active = 1)",
-                )?
-                .query_row(params![by.session_id, by.user_id, now], |r| r.get(0))?;
-            if !active {
+            let state = session_state(tx, &by.session_id, Some(&by.user_id))?;
+            if !rules::session_active(state, now) {
                 return Ok(Err(Error::SessionRevoked));
             }
             work(tx, &by)
@@ -182,6 +180,26 @@ fn classify(e: rusqlite::Error) -> Error {
     Error::Internal(format!("sqlite: {e}"))
 }
 
+/// A session's state as the rules need it, read inside `conn` (of `user_id`, when given).
+fn session_state(
+    conn: &Connection,
+    session_id: &str,
+    user_id: Option<&str>,
+) -> rusqlite::Result<Option<SessionState>> {
+    conn.prepare_cached(
+        "SELECT s.revoked_at, s.expires_at, u.is_active FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.id = ?1 AND (?2 IS NULL OR s.user_id = ?2)",
+    )?
+    .query_row(params![session_id, user_id], |r| {
+        Ok(SessionState {
+            revoked_at: r.get(0)?,
+            expires_at: r.get(1)?,
+            user_active: r.get(2)?,
+        })
+    })
+    .optional()
+}
+
 /// Revokes the sessions in `scope` inside `tx` and logs what caches must drop.
 fn revoke_in(
     tx: &rusqlite::Transaction<'_>,
@@ -189,42 +207,42 @@ fn revoke_in(
     scope: &Revoke,
     now: i64,
 ) -> rusqlite::Result<Vec<Invalidation>> {
-    let revoked: Vec<Option<String>> = match scope {
-        Revoke::Session(id) => {
-            let n = tx.execute(
-                "UPDATE sessions SET revoked_at = ?3
-                 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL AND expires_at > ?3",
-                params![id, user_id, now],
-            )?;
-            if n == 0 {
-                Vec::new()
-            } else {
-                vec![Some(id.clone())]
-            }
-        }
-        Revoke::All => {
-            tx.execute(
-                "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
-                params![user_id, now],
-            )?;
-            // One entry for the user: caches drop the profile and every session.
-            vec![None]
-        }
-        Revoke::AllBut(keep) => {
-            let ids = tx
-                .prepare_cached(
-                    "UPDATE sessions SET revoked_at = ?3
-                     WHERE user_id = ?1 AND id <> ?2 AND revoked_at IS NULL RETURNING id",
-                )?
-                .query_map(params![user_id, keep, now], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            ids.into_iter().map(Some).collect()
-        }
+    let revoked_ids = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+        tx.prepare_cached(sql)?
+            .query_map(params, |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()
     };
+    let revoked = match scope {
+        Revoke::Session(id) => revoked_ids(
+            "UPDATE sessions SET revoked_at = ?2
+             WHERE user_id = ?1 AND id = ?3 AND revoked_at IS NULL AND expires_at > ?2 RETURNING id",
+            &[&user_id, &now, id],
+        )?,
+        Revoke::All => revoked_ids(
+            "UPDATE sessions SET revoked_at = ?2
+             WHERE user_id = ?1 AND revoked_at IS NULL RETURNING id",
+            &[&user_id, &now],
+        )?,
+        Revoke::AllBut(keep) => revoked_ids(
+            "UPDATE sessions SET revoked_at = ?2
+             WHERE user_id = ?1 AND id <> ?3 AND revoked_at IS NULL RETURNING id",
+            &[&user_id, &now, keep],
+        )?,
+    };
+    log_invalidations(tx, user_id, rules::invalidations(scope, revoked), now)
+}
+
+/// Appends to the invalidation log.
+fn log_invalidations(
+    tx: &rusqlite::Transaction<'_>,
+    user_id: &str,
+    sessions: Vec<Option<String>>,
+    now: i64,
+) -> rusqlite::Result<Vec<Invalidation>> {
     let mut log = tx.prepare_cached(
         "INSERT INTO invalidations (at, user_id, session_id) VALUES (?1, ?2, ?3)",
     )?;
-    revoked
+    sessions
         .into_iter()
         .map(|session_id| {
             log.execute(params![now, user_id, session_id])?;
@@ -260,7 +278,7 @@ fn user_from(row: &Row<'_>) -> rusqlite::Result<User> {
 }
 
 #[async_trait]
-impl UserStore for SqliteStore {
+impl Store for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User> {
         self.write(move |tx| {
             tx.execute(
@@ -304,14 +322,17 @@ impl UserStore for SqliteStore {
         rehash: Option<String>,
     ) -> Result<Option<Session>> {
         self.write(move |tx| {
-            let unchanged: Option<bool> = tx
+            let current: Option<(String, bool)> = tx
                 .query_row(
-                    "SELECT password_hash = ?2 AND is_active = 1 FROM users WHERE id = ?1",
-                    params![s.user_id, verified_hash],
-                    |r| r.get(0),
+                    "SELECT password_hash, is_active FROM users WHERE id = ?1",
+                    [&s.user_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            if unchanged != Some(true) {
+            let current = current
+                .as_ref()
+                .map(|(hash, active)| (hash.as_str(), *active));
+            if !rules::may_open_session(current, &verified_hash) {
                 return Ok(None);
             }
             if let Some(hash) = rehash {
@@ -350,18 +371,27 @@ impl UserStore for SqliteStore {
 
     async fn active_session(&self, session_id: String, now: i64) -> Result<Option<ActiveSession>> {
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT s.user_id, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
-                 WHERE s.id = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.is_active = 1",
-            )?
-            .query_row(params![session_id, now], |row| {
-                Ok(ActiveSession {
-                    session_id: session_id.clone(),
-                    user_id: row.get(0)?,
-                    expires_at: row.get(1)?,
+            let found = conn
+                .prepare_cached(
+                    "SELECT s.user_id, s.revoked_at, s.expires_at, u.is_active
+                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
+                )?
+                .query_row([&session_id], |row| {
+                    let state = SessionState {
+                        revoked_at: row.get(1)?,
+                        expires_at: row.get(2)?,
+                        user_active: row.get(3)?,
+                    };
+                    Ok((row.get::<_, String>(0)?, state))
                 })
-            })
-            .optional()
+                .optional()?;
+            Ok(found
+                .filter(|(_, state)| rules::session_active(Some(*state), now))
+                .map(|(user_id, state)| ActiveSession {
+                    session_id,
+                    user_id,
+                    expires_at: state.expires_at,
+                }))
         })
         .await
     }
@@ -440,26 +470,54 @@ impl UserStore for SqliteStore {
         old_digest: String,
         new_digest: String,
         now: i64,
-        expires_at: i64,
+        refresh_ttl_ms: i64,
     ) -> Result<Rotation> {
         self.write(move |tx| {
             let current = tx
                 .prepare_cached(
-                    "SELECT s.id, s.user_id, s.absolute_expires_at,
-                            s.revoked_at IS NULL AND s.expires_at > ?2 AND u.is_active = 1
+                    "SELECT s.id, s.user_id, s.absolute_expires_at, s.revoked_at, s.expires_at, u.is_active
                      FROM sessions s JOIN users u ON u.id = s.user_id
                      WHERE s.refresh_digest = ?1",
                 )?
-                .query_row(params![old_digest, now], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, bool>(3)?))
+                .query_row([&old_digest], |r| {
+                    Ok(Presented::Current {
+                        session_id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        absolute_expires_at: r.get(2)?,
+                        state: SessionState {
+                            revoked_at: r.get(3)?,
+                            expires_at: r.get(4)?,
+                            user_active: r.get(5)?,
+                        },
+                    })
                 })
                 .optional()?;
-            match current {
-                Some((session_id, user_id, absolute, true)) => {
+            let presented = match current {
+                Some(current) => current,
+                None => tx
+                    .prepare_cached(
+                        "SELECT s.id, s.user_id FROM spent_refresh_tokens t
+                         JOIN sessions s ON s.id = t.session_id WHERE t.digest = ?1",
+                    )?
+                    .query_row([&old_digest], |r| {
+                        Ok(Presented::Spent {
+                            session_id: r.get(0)?,
+                            user_id: r.get(1)?,
+                        })
+                    })
+                    .optional()?
+                    .unwrap_or(Presented::Unknown),
+            };
+            match rules::exchange(presented, now, refresh_ttl_ms) {
+                Exchange::Rotate {
+                    session_id,
+                    user_id,
+                    expires_at,
+                } => {
                     tx.execute(
                         "UPDATE sessions SET refresh_digest = ?2, last_used_at = ?3, expires_at = ?4
                          WHERE id = ?1",
-                        params![session_id, new_digest, now, expires_at.min(absolute)],
+                        params![session_id, new_digest, now, expires_at],
                     )?;
                     tx.execute(
                         "INSERT INTO spent_refresh_tokens (digest, session_id, spent_at) VALUES (?1, ?2, ?3)",
@@ -470,25 +528,19 @@ impl UserStore for SqliteStore {
                         user_id,
                     })
                 }
-                Some(_) => Ok(Rotation::Invalid),
-                None => {
-                    let spent = tx
-                        .prepare_cached(
-                            "SELECT s.id, s.user_id FROM spent_refresh_tokens t
-                             JOIN sessions s ON s.id = t.session_id WHERE t.digest = ?1",
-                        )?
-                        .query_row([&old_digest], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                        .optional()?;
-                    let Some((session_id, user_id)) = spent else {
-                        return Ok(Rotation::Invalid);
-                    };
-                    let changes = revoke_in(tx, &user_id, &Revoke::Session(session_id.clone()), now)?;
+                Exchange::RevokeForReuse {
+                    session_id,
+                    user_id,
+                } => {
+                    let scope = Revoke::Session(session_id.clone());
+                    let changes = revoke_in(tx, &user_id, &scope, now)?;
                     Ok(Rotation::Reused {
                         session_id,
                         user_id,
                         changes,
                     })
                 }
+                Exchange::Refuse => Ok(Rotation::Invalid),
             }
         })
         .await
@@ -531,15 +583,8 @@ impl UserStore for SqliteStore {
             let user = tx
                 .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
                 .query_row([user_id], user_from)?;
-            tx.execute(
-                "INSERT INTO invalidations (at, user_id, session_id) VALUES (?1, ?2, NULL)",
-                params![now, user_id],
-            )?;
-            let changed = Invalidation {
-                user_id: user_id.clone(),
-                session_id: None,
-            };
-            Ok(Ok((user, vec![changed])))
+            let changes = log_invalidations(tx, user_id, vec![None], now)?;
+            Ok(Ok((user, changes)))
         })
         .await
     }
@@ -589,14 +634,15 @@ impl UserStore for SqliteStore {
     }
 
     async fn purge(&self, now: i64) -> Result<u64> {
+        let keep = rules::retention(now);
         self.write(move |tx| {
             let sessions = tx.execute(
                 "DELETE FROM sessions WHERE expires_at <= ?1 OR revoked_at <= ?2",
-                params![now, now - KEEP_REVOKED_MS],
+                params![keep.expired_before, keep.revoked_before],
             )?;
             tx.execute(
                 "DELETE FROM invalidations WHERE at <= ?1",
-                [now - KEEP_REVOKED_MS],
+                [keep.revoked_before],
             )?;
             Ok(sessions as u64)
         })

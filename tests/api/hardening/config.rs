@@ -1,26 +1,18 @@
 //! Finding 10: production refuses dangerous values (staging warns about them).
 //! Finding 11e: `--check-config` reports every problem of a file, one line each.
 
-use std::process::{Command, Output};
+use std::ffi::OsStr;
+use std::process::Output;
 
-use crate::harness::{binary, shipped_config};
+use crate::harness::{cli, shipped_config, stderr};
 
 fn check(env: &[(&str, String)], config: &std::path::Path) -> Output {
-    let mut command = Command::new(binary());
-    command
-        .arg("--config")
-        .arg(config)
-        .arg("--check-config")
-        .env_remove("GATEHOUSE_ENV")
-        .env_remove("GATEHOUSE_CONFIG");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().expect("run gatehouse")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let args = [
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--check-config"),
+    ];
+    cli(&args, env)
 }
 
 /// A production configuration that passes every rule, as overrides of the

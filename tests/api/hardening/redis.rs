@@ -1,5 +1,7 @@
 //! Finding 8: when Redis cannot be reached, the default policy (`local`)
 //! falls back to this instance's in-memory limits and throttle, never to none.
+//! Each test runs a private `redis-server`; skipped, with a printed reason,
+//! where that is not installed.
 
 use crate::harness::{Builder, PASSWORD, PrivateRedis, Server};
 
@@ -30,6 +32,7 @@ async fn login_limit_holds_locally(s: &Server) {
 
 #[tokio::test]
 async fn without_redis_the_default_keeps_rate_limits_locally() {
+    gatehouse_testkit::require_redis_server!();
     let mut redis = PrivateRedis::start();
     let s = on_redis(&redis)
         .env("GATEHOUSE__RATE_LIMIT__ROUTES__LOGIN__LIMIT", 3)
@@ -41,6 +44,7 @@ async fn without_redis_the_default_keeps_rate_limits_locally() {
 
 #[tokio::test]
 async fn without_redis_the_default_keeps_the_account_throttle_locally() {
+    gatehouse_testkit::require_redis_server!();
     let mut redis = PrivateRedis::start();
     let s = on_redis(&redis)
         .env("GATEHOUSE__AUTH__MAX_FAILED_LOGINS", 2)
@@ -60,6 +64,7 @@ async fn without_redis_the_default_keeps_the_account_throttle_locally() {
 
 #[tokio::test]
 async fn on_backend_failure_local_is_accepted_explicitly() {
+    gatehouse_testkit::require_redis_server!();
     let mut redis = PrivateRedis::start();
     let s = on_redis(&redis)
         .env("GATEHOUSE__RATE_LIMIT__ON_BACKEND_FAILURE", "local")

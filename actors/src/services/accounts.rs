@@ -1,0 +1,177 @@
+//! Accounts: registering, reading and changing one's own profile and
+//! password, deactivating. Every change is written for the caller's session
+//! and checked against it inside the write.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::Database;
+use crate::breaker::BreakerId;
+use crate::clock::SharedClock;
+use crate::error::{Error, FieldError, Result};
+use crate::metrics::MetricsHandle;
+use crate::model::{NewUser, Principal, ProfileChange, User};
+use crate::names::{normalize_email, username_problem};
+use crate::passwords::Passwords;
+
+/// A registration as the front end received it.
+pub struct Registration {
+    pub email: String,
+    pub username: String,
+    pub password: SecretString,
+}
+
+#[derive(Clone)]
+pub struct Accounts {
+    pub db: Database,
+    pub passwords: Passwords,
+    pub metrics: MetricsHandle,
+    pub clock: SharedClock,
+}
+
+impl Accounts {
+    /// Creates an account.
+    pub async fn register(&self, r: Registration) -> Result<User> {
+        let username = r.username.trim().to_owned();
+        let mut problems = Vec::new();
+        let email = normalize_email(&r.email).unwrap_or_else(|p| {
+            problems.push(p);
+            String::new()
+        });
+        problems.extend(username_problem(&username));
+        problems.extend(
+            self.passwords
+                .check_policy(r.password.expose_secret(), &username, &email),
+        );
+        if !problems.is_empty() {
+            return Err(Error::Validation(problems));
+        }
+        // Ask the breaker first: while it is open, refuse before paying for a hash.
+        let mut call = self.db.breakers.admit(BreakerId::Database).await?;
+        let password_hash = self.passwords.hash(r.password).await?;
+        let new = NewUser {
+            id: uuid::Uuid::now_v7().to_string(),
+            email,
+            username,
+            password_hash,
+            now: self.clock.now_ms(),
+        };
+        let user = call.track(self.db.repo.create_user(new).await);
+        call.finish().await;
+        let user = user?;
+        self.metrics.registration();
+        tracing::info!(event = "user.registered", user_id = %user.id, "account created");
+        Ok(user)
+    }
+
+    /// The caller's own account.
+    pub async fn me(&self, who: &Principal) -> Result<User> {
+        let now = self.clock.now_ms();
+        let user = match self.db.repo.cached_user(&who.user_id, now) {
+            Some(user) => Some(user),
+            None => self.db.call(self.db.repo.user(&who.user_id, now)).await?,
+        };
+        user.filter(|u| u.is_active).ok_or(Error::SessionRevoked)
+    }
+
+    /// Changes the caller's email and/or username under the registration rules.
+    pub async fn update_profile(&self, who: &Principal, change: ProfileChange) -> Result<User> {
+        let mut problems: Vec<FieldError> = Vec::new();
+        if change.email.is_none() && change.username.is_none() {
+            problems.push(FieldError::new(
+                "email",
+                "give an email, a username, or both",
+            ));
+        }
+        let email = change
+            .email
+            .as_deref()
+            .and_then(|e| normalize_email(e).map_err(|p| problems.push(p)).ok());
+        let change = ProfileChange {
+            email,
+            username: change.username.map(|u| u.trim().to_owned()),
+        };
+        problems.extend(change.username.as_deref().and_then(username_problem));
+        if !problems.is_empty() {
+            return Err(Error::Validation(problems));
+        }
+        let now = self.clock.now_ms();
+        let (user, _) = self
+            .db
+            .call(self.db.repo.update_profile(who.clone(), change, now))
+            .await?;
+        tracing::info!(event = "profile.changed", user_id = %who.user_id, "profile updated");
+        Ok(user)
+    }
+
+    /// Changes the caller's password; every other session is revoked.
+    pub async fn change_password(
+        &self,
+        who: &Principal,
+        current: SecretString,
+        new: SecretString,
+    ) -> Result<()> {
+        let mut call = self.db.breakers.admit(BreakerId::Database).await?;
+        let credentials = call
+            .track(self.db.repo.credentials_by_id(who.user_id.clone()).await)?
+            .filter(|c| c.user.is_active)
+            .ok_or(Error::SessionRevoked)?;
+        let user = &credentials.user;
+        let verdict = self
+            .passwords
+            .verify(current.clone(), Some(credentials.password_hash.clone()))
+            .await?;
+        if !verdict.matches {
+            call.finish().await;
+            tracing::warn!(event = "password.change_refused", user_id = %user.id,
+                "current password did not match");
+            return Err(Error::WrongCurrentPassword);
+        }
+        let new_password = new.expose_secret();
+        if let Some(problem) =
+            self.passwords
+                .check_policy(new_password, &user.username, &user.email)
+        {
+            call.finish().await;
+            return Err(Error::Validation(vec![FieldError {
+                field: "new_password",
+                ..problem
+            }]));
+        }
+        if new_password == current.expose_secret() {
+            call.finish().await;
+            return Err(Error::validation(
+                "new_password",
+                "must differ from the current password",
+            ));
+        }
+        let hash = self.passwords.hash(new).await?;
+        let now = self.clock.now_ms();
+        let verified = credentials.password_hash.clone();
+        let changes = call.track(
+            self.db
+                .repo
+                .set_password(who.clone(), verified, hash, now)
+                .await,
+        )?;
+        call.finish().await;
+        tracing::info!(event = "password.changed", user_id = %user.id,
+            sessions_revoked = changes.len(), "password changed");
+        if !changes.is_empty() {
+            tracing::info!(event = "session.revoked", user_id = %user.id, session_id = "*",
+                reason = "password_change", count = changes.len(), "other sessions revoked");
+        }
+        Ok(())
+    }
+
+    /// Deactivates the caller's account and revokes all its sessions.
+    pub async fn deactivate(&self, who: &Principal) -> Result<()> {
+        let now = self.clock.now_ms();
+        self.db
+            .call(self.db.repo.deactivate(who.clone(), now))
+            .await?;
+        tracing::warn!(event = "account.deactivated", user_id = %who.user_id, "account deactivated");
+        tracing::info!(event = "session.revoked", user_id = %who.user_id, session_id = "*",
+            reason = "deactivation", "all sessions revoked");
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! The repository's operations, listed once: from this list come the
+//! [`Store`] trait both stores implement, the typed [`Read`] and [`Write`]
+//! messages the `UserRepo` accepts (each carrying its own reply port), their
+//! dispatch onto the store, and the methods of [`Repo`], the callers'
+//! handle. Adding an operation is one line here plus its SQL in each store.
+
+use crate::error::Result;
+use crate::model::{
+    ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
+    Revoke, Rotation, Session, User,
+};
+
+/// Outcomes of writes that made cached views stale, so that the `UserRepo`
+/// can drop them before the caller hears of the write.
+pub trait Invalidates {
+    fn invalidations(&self) -> &[Invalidation] {
+        &[]
+    }
+}
+
+impl Invalidates for () {}
+impl Invalidates for User {}
+impl Invalidates for Option<Session> {}
+
+impl Invalidates for Vec<Invalidation> {
+    fn invalidations(&self) -> &[Invalidation] {
+        self
+    }
+}
+
+impl Invalidates for (User, Vec<Invalidation>) {
+    fn invalidations(&self) -> &[Invalidation] {
+        &self.1
+    }
+}
+
+impl Invalidates for Rotation {
+    fn invalidations(&self) -> &[Invalidation] {
+        match self {
+            Rotation::Reused { changes, .. } => changes,
+            Rotation::Rotated { .. } | Rotation::Invalid => &[],
+        }
+    }
+}
+
+macro_rules! repository {
+    (
+        reads { $( $(#[$rdoc:meta])* $RV:ident => fn $rname:ident ( $($rarg:ident : $rty:ty),* $(,)? ) -> $rout:ty; )* }
+        writes { $( $(#[$wdoc:meta])* $WV:ident => fn $wname:ident ( $($warg:ident : $wty:ty),* $(,)? ) -> $wout:ty; )* }
+        internal { $( $(#[$idoc:meta])* fn $iname:ident ( $($iarg:ident : $ity:ty),* $(,)? ) -> $iout:ty; )* }
+    ) => {
+        /// Where users and sessions live. Each method is one statement or one
+        /// transaction. Implementations map their driver's errors onto
+        /// [`Error`](crate::Error): unique violations on email or username become
+        /// `Conflict` (a domain outcome), busy or unreachable databases become
+        /// `Unavailable` (what the breaker counts), and nothing of the driver's
+        /// text ever leaves as more than a log line.
+        #[async_trait::async_trait]
+        pub trait Store: Send + Sync + 'static {
+            $( $(#[$rdoc])* async fn $rname(&self, $($rarg: $rty),*) -> Result<$rout>; )*
+            $( $(#[$wdoc])* async fn $wname(&self, $($warg: $wty),*) -> Result<$wout>; )*
+            $( $(#[$idoc])* async fn $iname(&self, $($iarg: $ity),*) -> Result<$iout>; )*
+        }
+
+        /// A read, run concurrently with other reads.
+        pub enum Read {
+            $( $RV { $($rarg: $rty,)* reply: ractor::RpcReplyPort<Result<$rout>> }, )*
+        }
+
+        /// A write, run alone, after every write queued before it.
+        pub enum Write {
+            $( $WV { $($warg: $wty,)* reply: ractor::RpcReplyPort<Result<$wout>> }, )*
+        }
+
+        impl Read {
+            pub(super) async fn run(self, store: &dyn Store) {
+                match self {
+                    $( Read::$RV { $($rarg,)* reply } => {
+                        let _ = reply.send(store.$rname($($rarg),*).await);
+                    } )*
+                }
+            }
+        }
+
+        impl Write {
+            /// The caller gave up waiting: nobody would see this write.
+            pub(super) fn abandoned(&self) -> bool {
+                match self {
+                    $( Write::$WV { reply, .. } => reply.is_closed(), )*
+                }
+            }
+
+            /// Runs the write, drops what it made stale from `cache`, then answers.
+            pub(super) async fn run(self, store: &dyn Store, cache: &super::cache::SessionCache) {
+                match self {
+                    $( Write::$WV { $($warg,)* reply } => {
+                        let done = store.$wname($($warg),*).await;
+                        if let Ok(outcome) = &done {
+                            for change in outcome.invalidations() {
+                                cache.invalidate(change);
+                            }
+                        }
+                        let _ = reply.send(done);
+                    } )*
+                }
+            }
+        }
+
+        impl super::Repo {
+            $(
+                $(#[$rdoc])*
+                pub async fn $rname(&self, $($rarg: $rty),*) -> Result<$rout> {
+                    self.ask(|reply| super::UserRepoMsg::Read(Read::$RV { $($rarg,)* reply })).await
+                }
+            )*
+            $(
+                $(#[$wdoc])*
+                pub async fn $wname(&self, $($warg: $wty),*) -> Result<$wout> {
+                    self.ask(|reply| super::UserRepoMsg::Write(Write::$WV { $($warg,)* reply })).await
+                }
+            )*
+        }
+    };
+}
+
+repository! {
+    reads {
+        /// The user whose username or email is `login` (ignoring case), with their hash.
+        Credentials => fn credentials(login: String) -> Option<Credentials>;
+        /// A user by id with their hash (for checking the current password).
+        CredentialsById => fn credentials_by_id(user_id: String) -> Option<Credentials>;
+        /// The (session, user) a current refresh token belongs to, if any.
+        RefreshOwner => fn refresh_owner(digest: String) -> Option<(String, String)>;
+        /// The user's active sessions, newest first.
+        Sessions => fn sessions(user_id: String, now: i64) -> Vec<Session>;
+    }
+    writes {
+        /// Inserts a user; `Conflict` when the email or username is taken (ignoring case).
+        CreateUser => fn create_user(user: NewUser) -> User;
+        /// Creates a session for a login whose password was checked against
+        /// `verified_hash`; `None`, and nothing written, when the user's hash is no
+        /// longer that one or the user was deactivated meanwhile (a password
+        /// change won the race). When `rehash` is given, it replaces the hash in
+        /// the same transaction (parameters were upgraded).
+        CreateSession => fn create_session(session: NewSession, verified_hash: String, rehash: Option<String>) -> Option<Session>;
+        /// Exchanges a refresh token (by digest) for a new one, atomically, by
+        /// the rotation rule: rotates a current token (sliding the session's
+        /// expiry by `refresh_ttl_ms`), revokes the session of a spent one.
+        RotateRefresh => fn rotate_refresh(old_digest: String, new_digest: String, now: i64, refresh_ttl_ms: i64) -> Rotation;
+        /// Revokes `by`'s user's sessions in `scope`; what caches must drop, empty
+        /// when nothing matched. Like every write made for a [`Principal`], it
+        /// fails with `SessionRevoked`, writing nothing, unless `by`'s session is
+        /// active inside the same transaction.
+        Revoke => fn revoke(by: Principal, scope: Revoke, now: i64) -> Vec<Invalidation>;
+        /// Changes email and/or username; `Conflict` when taken.
+        UpdateProfile => fn update_profile(by: Principal, change: ProfileChange, now: i64) -> (User, Vec<Invalidation>);
+        /// Replaces the password hash, if it is still `verified_hash` (else
+        /// `WrongCurrentPassword`: another change won), and revokes every session
+        /// but `by`'s.
+        SetPassword => fn set_password(by: Principal, verified_hash: String, new_hash: String, now: i64) -> Vec<Invalidation>;
+        /// Soft-deletes the user and revokes all their sessions.
+        Deactivate => fn deactivate(by: Principal, now: i64) -> Vec<Invalidation>;
+    }
+    internal {
+        /// The session if it is neither revoked nor expired and its user is active.
+        fn active_session(session_id: String, now: i64) -> Option<ActiveSession>;
+        /// A user by id, active or not.
+        fn user(user_id: String) -> Option<User>;
+        /// Invalidations recorded after `cursor`, and the cursor to ask with next.
+        /// A negative `cursor` means "from now on": nothing, and the current head.
+        fn invalidations_since(cursor: i64) -> (Vec<Invalidation>, i64);
+        /// Records that a session was used.
+        fn touch_session(session_id: String, now: i64) -> ();
+        /// Deletes expired sessions, long-revoked ones and old invalidations, by the retention rule.
+        fn purge(now: i64) -> u64;
+        /// Flushes everything to durable storage; called once when the repository stops.
+        fn close() -> ();
+    }
+}

@@ -1,0 +1,506 @@
+//! Everything Gatehouse serves, one row per route: method, template,
+//! handler, rate class, guard, body, and its documentation. The router is
+//! built from this table, metrics and logs are labelled with its templates,
+//! and the OpenAPI document is generated from it. Adding a route is one row
+//! here and its handler.
+//!
+//! A row's `doc` holds only what the rest of the row cannot say (summary,
+//! prose, schemas, the route's own errors); security, rate limits, media
+//! types and the errors they imply are derived (see [`crate::openapi`]).
+
+use gatehouse_actors::rate_limiter::RouteClass;
+use hyper::Method;
+
+use crate::handlers::{auth, monitoring, users};
+use crate::http::router::{Body, Guard, Route};
+use crate::openapi::{Answer, Doc, Failure, OpenApiDocument, Param, PrometheusText, Shape, Tag};
+use crate::wire;
+
+/// A handler function as a table entry.
+macro_rules! handler {
+    ($f:path) => {
+        |state, req, ctx| Box::pin($f(state, req, ctx))
+    };
+}
+
+/// The chaos route: it exists only while `monitoring.chaos` is on.
+pub const KILL_ROUTE: &str = "/api/v1/monitoring/actors/{name}/kill";
+
+const USER: Shape = Shape::of::<wire::UserBody<'static>>();
+const TOKENS: Shape = Shape::of::<wire::TokensBody<'static>>();
+
+/// Every route. Monitoring routes, `/metrics` and the document are never rate limited.
+pub static ROUTES: &[Route] = &[
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/register",
+        handler: handler!(auth::register),
+        rate: Some(RouteClass::Register),
+        guard: Guard::Open,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "register",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Register a new account",
+            description: "Creates an account.",
+            request: Some(Shape::of::<wire::RegisterRequest>()),
+            param: None,
+            answers: &[Answer::json(201, "The account was created.", USER)],
+            errors: &[Failure::Conflict],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/login",
+        handler: handler!(auth::login),
+        rate: Some(RouteClass::Login),
+        guard: Guard::Open,
+        body: Body::JsonOrForm,
+        chaos_only: false,
+        operation_id: "login",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Log in and get tokens",
+            description: "`username` may be the username or the email. Accepted as JSON or as \
+                an OAuth2 password-grant form. Unknown user, wrong password and deactivated \
+                account all answer 401 `AUTH001`. After `auth.max_failed_logins` consecutive \
+                failures for one account (its username and email share one count; an unknown name \
+                counts as typed), it gets 429 `AUTH006` for `auth.lockout_s`.",
+            request: Some(Shape::of::<wire::LoginRequest>()),
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "Logged in; a new session was created.",
+                TOKENS,
+            )],
+            errors: &[Failure::Unauthorized],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/refresh",
+        handler: handler!(auth::refresh),
+        rate: Some(RouteClass::Refresh),
+        guard: Guard::Open,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "refresh",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Exchange a refresh token for new tokens",
+            description: "Rotates the refresh token and slides the session's expiry (never past \
+                `auth.session_max_lifetime_s`). Using a refresh token a second time revokes its \
+                whole session (reuse detection) and answers 401 `AUTH004`.",
+            request: Some(Shape::of::<wire::RefreshRequest>()),
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "New tokens; the old refresh token is spent.",
+                TOKENS,
+            )],
+            errors: &[Failure::Unauthorized],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/logout",
+        handler: handler!(auth::logout),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "logout",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Revoke the current session",
+            description: "Access tokens of the session stop working immediately (401 `AUTH004`).",
+            request: None,
+            param: None,
+            answers: &[Answer::empty(
+                204,
+                "The session of this access token is revoked at once.",
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/logout-all",
+        handler: handler!(auth::logout_all),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "logoutAll",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Revoke every session of the user",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[Answer::empty(
+                204,
+                "Every session of the user is revoked at once.",
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/users/me",
+        handler: handler!(users::me),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "getMe",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "Get the caller's account",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[Answer::json(200, "The caller's account.", USER)],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::PUT,
+        template: "/api/v1/users/me",
+        handler: handler!(users::update),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "updateMe",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "Change the caller's email and/or username",
+            description: "Fields left out are not changed.",
+            request: Some(Shape::of::<wire::UpdateProfileRequest>()),
+            param: None,
+            answers: &[Answer::json(200, "The updated account.", USER)],
+            errors: &[Failure::Conflict],
+        },
+    },
+    Route {
+        method: Method::DELETE,
+        template: "/api/v1/users/me",
+        handler: handler!(users::deactivate),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "deleteMe",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "Deactivate the caller's account",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[Answer::empty(
+                204,
+                "Soft delete: `is_active` becomes false, every session is revoked and later \
+                 logins fail with `AUTH001`.",
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::PATCH,
+        template: "/api/v1/users/me/password",
+        handler: handler!(users::change_password),
+        rate: Some(RouteClass::Password),
+        guard: Guard::User,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "changePassword",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "Change the caller's password",
+            description: "A wrong `current_password` answers 403 `AUTH005`.",
+            request: Some(Shape::of::<wire::ChangePasswordRequest>()),
+            param: None,
+            answers: &[Answer::empty(
+                204,
+                "Password changed; every other session of the user is revoked.",
+            )],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/users/me/sessions",
+        handler: handler!(users::sessions),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "listSessions",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "List the caller's sessions",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "The caller's live sessions.",
+                Shape::of::<wire::SessionList<'static>>(),
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::DELETE,
+        template: "/api/v1/users/me/sessions/{id}",
+        handler: handler!(users::delete_session),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "revokeSession",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "Revoke one of the caller's sessions",
+            description: "404 `NOT001` for a session that does not exist or is not the caller's.",
+            request: None,
+            param: Some(Param {
+                description: "A session id, as listed by `GET /api/v1/users/me/sessions`.",
+                schema: Shape::inline::<String>(),
+            }),
+            answers: &[Answer::empty(204, "The session is revoked at once.")],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/monitoring/health",
+        handler: handler!(monitoring::health),
+        rate: None,
+        guard: Guard::Open,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "health",
+        doc: Doc {
+            tag: Tag::Monitoring,
+            summary: "Service health",
+            description: "Always open: never needs the monitoring token.",
+            request: None,
+            param: None,
+            answers: &[
+                Answer::json(
+                    200,
+                    "`healthy`, or `degraded` while a circuit breaker is not closed.",
+                    Shape::of::<wire::Health>(),
+                ),
+                Answer::json(
+                    503,
+                    "`unhealthy`: an actor is down.",
+                    Shape::of::<wire::Health>(),
+                ),
+            ],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/monitoring/circuit-breakers",
+        handler: handler!(monitoring::circuit_breakers),
+        rate: None,
+        guard: Guard::Monitoring,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "circuitBreakers",
+        doc: Doc {
+            tag: Tag::Monitoring,
+            summary: "Circuit breaker states",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "Every circuit breaker's state.",
+                Shape::of::<wire::CircuitBreakers>(),
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/monitoring/metrics",
+        handler: handler!(monitoring::summary),
+        rate: None,
+        guard: Guard::Monitoring,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "metricsSummary",
+        doc: Doc {
+            tag: Tag::Monitoring,
+            summary: "Metrics summary as JSON",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "Counters and latency percentiles.",
+                Shape::of::<wire::MetricsSummary>(),
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/monitoring/actors",
+        handler: handler!(monitoring::actors),
+        rate: None,
+        guard: Guard::Monitoring,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "actors",
+        doc: Doc {
+            tag: Tag::Monitoring,
+            summary: "Actor statuses",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "Every supervised actor's status.",
+                Shape::of::<wire::Actors>(),
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: KILL_ROUTE,
+        handler: handler!(monitoring::kill),
+        rate: None,
+        guard: Guard::Monitoring,
+        body: Body::None,
+        chaos_only: true,
+        operation_id: "killActor",
+        doc: Doc {
+            tag: Tag::Monitoring,
+            summary: "Make an actor fail (chaos testing)",
+            description: "",
+            request: None,
+            param: Some(Param {
+                description: "The actor to make fail.",
+                schema: Shape::inline::<wire::ActorName>(),
+            }),
+            answers: &[Answer::empty(
+                202,
+                "The actor was told to fail; the supervisor restarts it.",
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/metrics",
+        handler: handler!(monitoring::prometheus),
+        rate: None,
+        guard: Guard::Monitoring,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "prometheusMetrics",
+        doc: Doc {
+            tag: Tag::Monitoring,
+            summary: "Prometheus metrics",
+            description: "Series: `gatehouse_http_requests_total{method,route,status}`, \
+                `gatehouse_http_request_duration_seconds` (histogram), \
+                `gatehouse_logins_total{result}`, `gatehouse_registrations_total`, \
+                `gatehouse_rate_limited_total{route}`, \
+                `gatehouse_circuit_breaker_state{breaker}` (0 closed, 1 half_open, 2 open), \
+                `gatehouse_actor_restarts_total{actor}`. Route labels are path templates.",
+            request: None,
+            param: None,
+            answers: &[Answer::text(
+                200,
+                "Prometheus text exposition format 0.0.4.",
+                Shape::inline::<PrometheusText>(),
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/openapi.json",
+        handler: handler!(monitoring::openapi),
+        rate: None,
+        guard: Guard::Open,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "openapi",
+        doc: Doc {
+            tag: Tag::Monitoring,
+            summary: "This OpenAPI document",
+            description: "Always open.",
+            request: None,
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "The OpenAPI 3.1 document of the whole API, as this configuration serves it.",
+                Shape::inline::<OpenApiDocument>(),
+            )],
+            errors: &[],
+        },
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::router::{Matched, Router};
+
+    #[test]
+    fn routes_methods_and_unknown_paths() {
+        let r = Router::new(ROUTES, false).unwrap();
+        assert!(matches!(
+            r.route(&Method::POST, "/api/v1/auth/login"),
+            Matched::Found { route, .. } if route.operation_id == "login"
+        ));
+        match r.route(&Method::GET, "/api/v1/auth/login") {
+            Matched::MethodNotAllowed { allow, .. } => assert_eq!(allow, "POST"),
+            _ => panic!("expected 405"),
+        }
+        match r.route(&Method::POST, "/api/v1/users/me") {
+            Matched::MethodNotAllowed { allow, .. } => {
+                assert_eq!(allow, "GET, HEAD, PUT, DELETE")
+            }
+            _ => panic!("expected 405"),
+        }
+        assert!(matches!(
+            r.route(&Method::HEAD, "/api/v1/users/me"),
+            Matched::Found { route, .. } if route.operation_id == "getMe"
+        ));
+        assert!(matches!(
+            r.route(&Method::GET, "/api/v1/nope"),
+            Matched::NotFound
+        ));
+        assert!(matches!(
+            r.route(&Method::GET, "/api/v1/users/me/"),
+            Matched::NotFound
+        ));
+        assert!(matches!(
+            r.route(&Method::POST, "/api/v1/monitoring/actors/metrics/kill"),
+            Matched::NotFound
+        ));
+        let chaos = Router::new(ROUTES, true).unwrap();
+        assert!(matches!(
+            chaos.route(&Method::POST, "/api/v1/monitoring/actors/metrics/kill"),
+            Matched::Found { param: Some(name), .. } if name == "metrics"
+        ));
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let mut ids: Vec<_> = ROUTES.iter().map(|r| r.operation_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), ROUTES.len());
+    }
+}

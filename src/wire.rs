@@ -1,0 +1,573 @@
+//! The JSON shapes of the API: what requests carry and answers hold. Domain
+//! records from the actors crate become these at the edge; times go out as
+//! RFC 3339 UTC strings.
+//!
+//! Each shape is also its OpenAPI schema (`ToSchema`): the doc comments of
+//! types and fields are the document's descriptions, so they are written for
+//! the API's clients. Values that are names of domain states (breaker states,
+//! actor statuses, …) are documented by the small schema types at the end,
+//! which take their names from the domain.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use gatehouse_actors::breaker::{BreakerSnapshot, BreakerState};
+use gatehouse_actors::model::{Session, User};
+use gatehouse_actors::passwords::PasswordSettings;
+use gatehouse_actors::services::auth::Issued;
+use gatehouse_actors::services::operations::HealthStatus;
+use gatehouse_actors::services::sessions::SessionInfo;
+use gatehouse_actors::supervisor::{ActorReport, ActorStatus};
+use gatehouse_actors::system::ActorKind;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::{KnownFormat, RefOr};
+use utoipa::{PartialSchema, ToSchema};
+
+/// A millisecond timestamp as RFC 3339 UTC.
+fn rfc3339<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    time::serde::rfc3339::serialize(&gatehouse_actors::clock::datetime(*ms), s)
+}
+
+fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => rfc3339(ms, s),
+        None => s.serialize_none(),
+    }
+}
+
+// Request structs keep every field optional, so that a missing one is a 422
+// naming it rather than a 400; the schemas say which the server requires
+// (`value_type` without `Option`).
+
+/// A new account. Unknown fields are ignored. A missing field is a
+/// validation failure (422), a wrongly typed one a malformed body (400).
+#[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "email": "ada@example.com",
+    "username": "ada",
+    "password": "correct horse battery staple"
+})))]
+pub struct RegisterRequest {
+    /// Stored Unicode-NFC-normalised and lower-cased, with an IDNA (punycode)
+    /// domain; unique in that form. Addresses with invisible or control
+    /// characters, and quoted local parts, are refused (422).
+    #[schema(value_type = String, format = Email, max_length = 254)]
+    pub email: Option<String>,
+    /// 3–32 of `[A-Za-z0-9_.-]`; unique ignoring case.
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9_.-]{3,32}$")]
+    pub username: Option<String>,
+    #[schema(value_type = NewPassword)]
+    pub password: Option<SecretString>,
+}
+
+/// Credentials, as JSON or as an `application/x-www-form-urlencoded` form
+/// (the OAuth2 resource-owner password grant). Unknown fields are ignored.
+/// A missing field is a validation failure (422).
+#[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"username": "ada", "password": "correct horse battery staple"})))]
+pub struct LoginRequest {
+    /// The username or the email address.
+    #[schema(value_type = String)]
+    pub username: Option<String>,
+    #[schema(value_type = String, format = Password)]
+    pub password: Option<SecretString>,
+    /// The OAuth2 grant (its schema: [`grant_type`]).
+    #[schema(schema_with = grant_type)]
+    pub grant_type: Option<String>,
+}
+
+fn grant_type() -> RefOr<Schema> {
+    names(
+        "The OAuth2 grant: optional; when present it must be `password` (else 422).",
+        ["password"],
+    )
+}
+
+/// A refresh token to exchange.
+#[derive(Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    /// The opaque refresh token from login or the previous refresh.
+    #[schema(value_type = String, format = Password)]
+    pub refresh_token: Option<SecretString>,
+}
+
+/// A change of email and/or username. Fields left out (or null) are not
+/// changed. Unknown fields are ignored.
+#[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"username": "ada_l"})))]
+pub struct UpdateProfileRequest {
+    /// Stored Unicode-NFC-normalised and lower-cased, with an IDNA (punycode)
+    /// domain; unique in that form. Addresses with invisible or control
+    /// characters, and quoted local parts, are refused (422).
+    #[schema(format = Email, max_length = 254)]
+    pub email: Option<String>,
+    /// 3–32 of `[A-Za-z0-9_.-]`; unique ignoring case.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{3,32}$")]
+    pub username: Option<String>,
+}
+
+/// A password change. A missing field is a validation failure (422).
+#[derive(Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    /// The password now; wrong → 403 `AUTH005`.
+    #[schema(value_type = String, format = Password)]
+    pub current_password: Option<SecretString>,
+    #[schema(value_type = NewPassword)]
+    pub new_password: Option<SecretString>,
+}
+
+/// A password being chosen (registration, password change): between
+/// `password.min_length` and `password.max_length` characters, not a
+/// well-known common password, not equal to the username or email.
+/// `minLength` and `maxLength` are this server's configured limits.
+pub struct NewPassword;
+
+impl NewPassword {
+    /// The schema with the limits `settings` enforce.
+    pub fn schema_for(settings: &PasswordSettings) -> Schema {
+        let (min, max) = (settings.min_length, settings.max_length);
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Password)))
+            .min_length(Some(min))
+            .max_length(Some(max))
+            .description(Some(format!(
+                "A password being chosen: {min} to {max} characters (`password.min_length`, \
+                 `password.max_length`), not a well-known common password, not equal to \
+                 the username or email."
+            )))
+            .into()
+    }
+}
+
+impl PartialSchema for NewPassword {
+    /// With the default limits; the served document states the configured ones.
+    fn schema() -> RefOr<Schema> {
+        Self::schema_for(&PasswordSettings::default()).into()
+    }
+}
+
+impl ToSchema for NewPassword {}
+
+/// An account, as its owner sees it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = User, examples(json!({
+    "id": "usr_01J9Z3K7Q2W8X5V4B6N1M0P3R7",
+    "email": "ada@example.com",
+    "username": "ada",
+    "is_active": true,
+    "created_at": "2026-01-01T00:00:00Z",
+    "updated_at": "2026-01-01T00:00:00Z"
+})))]
+pub struct UserBody<'a> {
+    /// Opaque user id.
+    pub id: &'a str,
+    /// Stored lower-cased, NFC-normalised, with an IDNA (punycode) domain.
+    #[schema(format = Email)]
+    pub email: &'a str,
+    /// As chosen; unique ignoring case.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{3,32}$")]
+    pub username: &'a str,
+    /// False once the account is deactivated (it can no longer log in).
+    pub is_active: bool,
+    /// RFC 3339, UTC.
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+    /// RFC 3339, UTC.
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: i64,
+}
+
+impl<'a> From<&'a User> for UserBody<'a> {
+    fn from(u: &'a User) -> Self {
+        Self {
+            id: &u.id,
+            email: &u.email,
+            username: &u.username,
+            is_active: u.is_active,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+/// The tokens of a session: a short-lived access token and a refresh token.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Tokens, examples(json!({
+    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2lnbmF0dXJl",
+    "token_type": "bearer",
+    "expires_in": 900,
+    "refresh_token": "q3yQ0p1v5qk2o8Zb7wzX9mB4h6s1tN0aR2uL8cV5dEf"
+})))]
+pub struct TokensBody<'a> {
+    /// HS256 JWT with claims `sub` (user id), `sid` (session id), `iat`,
+    /// `exp`, `iss`, `aud`, `jti`. Send it as `Authorization: Bearer …`.
+    pub access_token: &'a str,
+    #[schema(value_type = TokenType, inline)]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires (`auth.access_token_ttl_s`).
+    pub expires_in: u64,
+    /// Opaque; valid once — using it a second time revokes the whole session.
+    pub refresh_token: &'a str,
+}
+
+/// How the access token is used: as a bearer token.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum TokenType {
+    Bearer,
+}
+
+impl<'a> From<&'a Issued> for TokensBody<'a> {
+    fn from(t: &'a Issued) -> Self {
+        Self {
+            access_token: t.access_token.expose_secret(),
+            token_type: "bearer",
+            expires_in: t.expires_in,
+            refresh_token: t.refresh_token.expose_secret(),
+        }
+    }
+}
+
+/// One of the caller's live sessions (one login and its refreshes).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Session)]
+pub struct SessionBody<'a> {
+    /// The id `DELETE /api/v1/users/me/sessions/{id}` takes.
+    pub id: &'a str,
+    /// RFC 3339, UTC.
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+    /// RFC 3339, UTC.
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_used_at: i64,
+    /// Slides forward on refresh, never past `auth.session_max_lifetime_s`
+    /// after `created_at`.
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: i64,
+    /// Client IP at login, if known.
+    #[schema(required = true)]
+    pub ip: Option<&'a str>,
+    /// `User-Agent` at login, if sent.
+    #[schema(required = true)]
+    pub user_agent: Option<&'a str>,
+    /// Whether this is the session of the token that made the request.
+    pub current: bool,
+}
+
+impl<'a> From<&'a SessionInfo> for SessionBody<'a> {
+    fn from(info: &'a SessionInfo) -> Self {
+        let s: &Session = &info.session;
+        Self {
+            id: &s.id,
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            expires_at: s.expires_at,
+            ip: s.ip.as_deref(),
+            user_agent: s.user_agent.as_deref(),
+            current: info.current,
+        }
+    }
+}
+
+/// The caller's live sessions.
+#[derive(Serialize, ToSchema)]
+pub struct SessionList<'a> {
+    pub sessions: Vec<SessionBody<'a>>,
+}
+
+/// How the service is.
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({
+    "status": "healthy",
+    "timestamp": "2026-01-01T00:00:00Z",
+    "version": "0.1.0",
+    "uptime_s": 3600,
+    "circuit_breakers": {"database": "closed"},
+    "actors": {
+        "breaker": "running",
+        "metrics": "running",
+        "rate_limiter": "running",
+        "token_issuer": "running",
+        "user_repo": "running"
+    }
+})))]
+pub struct Health {
+    #[schema(value_type = HealthStatusName)]
+    pub status: &'static str,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+    /// The server's version.
+    #[schema(examples("0.1.0"))]
+    pub version: &'static str,
+    /// Seconds since the service started.
+    pub uptime_s: u64,
+    /// Breaker name → state.
+    #[schema(value_type = BTreeMap<String, BreakerStateName>)]
+    pub circuit_breakers: BTreeMap<&'static str, &'static str>,
+    /// Actor name → status.
+    #[schema(value_type = BTreeMap<String, ActorStatusName>)]
+    pub actors: BTreeMap<&'static str, &'static str>,
+}
+
+/// One circuit breaker, as operators see it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CircuitBreaker)]
+pub struct BreakerBody {
+    #[schema(value_type = BreakerStateName)]
+    pub state: &'static str,
+    /// Consecutive failed calls counted so far.
+    pub failure_count: u32,
+    /// When a call last failed (RFC 3339, UTC), or null.
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
+    pub last_failure: Option<i64>,
+    /// When an open breaker goes half_open (RFC 3339, UTC), or null.
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
+    pub next_attempt: Option<i64>,
+}
+
+impl From<&BreakerSnapshot> for BreakerBody {
+    fn from(b: &BreakerSnapshot) -> Self {
+        Self {
+            state: b.state.name(),
+            failure_count: b.failure_count,
+            last_failure: b.last_failure,
+            next_attempt: b.next_attempt,
+        }
+    }
+}
+
+/// Every circuit breaker.
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({
+    "circuit_breakers": {
+        "database": {"state": "closed", "failure_count": 0, "last_failure": null, "next_attempt": null}
+    }
+})))]
+pub struct CircuitBreakers {
+    #[schema(value_type = BreakerMap, inline)]
+    pub circuit_breakers: BTreeMap<&'static str, BreakerBody>,
+}
+
+/// One supervised actor, as operators see it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ActorReport)]
+pub struct ActorBody {
+    #[schema(value_type = ActorStatusName)]
+    pub status: &'static str,
+    /// Times the supervisor restarted it.
+    pub restarts: u64,
+    /// When it last failed (RFC 3339, UTC), or null; the reason is in the
+    /// log, not here.
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
+    pub last_failure: Option<i64>,
+}
+
+impl From<&ActorReport> for ActorBody {
+    fn from(r: &ActorReport) -> Self {
+        Self {
+            status: r.status.name(),
+            restarts: r.restarts,
+            last_failure: r.last_failure,
+        }
+    }
+}
+
+/// Every supervised actor.
+#[derive(Serialize, ToSchema)]
+pub struct Actors {
+    #[schema(value_type = ActorMap, inline)]
+    pub actors: BTreeMap<&'static str, ActorBody>,
+}
+
+/// Counters since start and recent latencies.
+#[derive(Serialize, ToSchema)]
+pub struct MetricsSummary {
+    /// Seconds since the front end started.
+    pub uptime_s: u64,
+    /// Requests answered.
+    pub requests_total: u64,
+    #[schema(inline)]
+    pub latency_ms: Percentiles,
+    #[schema(inline)]
+    pub logins: Logins,
+    /// Accounts created.
+    pub registrations_total: u64,
+    /// Requests refused by the IP rate limit.
+    pub rate_limited_total: u64,
+}
+
+/// Percentiles of recent request latencies, in milliseconds.
+#[derive(Serialize, ToSchema, Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// Logins since start.
+#[derive(Serialize, ToSchema)]
+pub struct Logins {
+    /// Logins that issued tokens.
+    pub success: u64,
+    /// Logins refused (wrong credentials, throttled).
+    pub failure: u64,
+}
+
+/// A string schema whose values are `names`.
+fn names(description: &str, names: impl IntoIterator<Item = &'static str>) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .enum_values(Some(names))
+        .into()
+}
+
+/// An object mapping names to `T`s, with the names that are always present.
+fn map_of<T: ToSchema>(
+    description: &str,
+    required: impl IntoIterator<Item = &'static str>,
+) -> RefOr<Schema> {
+    let mut map = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .additional_properties(Some(utoipa::openapi::Ref::from_schema_name(T::name())));
+    for name in required {
+        map = map.required(name);
+    }
+    map.into()
+}
+
+/// The schema of `T` and those it refers to, for a schema that refers to it.
+fn refers_to<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+    schemas.push((T::name().into_owned(), T::schema()));
+    T::schemas(schemas);
+}
+
+/// Breaker name → breaker.
+pub struct BreakerMap;
+
+impl PartialSchema for BreakerMap {
+    fn schema() -> RefOr<Schema> {
+        map_of::<BreakerBody>(
+            "Breaker name → breaker. Always has `database`; also `redis` when \
+             `rate_limit.backend` is `redis`.",
+            ["database"],
+        )
+    }
+}
+
+impl ToSchema for BreakerMap {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        refers_to::<BreakerBody>(schemas);
+    }
+}
+
+/// Actor name → report.
+pub struct ActorMap;
+
+impl PartialSchema for ActorMap {
+    fn schema() -> RefOr<Schema> {
+        map_of::<ActorBody>(
+            "Actor name → report; every supervised actor is listed.",
+            ActorKind::ALL.map(ActorKind::name),
+        )
+    }
+}
+
+impl ToSchema for ActorMap {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        refers_to::<ActorBody>(schemas);
+    }
+}
+
+/// The names of [`HealthStatus`], as health answers carry them.
+pub struct HealthStatusName;
+
+impl PartialSchema for HealthStatusName {
+    fn schema() -> RefOr<Schema> {
+        use HealthStatus::*;
+        // A new status does not compile until it is listed here.
+        let all = |s: HealthStatus| match s {
+            Healthy | Degraded | Unhealthy => s.name(),
+        };
+        names(
+            "`healthy`; `degraded` (still 200) while a circuit breaker is not closed; \
+             `unhealthy` (503) while an actor is down.",
+            [Healthy, Degraded, Unhealthy].map(all),
+        )
+    }
+}
+
+impl ToSchema for HealthStatusName {
+    fn name() -> Cow<'static, str> {
+        "HealthStatus".into()
+    }
+}
+
+/// The names of [`BreakerState`].
+pub struct BreakerStateName;
+
+impl PartialSchema for BreakerStateName {
+    fn schema() -> RefOr<Schema> {
+        use BreakerState::*;
+        let all = |s: BreakerState| match s {
+            Closed | Open | HalfOpen => s.name(),
+        };
+        names(
+            "A circuit breaker's state: `closed` lets calls through, `open` refuses them \
+             (503 `SVC001`), `half_open` lets trial calls through.",
+            [Closed, Open, HalfOpen].map(all),
+        )
+    }
+}
+
+impl ToSchema for BreakerStateName {
+    fn name() -> Cow<'static, str> {
+        "BreakerState".into()
+    }
+}
+
+/// The names of [`ActorStatus`].
+pub struct ActorStatusName;
+
+impl PartialSchema for ActorStatusName {
+    fn schema() -> RefOr<Schema> {
+        use ActorStatus::*;
+        let all = |s: ActorStatus| match s {
+            Running | Restarting | Stopped => s.name(),
+        };
+        names(
+            "A supervised actor's status: `stopped` when the supervisor gave up on it.",
+            [Running, Restarting, Stopped].map(all),
+        )
+    }
+}
+
+impl ToSchema for ActorStatusName {
+    fn name() -> Cow<'static, str> {
+        "ActorStatus".into()
+    }
+}
+
+/// The name of an actor the chaos route can make fail.
+pub struct ActorName;
+
+impl PartialSchema for ActorName {
+    fn schema() -> RefOr<Schema> {
+        names("A supervised actor.", ActorKind::ALL.map(ActorKind::name))
+    }
+}
+
+impl ToSchema for ActorName {}

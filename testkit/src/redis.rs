@@ -1,0 +1,114 @@
+//! The shared Redis, and a private `redis-server` a test can stop and restart.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The shared Redis the Redis tests use, each under a key prefix of its own:
+/// `GATEHOUSE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
+pub fn redis_url() -> String {
+    std::env::var("GATEHOUSE_TEST_REDIS_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map_or_else(
+            || "redis://127.0.0.1:6379".to_owned(),
+            |v| v.trim().to_owned(),
+        )
+}
+
+/// `host:port` of [`redis_url`].
+pub(crate) fn address() -> String {
+    crate::host_port(&redis_url(), 6379)
+}
+
+/// Whether `redis-server` runs at all.
+pub(crate) fn server_installed() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The pids of the private servers now running, for [`kill_all`].
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Kills every private server still running (before the process exits
+/// without running destructors).
+pub(crate) fn kill_all() {
+    let pids = std::mem::take(&mut *RUNNING.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in pids {
+        crate::signal(pid, "KILL");
+    }
+}
+
+/// A `redis-server` of the test's own, on a free port, that it can stop and
+/// restart (on the same port, with nothing remembered). Needs the program:
+/// see [`crate::require_redis_server!`].
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let mut redis = Self {
+            port: crate::free_port(),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again), and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server; connections to it are refused from now on.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let pid = child.id();
+            RUNNING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|&p| p != pid);
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
