@@ -296,7 +296,13 @@ async fn killing_actors_under_a_burst_of_registrations_loses_no_acknowledged_wri
             )
         }));
         if i % 15 == 7 {
-            for actor in ["user_repo", "breaker", "token_issuer"] {
+            for actor in [
+                "user_repo",
+                "breaker",
+                "token_issuer",
+                "rate_limiter",
+                "metrics",
+            ] {
                 let path = format!("/api/v1/monitoring/actors/{actor}/kill");
                 s.send(s.request(Method::POST, &path)).await.ok(202);
             }
@@ -324,6 +330,19 @@ async fn killing_actors_under_a_burst_of_registrations_loses_no_acknowledged_wri
     assert_eq!(
         breakers["circuit_breakers"]["database"]["failure_count"], 0,
         "{breakers}"
+    );
+    // And every actor ends up running again.
+    let running = eventually(Duration::from_secs(5), || async {
+        let actors = s.get("/api/v1/monitoring/actors", None).await.body;
+        actors["actors"]
+            .as_object()
+            .is_some_and(|all| all.len() == 5 && all.values().all(|a| a["status"] == "running"))
+    })
+    .await;
+    assert!(
+        running,
+        "{}",
+        s.get("/api/v1/monitoring/actors", None).await.text
     );
 }
 
