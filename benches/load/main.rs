@@ -21,8 +21,18 @@
 //! | `BENCH_IDLE_CONNECTIONS` | 1000 | keep-alive connections for the memory figure |
 //! | `BENCH_IPS` | 100000 | distinct client addresses (at most 131072) |
 //! | `BENCH_USERS` | 200 | virtual users in the simulation |
-//! | `BENCH_SCENARIOS` | all | `all`, `core`, or a list of `throughput,hashing,storm,memory,ratelimit,breaker,users,postgres` |
+//! | `BENCH_SESSIONS` | 110000 | active sessions in `sessions`, beside one (more than the 100 000 the session cache of `fe28f6b` held) |
+//! | `BENCH_SCENARIOS` | all | `all`, `core`, or a list of `throughput,hashing,storm,memory,ratelimit,breaker,users,sessions,postgres` |
 //! | `BENCH_GATEHOUSE_BIN` | built | the `gatehouse` binary to measure (say, an older build); unset: `cargo build --release -p gatehouse` first, and `<target dir>/release/gatehouse` |
+//!
+//! `sessions` checks the session cache's bound: `/users/me` with
+//! `BENCH_SESSIONS` active sessions, all cached, reaches at least 0.9 × its
+//! rate with one. For each count it registers one user on a fresh SQLite
+//! file, stops the server, inserts the sessions into the file, starts the
+//! server again with a JWT secret of the bench's, forges one access token per
+//! session, sends each once (filling the cache), then measures at
+//! `BENCH_CONNECTIONS` with every request's token drawn uniformly from all.
+//! It sets only keys that `fe28f6b` accepts too, so it can drive that build.
 
 #![allow(
     clippy::disallowed_methods,
@@ -46,7 +56,7 @@ use serde_json::json;
 use report::Report;
 use scenarios::Bounds;
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "throughput",
     "hashing",
     "storm",
@@ -54,6 +64,7 @@ const ALL: [&str; 8] = [
     "ratelimit",
     "breaker",
     "users",
+    "sessions",
     "postgres",
 ];
 const CORE: [&str; 4] = ["throughput", "hashing", "storm", "memory"];
@@ -71,6 +82,7 @@ pub struct Knobs {
     pub idle_connections: usize,
     pub ips: u64,
     pub users: usize,
+    pub sessions: usize,
     pub scenarios: BTreeSet<String>,
     pub ratelimit_duration: Duration,
     pub breaker_reference: Duration,
@@ -152,6 +164,7 @@ impl Knobs {
             idle_connections: var("BENCH_IDLE_CONNECTIONS", 1000usize),
             ips,
             users: var("BENCH_USERS", 200usize).max(1),
+            sessions: var("BENCH_SESSIONS", 110_000usize).max(1),
             scenarios,
             ratelimit_duration: Duration::from_secs(5),
             breaker_reference: Duration::from_secs(2),
@@ -248,6 +261,9 @@ fn main() {
         if knobs.runs("users") {
             scenarios::users(&knobs, &mut report).await;
         }
+        if knobs.runs("sessions") {
+            scenarios::sessions(&knobs, &mut report).await;
+        }
         if knobs.runs("postgres") {
             scenarios::postgres(&knobs, &bounds, &mut report).await;
         }
@@ -295,6 +311,7 @@ fn main() {
             "idle_connections": knobs.idle_connections,
             "ips": knobs.ips,
             "users": knobs.users,
+            "sessions": knobs.sessions,
             "scenarios": knobs.scenarios,
         },
         "elapsed_s": started.elapsed().as_secs_f64(),

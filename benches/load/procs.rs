@@ -216,6 +216,20 @@ impl Gatehouse {
             .tempdir()
             .expect("create a temp dir");
         let db = dir.path().join("gatehouse.db");
+        Self::spawn(name, dir, db, overrides)
+    }
+
+    /// [`Gatehouse::start`] on an existing (or to be created) SQLite file
+    /// `db`, which outlives the process; the log goes to a temp dir of its own.
+    pub fn start_on(name: &str, db: &Path, overrides: &[(&str, String)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gatehouse-bench-")
+            .tempdir()
+            .expect("create a temp dir");
+        Self::spawn(name, dir, db.to_path_buf(), overrides)
+    }
+
+    fn spawn(name: &str, dir: TempDir, db: PathBuf, overrides: &[(&str, String)]) -> Self {
         let mut command = Command::new(gatehouse_binary());
         command
             .arg("--config")

@@ -1007,3 +1007,243 @@ pub fn bounds_note(bounds: &Bounds) -> String {
     }
     s
 }
+
+/// The HS256 key of the `sessions` scenario's server, which the bench also
+/// signs its access tokens with.
+const SESSIONS_SECRET: &str = "gatehouse-bench-sessions-scenario-hs256-key-0123456789";
+/// The `default` route class's limit there: never reached.
+const SESSIONS_LIMIT: &str = "1000000000";
+/// The one account every session of the `sessions` scenario belongs to.
+const SESSIONS_USER: &str = "bench_sessions";
+/// Far enough ahead that no session expires during the run: ten years, in ms.
+const SESSIONS_LIFETIME_MS: i64 = 10 * 365 * 86_400_000;
+/// How long the server keeps a cached session (`user_repo::cache::MAX_AGE_MS`).
+const CACHE_MAX_AGE: Duration = Duration::from_secs(60);
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A UUID-shaped id (36 characters, as long as the server's own), unique per `i`.
+fn uuid_shaped(tag: u32, i: usize) -> String {
+    format!("{tag:08x}-0000-4000-8000-{i:012x}")
+}
+
+/// splitmix64 of `seq`: request number → a uniformly spread 64-bit value.
+fn spread(seq: u64) -> u64 {
+    let mut z = seq.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A SQLite file holding one account (registered through the server, so
+/// that it has the schema and a real password hash) and `n` active sessions
+/// of it (inserted directly, in one transaction).
+struct SessionFixture {
+    /// Holds the database; removed on drop.
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    user_id: String,
+    session_ids: Vec<String>,
+}
+
+async fn session_fixture(n: usize) -> SessionFixture {
+    let dir = tempfile::Builder::new()
+        .prefix("gatehouse-bench-sessions-")
+        .tempdir()
+        .expect("create a temp dir");
+    let db = dir.path().join("gatehouse.db");
+    {
+        let gh = Gatehouse::start_on(&format!("sessions-setup-{n}"), &db, &[]);
+        let mut c = Client::new(gh.addr());
+        expect_status(
+            &c.post(REGISTER, &register_body(SESSIONS_USER), None).await,
+            201,
+            "register",
+        );
+        // The client goes first, then the server: SIGTERM, and wait for it.
+    }
+    let mut conn = rusqlite::Connection::open(&db).expect("open the bench's SQLite file");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("set a busy timeout");
+    let user_id: String = conn
+        .query_row(
+            "SELECT id FROM users WHERE username = ?1",
+            [SESSIONS_USER],
+            |row| row.get(0),
+        )
+        .expect("the registered user in the database");
+    let session_ids: Vec<String> = (0..n).map(|i| uuid_shaped(0x5e55_10e0, i)).collect();
+    let now = unix_ms();
+    let expires = now + SESSIONS_LIFETIME_MS;
+    let tx = conn.transaction().expect("begin a transaction");
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
+                                       expires_at, absolute_expires_at, ip, user_agent)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?5, '127.0.0.1', 'gatehouse-bench')",
+            )
+            .expect("prepare the session insert");
+        for (i, id) in session_ids.iter().enumerate() {
+            insert
+                .execute(rusqlite::params![
+                    id,
+                    user_id,
+                    format!("{i:064x}"),
+                    now,
+                    expires
+                ])
+                .expect("insert a session");
+        }
+    }
+    tx.commit().expect("commit the sessions");
+    drop(conn);
+    SessionFixture {
+        _dir: dir,
+        db,
+        user_id,
+        session_ids,
+    }
+}
+
+/// One `Authorization` header per session: an HS256 access token with the
+/// claims and header the server signs (`token_issuer::Signer::sign`).
+fn forge_tokens(user_id: &str, session_ids: &[String]) -> Vec<HeaderValue> {
+    let key = jsonwebtoken::EncodingKey::from_secret(SESSIONS_SECRET.as_bytes())
+        .expect("an HS256 key from the secret");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.typ = Some("JWT".into());
+    let now = unix_ms().div_euclid(1000);
+    session_ids
+        .iter()
+        .enumerate()
+        .map(|(i, sid)| {
+            let claims = json!({
+                "sub": user_id,
+                "sid": sid,
+                "iat": now,
+                "nbf": now,
+                "exp": now + 3600,
+                "iss": "gatehouse",
+                "aud": "gatehouse-clients",
+                "jti": uuid_shaped(0x0b0b_0b0b, i),
+                "token_use": "access",
+            });
+            let token = jsonwebtoken::encode(&header, &claims, &key).expect("HS256 signs");
+            HeaderValue::from_str(&format!("Bearer {token}"))
+                .expect("a token is a valid header value")
+        })
+        .collect()
+}
+
+/// `GET /users/me` with token `pick(seq)` of `tokens`.
+fn me_with(tokens: Arc<Vec<HeaderValue>>, pick: fn(u64, usize) -> usize) -> MakeRequest {
+    Arc::new(move |seq| {
+        let mut request = loadgen::request(Method::GET, ME, None, None);
+        let auth = tokens[pick(seq, tokens.len())].clone();
+        request.headers_mut().insert("authorization", auth);
+        request
+    })
+}
+
+fn in_order(seq: u64, n: usize) -> usize {
+    usize::try_from(seq).unwrap_or(usize::MAX) % n
+}
+
+fn uniform(seq: u64, n: usize) -> usize {
+    usize::try_from(spread(seq) % n as u64).unwrap_or(0)
+}
+
+/// `/users/me` with one active session, then with `k.sessions` of them, all
+/// in the session cache: each request carries a token drawn uniformly from
+/// all sessions, so every cached entry stays in use. The bound: the many-
+/// session rate is at least 0.9 × the one-session rate.
+pub async fn sessions(k: &Knobs, report: &mut Report) {
+    let counts = [1, k.sessions.max(1)];
+    let mut detail = serde_json::Map::new();
+    // req/s of the one-session server, per connection count.
+    let mut single: BTreeMap<usize, f64> = BTreeMap::new();
+    for (index, &n) in counts.iter().enumerate() {
+        let fixture = session_fixture(n).await;
+        let gh = Gatehouse::start_on(
+            &format!("sessions-{n}"),
+            &fixture.db,
+            &[
+                ("GATEHOUSE__AUTH__JWT_SECRET", SESSIONS_SECRET.to_owned()),
+                (
+                    "GATEHOUSE__RATE_LIMIT__ROUTES__DEFAULT__LIMIT",
+                    SESSIONS_LIMIT.to_owned(),
+                ),
+            ],
+        );
+        let addr = gh.addr();
+        let pid = gh.proc.pid();
+        let tokens = Arc::new(forge_tokens(&fixture.user_id, &fixture.session_ids));
+        let probe = Client::new(addr)
+            .call(|| me_with(Arc::clone(&tokens), in_order)(0))
+            .await;
+        expect_status(&probe, 200, "GET /users/me with a forged token");
+
+        // Every token once: fills the cache.
+        let conns = k.connections.iter().copied().max().unwrap_or(8);
+        let plan = Plan::closed(conns, Duration::ZERO, Duration::from_secs(3600))
+            .max_requests(n as u64)
+            .server(pid);
+        let warm_started = Instant::now();
+        let warm = loadgen::run(addr, &plan, me_with(Arc::clone(&tokens), in_order)).await;
+        let warm_s = warm_started.elapsed().as_secs_f64();
+        let rss = gh.proc.rss_bytes().unwrap_or(0);
+        report.row(
+            Row::load(
+                format!("  warm-up: each of {n} session tokens once"),
+                &warm,
+                &["200"],
+            )
+            .with(format!("{warm_s:.1} s, RSS after {:.0} MiB", mib(rss))),
+        );
+        let mut points = serde_json::Map::new();
+        for &conns in &k.connections {
+            let plan = Plan::closed(conns, k.warmup, k.duration).server(pid);
+            let o = loadgen::run(addr, &plan, me_with(Arc::clone(&tokens), uniform)).await;
+            let label = format!(
+                "GET /users/me, {n} active session{}, tokens uniform",
+                if n == 1 { "" } else { "s" }
+            );
+            let row = if index == 0 {
+                single.insert(conns, o.rps());
+                Row::load(label, &o, &["200"])
+            } else {
+                let r = ratio(o.rps(), single.get(&conns).copied()).unwrap_or(f64::NAN);
+                points.insert(format!("ratio_c{conns}"), json!(r));
+                Row::load(label, &o, &["200"])
+                    .with(format!("{r:.2} × 1-session rate"))
+                    .target("≥ 0.90 × 1 session", r >= 0.9)
+            };
+            report.row(row);
+            points.insert(format!("users_me_c{conns}"), o.summary());
+        }
+        let oldest = warm_started.elapsed();
+        if n > 1 && oldest > CACHE_MAX_AGE {
+            println!(
+                "  sessions: the first cached entries were {:.0} s old by the end, past the \
+                 server's {} s cache age; some lookups went to the database",
+                oldest.as_secs_f64(),
+                CACHE_MAX_AGE.as_secs()
+            );
+        }
+        points.insert("warmup".into(), warm.summary());
+        points.insert("warmup_s".into(), json!(warm_s));
+        points.insert("rss_after_warmup_bytes".into(), json!(rss));
+        points.insert("rss_end_bytes".into(), json!(gh.proc.rss_bytes()));
+        points.insert(
+            "oldest_cache_entry_s_at_end".into(),
+            json!(oldest.as_secs_f64()),
+        );
+        detail.insert(format!("sessions_{n}"), Value::Object(points));
+    }
+    report.detail("sessions", Value::Object(detail));
+}
