@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-request decisions: `cargo bench --bench micro`.
 //!
-//! Token sign and verify, the session-cache check an authenticated request
+//! Token sign and verify (HS256, EdDSA, ES256; first sight and seen before), the session-cache check an authenticated request
 //! makes, one rate-limit decision and one circuit-breaker decision, through
 //! the public API of `gatehouse-actors`.
 
@@ -12,7 +12,10 @@ use gatehouse_actors::breaker::{BreakerId, BreakerSettings, CircuitBreaker, Outc
 use gatehouse_actors::model::ActiveSession;
 use gatehouse_actors::rate_limiter::window::Windows;
 use gatehouse_actors::rate_limiter::{RouteClass, RouteLimit, RouteLimits};
-use gatehouse_actors::token_issuer::{AuthSettings, keys};
+use gatehouse_actors::sealing::Sealer;
+use gatehouse_actors::token_issuer::keys::{self, SigningAlgorithm, StoredKey};
+use gatehouse_actors::token_issuer::ring::{KeyInfo, KeyState};
+use gatehouse_actors::token_issuer::{AuthSettings, Grant, Signer, Verifier, from_ring, hs256};
 use gatehouse_actors::user_repo::SessionCache;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -20,29 +23,79 @@ use secrecy::{ExposeSecret, SecretString};
 const NOW_S: i64 = 1_770_000_000;
 const NOW_MS: i64 = NOW_S * 1000;
 
+/// A signer and verifier for `alg`, as the `TokenIssuer` builds them.
+fn token_pair(alg: SigningAlgorithm) -> (Signer, Verifier) {
+    let settings = AuthSettings::default();
+    if alg == SigningAlgorithm::HS256 {
+        let secret = SecretString::from("micro-benchmark-secret-0123456789abcdef");
+        return hs256(&secret, &settings).expect("HS256 keys");
+    }
+    let sealer = Sealer::new(&SecretString::from("k".repeat(32)), "signing-keys").expect("sealer");
+    let key = keys::generate(alg, &sealer).expect("a key");
+    let stored = StoredKey {
+        info: KeyInfo {
+            kid: key.kid,
+            alg: alg.name().into(),
+            state: KeyState::Active,
+            created_at: NOW_MS,
+            activates_at: NOW_MS,
+            retired_at: None,
+        },
+        public_jwk: key.public_jwk,
+        sealed_private: key.sealed_private,
+    };
+    let (signer, verifier) = from_ring(alg, &[stored], &sealer, &settings).expect("ring keys");
+    (signer.expect("an active key"), verifier)
+}
+
 fn tokens(c: &mut Criterion) {
-    let secret = SecretString::from("micro-benchmark-secret-0123456789abcdef");
-    let (signer, verifier) = keys(&secret, &AuthSettings::default()).expect("token keys");
-    let user = "0190f5a4-7b7e-7cc3-9d0e-2f6a1b3c4d5e";
-    let session = "0190f5a4-8c1d-7aa2-8e3f-5b6c7d8e9f00";
-    c.bench_function("token/sign", |b| {
-        b.iter(|| signer.sign(black_box(user), black_box(session), NOW_S))
-    });
-    let token = signer
-        .sign(user, session, NOW_S)
-        .expect("a signed token")
-        .token;
-    let token = token.expose_secret().to_owned();
-    assert!(verifier.verify(&token, NOW_S).is_ok(), "the token verifies");
-    c.bench_function("token/verify", |b| {
-        b.iter(|| verifier.verify(black_box(&token), NOW_S))
-    });
-    let mut forged = token.clone();
-    forged.pop();
-    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
-    c.bench_function("token/verify_bad_signature", |b| {
-        b.iter(|| verifier.verify(black_box(&forged), NOW_S))
-    });
+    let grant = Grant {
+        user_id: "0190f5a4-7b7e-7cc3-9d0e-2f6a1b3c4d5e".into(),
+        session_id: "0190f5a4-8c1d-7aa2-8e3f-5b6c7d8e9f00".into(),
+        auth_time: NOW_S,
+        amr: vec!["pwd".into()],
+        roles: Vec::new(),
+    };
+    let sign = |signer: &Signer| {
+        signer
+            .sign(&grant, NOW_S)
+            .expect("a signed token")
+            .token
+            .expose_secret()
+            .to_owned()
+    };
+    for alg in [
+        SigningAlgorithm::HS256,
+        SigningAlgorithm::EdDSA,
+        SigningAlgorithm::ES256,
+    ] {
+        let (signer, verifier) = token_pair(alg);
+        let name = alg.name();
+        c.bench_function(&format!("token/{name}/sign"), |b| {
+            b.iter(|| signer.sign(black_box(&grant), NOW_S))
+        });
+        // A token the verifier has not seen: signature and claims are checked.
+        c.bench_function(&format!("token/{name}/verify first sight"), |b| {
+            b.iter_batched(
+                || sign(&signer),
+                |token| verifier.verify(black_box(&token), NOW_S),
+                BatchSize::SmallInput,
+            )
+        });
+        // The same token again, as on every later request of a client.
+        let token = sign(&signer);
+        assert!(verifier.verify(&token, NOW_S).is_ok(), "the token verifies");
+        c.bench_function(&format!("token/{name}/verify seen before"), |b| {
+            b.iter(|| verifier.verify(black_box(&token), NOW_S))
+        });
+        let mut forged = token.into_bytes();
+        let at = forged.len() - 10;
+        forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).expect("ASCII");
+        c.bench_function(&format!("token/{name}/verify bad signature"), |b| {
+            b.iter(|| verifier.verify(black_box(&forged), NOW_S))
+        });
+    }
 }
 
 fn session_check(c: &mut Criterion) {

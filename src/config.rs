@@ -17,6 +17,7 @@ use gatehouse_actors::passwords::PasswordSettings;
 use gatehouse_actors::rate_limiter::RateLimitSettings;
 use gatehouse_actors::supervisor::RestartPolicy;
 use gatehouse_actors::token_issuer::AuthSettings;
+use gatehouse_actors::token_issuer::keys::SigningAlgorithm;
 use gatehouse_actors::user_repo::DatabaseSettings;
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
@@ -25,8 +26,12 @@ use serde::Deserialize;
 /// The longest rate-limit window accepted: a day.
 const MAX_WINDOW_MS: i64 = 86_400_000;
 
-/// The JWT secret shipped in `config.toml` for development; production refuses it.
+/// The JWT secret the tests and HS256 examples use for development; production refuses it.
 pub const DEV_JWT_SECRET: &str = "gatehouse-development-secret-do-not-use-in-production";
+
+/// The key-encryption secret shipped in `config.toml`; production refuses it.
+pub const DEV_KEY_ENCRYPTION_SECRET: &str =
+    "gatehouse-development-key-encryption-secret-do-not-use-in-production";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -181,8 +186,11 @@ impl SupervisorSettings {
 /// A configuration that loaded and passed validation.
 pub struct Loaded {
     pub config: Config,
-    /// The HS256 key, from `auth.jwt_secret` or the file `auth.jwt_secret_file` names.
-    pub jwt_secret: SecretString,
+    /// The HS256 key, from `auth.jwt_secret` or the file `auth.jwt_secret_file`
+    /// names, when either is given (required with `signing_algorithm = "HS256"`).
+    pub jwt_secret: Option<SecretString>,
+    /// From `auth.key_encryption_secret` or `auth.key_encryption_secret_file`.
+    pub key_encryption_secret: SecretString,
     /// Not fatal, but worth a line in the log.
     pub warnings: Vec<String>,
 }
@@ -195,6 +203,8 @@ const TEXT_KEYS: &[&str] = &[
     "server.public_url",
     "auth.jwt_secret",
     "auth.jwt_secret_file",
+    "auth.key_encryption_secret",
+    "auth.key_encryption_secret_file",
     "auth.issuer",
     "auth.audience",
     "database.path",
@@ -209,7 +219,11 @@ const TEXT_KEYS: &[&str] = &[
 const MAX_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 /// Keys whose values must never be repeated back, not even in a complaint about them.
-const SECRET_KEYS: &[&str] = &["auth.jwt_secret", "monitoring.token"];
+const SECRET_KEYS: &[&str] = &[
+    "auth.jwt_secret",
+    "auth.key_encryption_secret",
+    "monitoring.token",
+];
 
 /// Reads `path` and the environment, and validates the result.
 pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
@@ -511,8 +525,35 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
         "supervisor.restart_window_s must be at least 1",
     );
 
-    let secret = jwt_secret(a, &mut problems);
-    let broken = production_rules(&config, secret.as_ref());
+    check(
+        a.key_rotation_days <= 3650,
+        "auth.key_rotation_days must be at most 3650 (0 rotates only by hand)",
+    );
+    check(
+        a.refresh_reuse_grace_s <= 300,
+        "auth.refresh_reuse_grace_s must be at most 300",
+    );
+    let jwt_secret = secret(
+        "auth.jwt_secret",
+        &a.jwt_secret,
+        &a.jwt_secret_file,
+        a.signing_algorithm == SigningAlgorithm::HS256,
+        &mut problems,
+    );
+    let key_encryption_secret = secret(
+        "auth.key_encryption_secret",
+        &a.key_encryption_secret,
+        &a.key_encryption_secret_file,
+        true,
+        &mut problems,
+    );
+    if key_encryption_secret
+        .as_ref()
+        .is_some_and(|kek| kek.expose_secret().len() < 32)
+    {
+        problems.push("auth.key_encryption_secret must be at least 32 bytes".into());
+    }
+    let broken = production_rules(&config, jwt_secret.as_ref(), key_encryption_secret.as_ref());
     match config.environment {
         Environment::Production => problems.extend(broken),
         Environment::Staging => warnings.extend(
@@ -530,29 +571,39 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
                 .into(),
         );
     }
-    match secret {
-        Some(jwt_secret) if problems.is_empty() => Ok(Loaded {
+    match key_encryption_secret {
+        Some(key_encryption_secret) if problems.is_empty() => Ok(Loaded {
             config,
             jwt_secret,
+            key_encryption_secret,
             warnings,
         }),
         _ => Err(problems),
     }
 }
 
-/// Resolves the HS256 key.
-fn jwt_secret(auth: &AuthSettings, problems: &mut Vec<String>) -> Option<SecretString> {
-    let secret = match (&auth.jwt_secret, &auth.jwt_secret_file) {
+/// Resolves a secret given as `key` or in the file `key_file`; a missing
+/// one is a problem only when `needed`.
+fn secret(
+    key: &str,
+    value: &Option<SecretString>,
+    file: &Option<PathBuf>,
+    needed: bool,
+    problems: &mut Vec<String>,
+) -> Option<SecretString> {
+    let secret = match (value, file) {
         (Some(_), Some(_)) => {
-            problems.push("auth.jwt_secret and auth.jwt_secret_file are both set; set one".into());
+            problems.push(format!("{key} and {key}_file are both set; set one"));
             return None;
         }
         (None, None) => {
-            problems.push("auth.jwt_secret or auth.jwt_secret_file must be set".into());
+            if needed {
+                problems.push(format!("{key} or {key}_file must be set"));
+            }
             return None;
         }
         (Some(secret), None) => secret.expose_secret().to_owned(),
-        (None, Some(file)) => match read_secret_file(file) {
+        (None, Some(path)) => match read_secret_file(key, path) {
             Ok(secret) => secret,
             Err(problem) => {
                 problems.push(problem);
@@ -561,7 +612,7 @@ fn jwt_secret(auth: &AuthSettings, problems: &mut Vec<String>) -> Option<SecretS
         },
     };
     if secret.is_empty() {
-        problems.push("auth.jwt_secret must not be empty".into());
+        problems.push(format!("{key} must not be empty"));
         return None;
     }
     Some(secret.into())
@@ -573,7 +624,11 @@ const MIN_DISTINCT_SECRET_BYTES: usize = 16;
 
 /// The rules a production deployment must meet (staging is warned about
 /// them): each broken rule, one line each.
-fn production_rules(config: &Config, jwt_secret: Option<&SecretString>) -> Vec<String> {
+fn production_rules(
+    config: &Config,
+    jwt_secret: Option<&SecretString>,
+    key_encryption_secret: Option<&SecretString>,
+) -> Vec<String> {
     let a = &config.auth;
     let mut broken = Vec::new();
     let mut rule = |ok: bool, problem: String| {
@@ -617,25 +672,34 @@ fn production_rules(config: &Config, jwt_secret: Option<&SecretString>) -> Vec<S
         config.server.public_url.starts_with("https://"),
         "server.public_url must be https:// in production".into(),
     );
-    if let Some(secret) = jwt_secret.map(ExposeSecret::expose_secret) {
-        if secret == DEV_JWT_SECRET {
+    for (key, secret, shipped) in [
+        ("auth.jwt_secret", jwt_secret, DEV_JWT_SECRET),
+        (
+            "auth.key_encryption_secret",
+            key_encryption_secret,
+            DEV_KEY_ENCRYPTION_SECRET,
+        ),
+    ] {
+        let Some(secret) = secret.map(ExposeSecret::expose_secret) else {
+            continue;
+        };
+        if secret == shipped {
             rule(
                 false,
-                "auth.jwt_secret is the shipped development secret; production needs its own"
-                    .into(),
+                format!("{key} is the shipped development value; production needs its own"),
             );
-        } else {
-            rule(
-                secret.len() >= 32,
-                "auth.jwt_secret must be at least 32 bytes in production".into(),
-            );
-            rule(
-                distinct_bytes(secret) >= MIN_DISTINCT_SECRET_BYTES,
-                format!(
-                    "auth.jwt_secret must have at least {MIN_DISTINCT_SECRET_BYTES} distinct byte values in production"
-                ),
-            );
+            continue;
         }
+        rule(
+            secret.len() >= 32,
+            format!("{key} must be at least 32 bytes in production"),
+        );
+        rule(
+            distinct_bytes(secret) >= MIN_DISTINCT_SECRET_BYTES,
+            format!(
+                "{key} must have at least {MIN_DISTINCT_SECRET_BYTES} distinct byte values in production"
+            ),
+        );
     }
     broken
 }
@@ -663,14 +727,9 @@ pub fn public_url(raw: &str) -> Option<String> {
 /// `/dev/zero` must not hang the start-up).
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
-fn read_secret_file(path: &PathBuf) -> Result<String, String> {
+fn read_secret_file(key: &str, path: &PathBuf) -> Result<String, String> {
     use std::io::Read;
-    let cannot = |why: String| {
-        format!(
-            "auth.jwt_secret_file: cannot read {}: {why}",
-            path.display()
-        )
-    };
+    let cannot = |why: String| format!("{key}_file: cannot read {}: {why}", path.display());
     let metadata = std::fs::metadata(path).map_err(|e| cannot(e.to_string()))?;
     if !metadata.is_file() {
         return Err(cannot("not a regular file".into()));
@@ -710,6 +769,10 @@ mod tests {
         let mut out = None;
         figment::Jail::expect_with(|jail| {
             jail.create_file("config.toml", toml)?;
+            // A strong key-encryption secret, unless the file or the test sets one.
+            if !toml.contains("key_encryption_secret") {
+                jail.set_env("GATEHOUSE__AUTH__KEY_ENCRYPTION_SECRET", STRONG_KEK);
+            }
             for (k, v) in env {
                 jail.set_env(k, v);
             }
@@ -719,7 +782,10 @@ mod tests {
         out.unwrap()
     }
 
-    const MINIMAL: &str = "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n";
+    /// A key-encryption secret production accepts.
+    const STRONG_KEK: &str = "Kq2#wT9v!Lm4Pz7@Rx1&Nc8$Hb5^Gd3*Yf6";
+
+    const MINIMAL: &str = "[auth]\nissuer = \"gatehouse\"\n";
 
     #[test]
     fn shipped_config_is_valid_and_documents_every_section() {
@@ -793,8 +859,8 @@ mod tests {
         assert_eq!(loaded.config.rate_limit.routes.login.limit, Some(7));
         // Text stays text, exactly as typed, even when it looks like a number.
         assert_eq!(
-            loaded.jwt_secret.expose_secret(),
-            "00012345678901234567890123456789"
+            loaded.jwt_secret.as_ref().map(ExposeSecret::expose_secret),
+            Some("00012345678901234567890123456789")
         );
         assert_eq!(
             loaded.config.monitoring.required_token(),
@@ -904,7 +970,17 @@ mod tests {
                 "distinct",
             ),
         ];
-        for (key, value, named) in dangerous {
+        let shipped_kek = (
+            "GATEHOUSE__AUTH__KEY_ENCRYPTION_SECRET",
+            DEV_KEY_ENCRYPTION_SECRET,
+            "auth.key_encryption_secret",
+        );
+        let weak_kek = (
+            "GATEHOUSE__AUTH__KEY_ENCRYPTION_SECRET",
+            &*"kek!".repeat(10),
+            "auth.key_encryption_secret",
+        );
+        for (key, value, named) in dangerous.into_iter().chain([shipped_kek, weak_kek]) {
             let problems = load_toml(PRODUCTION, &[(key, value)])
                 .err()
                 .unwrap_or_default();
@@ -935,7 +1011,9 @@ mod tests {
         );
         let problems = load_toml(&toml, &[]).err().unwrap();
         assert!(
-            problems.iter().any(|p| p.contains("development secret")),
+            problems
+                .iter()
+                .any(|p| p.contains("auth.jwt_secret is the shipped development value")),
             "{problems:?}"
         );
         let both =
@@ -950,8 +1028,8 @@ mod tests {
         let toml = format!("[auth]\njwt_secret_file = {:?}\n", secret.path());
         let loaded = load_toml(&toml, &[]).unwrap();
         assert_eq!(
-            loaded.jwt_secret.expose_secret(),
-            "from-a-file-that-is-long-enough-for-prod"
+            loaded.jwt_secret.as_ref().map(ExposeSecret::expose_secret),
+            Some("from-a-file-that-is-long-enough-for-prod")
         );
     }
 

@@ -7,6 +7,7 @@
 //! ## Layout
 //!
 //! * [`config`]: typed configuration, file + environment overlay, validation.
+//! * [`commands`]: `gatehouse keys …`, run against the configured database.
 //! * [`server`]: accept loop, connection limits and timeouts, graceful shutdown.
 //! * [`routes`]: the route table, one row per route.
 //! * [`http`]: the request pipeline (guards, rate limits, bodies, headers,
@@ -23,6 +24,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod handlers;
@@ -50,11 +52,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let Loaded {
-        config, jwt_secret, ..
+        config,
+        jwt_secret,
+        key_encryption_secret,
+        ..
     } = loaded;
     let gatehouse = Gatehouse::start(Settings {
         auth: config.auth.clone(),
         jwt_secret,
+        key_encryption_secret,
         password: config.password.clone(),
         database: config.database.clone(),
         rate_limit: config.rate_limit.clone(),

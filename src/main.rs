@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use gatehouse::commands::{self, KeysCommand};
 use gatehouse::{config, telemetry};
 
 /// Gatehouse, an authentication service.
@@ -11,11 +12,38 @@ use gatehouse::{config, telemetry};
 #[command(version)]
 struct Args {
     /// Configuration file.
-    #[arg(long, env = "GATEHOUSE_CONFIG", default_value = "config.toml")]
+    #[arg(
+        long,
+        env = "GATEHOUSE_CONFIG",
+        default_value = "config.toml",
+        global = true
+    )]
     config: PathBuf,
     /// Load and validate the configuration, report, and exit (0 valid, 2 invalid).
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The signing keys of the configured database (EdDSA or ES256).
+    #[command(subcommand)]
+    Keys(Keys),
+}
+
+#[derive(Subcommand)]
+enum Keys {
+    /// One JSON line per key.
+    List,
+    /// Publish a new next key; with --now, make a key sign at once.
+    Rotate {
+        #[arg(long)]
+        now: bool,
+    },
+    /// Remove a key: every token it signed is refused, on every instance, within a second.
+    Revoke { kid: String },
 }
 
 /// Exit code for an invalid configuration.
@@ -38,6 +66,14 @@ fn main() -> ExitCode {
         }
         println!("configuration {} is valid", args.config.display());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Keys(keys)) = args.command {
+        let command = match keys {
+            Keys::List => KeysCommand::List,
+            Keys::Rotate { now } => KeysCommand::Rotate { now },
+            Keys::Revoke { kid } => KeysCommand::Revoke { kid },
+        };
+        return run_command(&loaded, command);
     }
     let _log_writer = match telemetry::init_tracing(&loaded.config.logging) {
         Ok(guard) => guard,
@@ -68,6 +104,33 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(target: telemetry::LIFECYCLE, "{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command to its end: its lines on stdout, a failure on stderr.
+fn run_command(loaded: &config::Loaded, command: KeysCommand) -> ExitCode {
+    let _log_writer = telemetry::init_tracing(&loaded.config.logging).ok();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::keys(loaded, command)) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failed) => {
+            eprintln!("{}", failed.message);
+            ExitCode::from(failed.code)
         }
     }
 }

@@ -70,16 +70,18 @@ pub struct Doc {
 pub enum Tag {
     Auth,
     Users,
+    Discovery,
     Monitoring,
 }
 
 impl Tag {
-    const ALL: [Self; 3] = [Self::Auth, Self::Users, Self::Monitoring];
+    const ALL: [Self; 4] = [Self::Auth, Self::Users, Self::Discovery, Self::Monitoring];
 
     fn name(self) -> &'static str {
         match self {
             Self::Auth => "auth",
             Self::Users => "users",
+            Self::Discovery => "discovery",
             Self::Monitoring => "monitoring",
         }
     }
@@ -88,6 +90,9 @@ impl Tag {
         match self {
             Self::Auth => "Registration, login, token refresh, logout.",
             Self::Users => "The caller's own account and sessions (Bearer access token).",
+            Self::Discovery => {
+                "What other services need to verify tokens: the JWKS and RFC 8414 metadata."
+            }
             Self::Monitoring => "Health, breakers, metrics, actors, Prometheus, this document.",
         }
     }

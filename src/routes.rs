@@ -11,7 +11,7 @@
 use gatehouse_actors::rate_limiter::RouteClass;
 use hyper::Method;
 
-use crate::handlers::{auth, monitoring, users};
+use crate::handlers::{auth, discovery, monitoring, users};
 use crate::http::router::{Body, Guard, Route};
 use crate::openapi::{Answer, Doc, Failure, OpenApiDocument, Param, PrometheusText, Shape, Tag};
 use crate::wire;
@@ -445,6 +445,51 @@ pub static ROUTES: &[Route] = &[
                 200,
                 "The OpenAPI 3.1 document of the whole API, as this configuration serves it.",
                 Shape::inline::<OpenApiDocument>(),
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/.well-known/jwks.json",
+        handler: handler!(discovery::jwks),
+        rate: None,
+        guard: Guard::Open,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "jwks",
+        doc: Doc {
+            tag: Tag::Discovery,
+            summary: "The public keys access tokens are signed with",
+            description: "Every key that is next, active or retired; `Cache-Control: public, \
+                max-age=300`. A key is published at least 600 s before it signs and stays \
+                published until every token it signed has expired, so a verifier that caches \
+                this for its max-age never meets an unknown `kid`. With HS256: `{\"keys\": []}`.",
+            request: None,
+            param: None,
+            answers: &[Answer::json(200, "The key set.", Shape::of::<wire::Jwks>())],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/.well-known/oauth-authorization-server",
+        handler: handler!(discovery::metadata),
+        rate: None,
+        guard: Guard::Open,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "authorizationServerMetadata",
+        doc: Doc {
+            tag: Tag::Discovery,
+            summary: "RFC 8414 authorization server metadata",
+            description: "Built from `server.public_url` and `auth.issuer`.",
+            request: None,
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "The metadata.",
+                Shape::of::<wire::AuthorizationServer>(),
             )],
             errors: &[],
         },

@@ -63,25 +63,32 @@ pub struct RegisterRequest {
 }
 
 /// Credentials, as JSON or as an `application/x-www-form-urlencoded` form
-/// (the OAuth2 resource-owner password grant). Unknown fields are ignored.
-/// A missing field is a validation failure (422).
+/// (the OAuth2 token endpoint): the resource-owner password grant
+/// (`username`, `password`), or with `grant_type=refresh_token` a refresh
+/// token to exchange, as `/api/v1/auth/refresh` does. Unknown fields are
+/// ignored. A missing field is a validation failure (422).
 #[derive(Deserialize, ToSchema)]
 #[schema(examples(json!({"username": "ada", "password": "correct horse battery staple"})))]
 pub struct LoginRequest {
-    /// The username or the email address.
+    /// The username or the email address (password grant).
     #[schema(value_type = String)]
     pub username: Option<String>,
+    /// Password grant.
     #[schema(value_type = String, format = Password)]
     pub password: Option<SecretString>,
     /// The OAuth2 grant (its schema: [`grant_type`]).
     #[schema(schema_with = grant_type)]
     pub grant_type: Option<String>,
+    /// The refresh token to exchange (`grant_type=refresh_token`).
+    #[schema(value_type = String, format = Password)]
+    pub refresh_token: Option<SecretString>,
 }
 
 fn grant_type() -> RefOr<Schema> {
     names(
-        "The OAuth2 grant: optional; when present it must be `password` (else 422).",
-        ["password"],
+        "The OAuth2 grant: optional (`password` when left out); `refresh_token` exchanges \
+         `refresh_token` for a new pair. Anything else is 422.",
+        ["password", "refresh_token"],
     )
 }
 
@@ -281,6 +288,52 @@ impl<'a> From<&'a SessionInfo> for SessionBody<'a> {
 #[derive(Serialize, ToSchema)]
 pub struct SessionList<'a> {
     pub sessions: Vec<SessionBody<'a>>,
+}
+
+/// `GET /.well-known/jwks.json`: the public keys access tokens are signed
+/// with — every key that is next, active or retired — and never private or
+/// symmetric material (`{"keys": []}` with HS256). Cacheable for five
+/// minutes: a key is published at least ten minutes before it signs.
+#[derive(ToSchema)]
+#[schema(examples(json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+    "kid": "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs", "alg": "EdDSA", "use": "sig"}]})))]
+pub struct Jwks {
+    pub keys: Vec<JwkDoc>,
+}
+
+/// One published key (RFC 7517): `kty` `OKP` with `crv` `Ed25519` and `x`,
+/// or `kty` `EC` with `crv` `P-256`, `x` and `y`.
+#[derive(ToSchema)]
+pub struct JwkDoc {
+    pub kty: String,
+    pub crv: String,
+    pub x: String,
+    /// EC keys only.
+    pub y: Option<String>,
+    /// The key's RFC 7638 thumbprint; tokens name it in their `kid` header.
+    pub kid: String,
+    /// `EdDSA` or `ES256`.
+    pub alg: String,
+    /// Always `sig`.
+    #[schema(rename = "use")]
+    pub r#use: String,
+}
+
+/// `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata, built
+/// from `server.public_url`.
+#[derive(Serialize, ToSchema)]
+pub struct AuthorizationServer {
+    /// `auth.issuer`, the `iss` of every token.
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    pub introspection_endpoint: String,
+    pub grant_types_supported: Vec<&'static str>,
+    /// Empty: Gatehouse has no authorization endpoint.
+    pub response_types_supported: Vec<&'static str>,
+    pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// The algorithm access tokens are signed with.
+    pub token_signing_alg_values_supported: Vec<&'static str>,
 }
 
 /// How the service is.

@@ -17,6 +17,7 @@ use crate::passwords::{PasswordSettings, Passwords};
 use crate::rate_limiter::{
     Backend, RateLimitSettings, RateLimiter, RateLimiterArgs, RateLimits, ThrottleRule,
 };
+use crate::sealing::Sealer;
 use crate::services::accounts::Accounts;
 use crate::services::auth::Auth;
 use crate::services::edge::Edge;
@@ -27,14 +28,17 @@ use crate::supervisor::{
     ActorBoard, ChildSpec, RestartPolicy, Supervisor, SupervisorArgs, SupervisorMsg,
 };
 use crate::system::{ActorKind, Names};
-use crate::token_issuer::{AuthSettings, TokenIssuer, TokenIssuerArgs, Tokens};
+use crate::token_issuer::{AuthSettings, KeySource, TokenIssuer, TokenIssuerArgs, Tokens};
 use crate::user_repo::{DatabaseSettings, Repo, UserRepo, UserRepoArgs};
 
 /// Everything the actor system needs from the configuration.
 pub struct Settings {
     pub auth: AuthSettings,
-    /// The HS256 key, resolved from `jwt_secret` or `jwt_secret_file`.
-    pub jwt_secret: SecretString,
+    /// The HS256 key, resolved from `jwt_secret` or `jwt_secret_file`
+    /// (needed with `signing_algorithm = "HS256"` only).
+    pub jwt_secret: Option<SecretString>,
+    /// Seals private signing keys (and TOTP secrets) at rest.
+    pub key_encryption_secret: SecretString,
     pub password: PasswordSettings,
     pub database: DatabaseSettings,
     pub rate_limit: RateLimitSettings,
@@ -96,6 +100,23 @@ impl Gatehouse {
         let breakers = Breakers::new(Arc::clone(&names), Arc::clone(&breaker_board), call_timeout);
         let verifier = Arc::new(ArcSwapOption::empty());
         let cache = Arc::new(ArcSwapOption::empty());
+        let repo = Repo::new(Arc::clone(&names), repo_timeout, cache.clone());
+        let alg = settings.auth.signing_algorithm;
+        let key_source = if alg.stored() {
+            KeySource::Ring {
+                alg,
+                sealer: Arc::new(Sealer::new(
+                    &settings.key_encryption_secret,
+                    "signing-keys",
+                )?),
+                repo: repo.clone(),
+            }
+        } else {
+            let secret = settings.jwt_secret.ok_or_else(|| {
+                Error::Internal("signing_algorithm HS256 needs auth.jwt_secret".into())
+            })?;
+            KeySource::Secret(secret)
+        };
 
         let rate = settings.rate_limit;
         let throttle = ThrottleRule {
@@ -143,8 +164,9 @@ impl Gatehouse {
                 &names,
                 || TokenIssuer,
                 TokenIssuerArgs {
-                    secret: settings.jwt_secret,
+                    source: key_source,
                     settings: settings.auth.clone(),
+                    clock: Arc::clone(&clock),
                     published: Arc::clone(&verifier),
                 },
             ),
@@ -168,7 +190,6 @@ impl Gatehouse {
         let warm = passwords.clone();
         tokio::spawn(async move { warm.warm_up().await });
 
-        let repo = Repo::new(Arc::clone(&names), repo_timeout, cache);
         let database = Database {
             repo: repo.clone(),
             breakers,

@@ -10,7 +10,7 @@
 //! Supervisor ─┬─ Breaker       owns the breaker state machines (database, redis); publishes snapshots
 //!             ├─ RateLimiter   owns the per-client windows, the account throttle, burst counts; talks to Redis
 //!             ├─ UserRepo      owns the store (connections) and the session cache; serializes writes
-//!             ├─ TokenIssuer   owns the signing key; publishes the verifier
+//!             ├─ TokenIssuer   owns the key ring (or the HS256 key); publishes the verifier and JWKS
 //!             └─ Metrics       owns the service tallies
 //! ```
 //!
@@ -32,6 +32,7 @@
 //!   one actor each, with the state it owns and its pure logic beside it.
 //! * [`user_repo::rules`]: the session rules both stores apply.
 //! * [`passwords`]: policy and scrypt on blocking threads.
+//! * [`sealing`]: secrets at rest, sealed with the key-encryption secret.
 //! * [`names`]: emails, usernames and login names, validated and canonical.
 //! * [`model`], [`error`], [`clock`]: records, the one error type, the one clock.
 #![cfg_attr(
@@ -49,6 +50,7 @@ pub mod model;
 pub mod names;
 pub mod passwords;
 pub mod rate_limiter;
+pub mod sealing;
 pub mod services;
 pub mod supervisor;
 pub mod system;

@@ -12,6 +12,8 @@ pub struct User {
     /// Stored as chosen; unique ignoring case.
     pub username: String,
     pub is_active: bool,
+    /// Carried in the `roles` claim of the tokens issued to the user.
+    pub roles: Vec<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -67,6 +69,23 @@ pub struct NewSession {
     pub expires_at: i64,
     /// The hard end of the session, however often it is refreshed.
     pub absolute_expires_at: i64,
+    /// When the password was checked (Unix ms).
+    pub auth_time: i64,
+    /// How the login was authenticated (`pwd`, `mfa`).
+    pub amr: Vec<String>,
+}
+
+/// Whom a current refresh token was issued to, and what the tokens issued
+/// for its session say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshOwner {
+    pub session_id: String,
+    pub user_id: String,
+    /// The session's last password check (Unix ms).
+    pub auth_time: i64,
+    pub amr: Vec<String>,
+    /// The user's roles now.
+    pub roles: Vec<String>,
 }
 
 /// What an authenticated request needs to know about its session.

@@ -70,6 +70,8 @@ fn new_session(id: &str, user: &str, digest: &str, now: i64) -> NewSession {
         now,
         expires_at: now + 10_000,
         absolute_expires_at: now + 20_000,
+        auth_time: now,
+        amr: vec!["pwd".into()],
     }
 }
 
@@ -145,7 +147,7 @@ async fn sessions_rotate_spend_and_reveal_reuse() {
         );
 
         let rotated = s
-            .rotate_refresh("d1".into(), "d2".into(), 2_000, 50_000)
+            .rotate_refresh("d1".into(), "d2".into(), 2_000, 50_000, 0)
             .await
             .unwrap();
         assert_eq!(
@@ -164,7 +166,7 @@ async fn sessions_rotate_spend_and_reveal_reuse() {
         assert_eq!(listed[0].ip.as_deref(), Some("192.0.2.1"));
 
         match s
-            .rotate_refresh("d1".into(), "d3".into(), 3_000, 50_000)
+            .rotate_refresh("d1".into(), "d3".into(), 3_000, 50_000, 0)
             .await
             .unwrap()
         {
@@ -179,13 +181,13 @@ async fn sessions_rotate_spend_and_reveal_reuse() {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            s.rotate_refresh("d2".into(), "d4".into(), 3_000, 50_000)
+            s.rotate_refresh("d2".into(), "d4".into(), 3_000, 50_000, 0)
                 .await
                 .unwrap(),
             Rotation::Invalid
         );
         assert_eq!(
-            s.rotate_refresh("nope".into(), "d5".into(), 3_000, 50_000)
+            s.rotate_refresh("nope".into(), "d5".into(), 3_000, 50_000, 0)
                 .await
                 .unwrap(),
             Rotation::Invalid
@@ -467,4 +469,203 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
         assert_eq!(hash, "$scrypt$first");
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_token_spent_within_the_grace_is_refused_without_revoking_and_after_it_revokes() {
+    on_both(|s| async move {
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        s.create_session(
+            new_session("s1", "u1", "d1", 1_000),
+            "$scrypt$x".into(),
+            None,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let owner = s.refresh_owner("d1".into()).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                owner.session_id.as_str(),
+                owner.auth_time,
+                owner.amr,
+                owner.roles
+            ),
+            ("s1", 1_000, vec!["pwd".to_owned()], Vec::<String>::new())
+        );
+        let grace = 10_000;
+        let rotated = s.rotate_refresh("d1".into(), "d2".into(), 2_000, 50_000, grace);
+        assert!(matches!(rotated.await.unwrap(), Rotation::Rotated { .. }));
+        // The other tab, a moment later and at the last moment of the grace.
+        for at in [2_001, 2_000 + grace - 1] {
+            let again = s.rotate_refresh("d1".into(), format!("x{at}"), at, 50_000, grace);
+            assert_eq!(again.await.unwrap(), Rotation::Invalid, "at {at}");
+            assert!(s.active_session("s1".into(), at).await.unwrap().is_some());
+        }
+        let late = s.rotate_refresh("d1".into(), "d3".into(), 2_000 + grace, 50_000, grace);
+        assert!(matches!(late.await.unwrap(), Rotation::Reused { .. }));
+        assert!(
+            s.active_session("s1".into(), 12_000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    })
+    .await;
+}
+
+mod key_ring {
+    use super::*;
+    use gatehouse_actors::sealing::Sealer;
+    use gatehouse_actors::token_issuer::keys::{self, SigningAlgorithm};
+    use gatehouse_actors::token_issuer::ring::{KeyOp, KeyState, RingPolicy};
+    use secrecy::SecretString;
+
+    const POLICY: RingPolicy = RingPolicy {
+        rotate_every_ms: None,
+        keep_retired_ms: 1_000_000,
+    };
+
+    fn fresh() -> keys::NewKey {
+        let sealer = Sealer::new(&SecretString::from("k".repeat(32)), "signing-keys").unwrap();
+        keys::generate(SigningAlgorithm::EdDSA, &sealer).unwrap()
+    }
+
+    async fn states(s: &Arc<dyn Store>) -> Vec<(String, KeyState)> {
+        let mut ring: Vec<_> = s
+            .key_ring()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.info.kid, k.info.state))
+            .collect();
+        ring.sort_by(|a, b| a.0.cmp(&b.0));
+        ring
+    }
+
+    /// Two stores on one database (two instances), each asked twice at once
+    /// to look after an empty ring: exactly one key is made, every time.
+    async fn race_first_key(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+        let racers = [a, b, a, b].map(|s| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move { s.change_keys(KeyOp::Upkeep, POLICY, fresh(), 1_000).await })
+        });
+        let mut made = 0;
+        for racer in racers {
+            made += racer.await.unwrap().unwrap().len();
+        }
+        assert_eq!(made, 1, "one racer makes the first key, the others nothing");
+        let ring = states(a).await;
+        assert_eq!(ring.len(), 1);
+        assert_eq!(ring[0].1, KeyState::Active);
+        assert_eq!(states(b).await, ring);
+    }
+
+    #[tokio::test]
+    async fn concurrent_upkeep_makes_the_first_key_once_on_sqlite() {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let open = || -> Arc<dyn Store> {
+                Arc::new(
+                    SqliteStore::open(&DatabaseSettings {
+                        path: dir.path().join("store.db"),
+                        ..DatabaseSettings::default()
+                    })
+                    .unwrap(),
+                )
+            };
+            let (a, b) = (open(), open());
+            race_first_key(&a, &b).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_upkeep_makes_the_first_key_once_on_postgres() {
+        gatehouse_testkit::require_postgres!();
+        let db = PgDatabase::create();
+        let open = || -> Arc<dyn Store> {
+            Arc::new(
+                PgStore::connect(&DatabaseSettings {
+                    url: db.url(),
+                    ..DatabaseSettings::default()
+                })
+                .unwrap(),
+            )
+        };
+        let (a, b) = (open(), open());
+        // Both connected and migrated before the races.
+        a.key_ring().await.unwrap();
+        b.key_ring().await.unwrap();
+        for _ in 0..10 {
+            db.query("DELETE FROM signing_keys");
+            race_first_key(&a, &b).await;
+        }
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn rotate_promote_revoke_and_forget() {
+        on_both(|s| async move {
+            s.change_keys(KeyOp::Upkeep, POLICY, fresh(), 1_000)
+                .await
+                .unwrap();
+            let first = states(&s).await[0].0.clone();
+            let next = fresh();
+            let next_kid = next.kid.clone();
+            s.change_keys(KeyOp::Rotate { now: false }, POLICY, next, 2_000)
+                .await
+                .unwrap();
+            let ring = s.key_ring().await.unwrap();
+            let waiting = ring.iter().find(|k| k.info.kid == next_kid).unwrap();
+            assert_eq!(waiting.info.state, KeyState::Next);
+            assert_eq!(waiting.info.activates_at, 2_000 + 600_000);
+            assert!(
+                !waiting.public_jwk.contains("\"d\""),
+                "only the public half in the JWK"
+            );
+
+            // Upkeep before its time changes nothing; at its time it signs.
+            let early = s.change_keys(KeyOp::Upkeep, POLICY, fresh(), 601_999);
+            assert!(early.await.unwrap().is_empty());
+            s.change_keys(KeyOp::Upkeep, POLICY, fresh(), 602_000)
+                .await
+                .unwrap();
+            let mut expected = vec![
+                (first.clone(), KeyState::Retired),
+                (next_kid.clone(), KeyState::Active),
+            ];
+            expected.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(states(&s).await, expected);
+
+            // The retired key is forgotten once its tokens have expired.
+            let kept = s.change_keys(KeyOp::Upkeep, POLICY, fresh(), 602_000 + 999_999);
+            assert!(kept.await.unwrap().is_empty());
+            s.change_keys(KeyOp::Upkeep, POLICY, fresh(), 602_000 + 1_000_000)
+                .await
+                .unwrap();
+            assert_eq!(states(&s).await, [(next_kid.clone(), KeyState::Active)]);
+
+            // Revoking the signing key makes another sign first.
+            let successor = fresh();
+            let successor_kid = successor.kid.clone();
+            s.change_keys(
+                KeyOp::Revoke { kid: next_kid },
+                POLICY,
+                successor,
+                1_700_000,
+            )
+            .await
+            .unwrap();
+            assert_eq!(states(&s).await, [(successor_kid, KeyState::Active)]);
+            let unknown = KeyOp::Revoke { kid: first };
+            assert!(matches!(
+                s.change_keys(unknown, POLICY, fresh(), 1_700_000).await,
+                Err(Error::NotFound)
+            ));
+        })
+        .await;
+    }
 }

@@ -34,7 +34,10 @@ async fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 fn settings(dir: &tempfile::TempDir, max_restarts: usize) -> Settings {
     Settings {
         auth: AuthSettings::default(),
-        jwt_secret: "supervision-test-secret-0123456789abcdef".to_owned().into(),
+        jwt_secret: None,
+        key_encryption_secret: "supervision-test-key-encryption-secret-0123"
+            .to_owned()
+            .into(),
         password: PasswordSettings {
             scrypt_log_n: 10,
             ..PasswordSettings::default()

@@ -35,7 +35,8 @@ async fn start(auth: AuthSettings, routes: RouteLimits) -> System {
     let clock = ManualClock::starting_at(START_MS);
     let g = Gatehouse::start(Settings {
         auth,
-        jwt_secret: SecretString::from("time-rules-test-secret-0123456789abcdef"),
+        jwt_secret: None,
+        key_encryption_secret: SecretString::from("time-rules-test-key-encryption-secret-0123"),
         password: PasswordSettings {
             scrypt_log_n: 10,
             scrypt_r: 1,
@@ -215,8 +216,47 @@ async fn refreshing_slides_a_session_up_to_its_absolute_end_and_no_further() {
 }
 
 #[tokio::test]
+async fn a_token_spent_within_the_grace_window_is_refused_without_revoking() {
+    let auth = AuthSettings {
+        refresh_reuse_grace_s: 10,
+        ..AuthSettings::default()
+    };
+    let s = start(auth, RouteLimits::default()).await;
+    s.register("twotabs").await;
+    let first = s.login("twotabs", PASSWORD).await.unwrap();
+    let spent = first.refresh_token.expose_secret().to_owned();
+    let second = s.g.auth.refresh(&spent).await.unwrap();
+    // The other tab, nine seconds later, with the token the first one spent.
+    s.advance_s(9);
+    assert!(matches!(
+        s.g.auth.refresh(&spent).await,
+        Err(Error::SessionRevoked)
+    ));
+    let third =
+        s.g.auth
+            .refresh(second.refresh_token.expose_secret())
+            .await
+            .expect("the session lives on");
+    // Once the window has passed, reuse is theft: the session goes.
+    s.advance_s(10);
+    assert!(matches!(
+        s.g.auth.refresh(second.refresh_token.expose_secret()).await,
+        Err(Error::SessionRevoked)
+    ));
+    assert!(matches!(
+        s.g.auth.refresh(third.refresh_token.expose_secret()).await,
+        Err(Error::SessionRevoked)
+    ));
+    s.g.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_spent_refresh_token_revokes_its_session() {
-    let s = start(AuthSettings::default(), RouteLimits::default()).await;
+    let auth = AuthSettings {
+        refresh_reuse_grace_s: 0,
+        ..AuthSettings::default()
+    };
+    let s = start(auth, RouteLimits::default()).await;
     s.register("reused").await;
     let issued = s.login("reused", PASSWORD).await.unwrap();
     let spent = issued.refresh_token.expose_secret().to_owned();

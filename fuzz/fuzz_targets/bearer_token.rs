@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gatehouse_actors::token_issuer::{AuthSettings, Verifier, keys};
+use gatehouse_actors::token_issuer::{AuthSettings, Verifier, hs256};
 use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -16,12 +16,12 @@ use secrecy::SecretString;
 const NOW: i64 = 1_800_000_000;
 
 static KEYS: LazyLock<Verifier> = LazyLock::new(|| {
-    match keys(
+    match hs256(
         &SecretString::from("k".repeat(32)),
         &AuthSettings::default(),
     ) {
         Ok((_, verifier)) => verifier,
-        Err(e) => panic!("keys() refused a 32-byte key: {e}"),
+        Err(e) => panic!("hs256() refused a 32-byte key: {e}"),
     }
 });
 

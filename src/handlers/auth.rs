@@ -46,16 +46,30 @@ pub async fn register(
     json(StatusCode::CREATED, &UserBody::from(&user))
 }
 
+/// The login route is also the OAuth2 token endpoint: the password grant,
+/// or `grant_type=refresh_token` to exchange a refresh token.
 pub async fn login(state: &AppState, req: ReadRequest, ctx: Ctx) -> Result<HttpResponse, ApiError> {
     let wire::LoginRequest {
         username,
         password,
         grant_type,
+        refresh_token,
     } = body::decode(&req)?;
-    if grant_type.as_deref().is_some_and(|g| g != "password") {
-        return Err(
-            gatehouse_actors::Error::validation("grant_type", "must be \"password\"").into(),
-        );
+    match grant_type.as_deref() {
+        None | Some("password") => {}
+        Some("refresh_token") => {
+            let Some(refresh_token) = refresh_token else {
+                return Err(body::missing(&[("refresh_token", true)]));
+            };
+            return exchange(state, refresh_token.expose_secret()).await;
+        }
+        Some(_) => {
+            return Err(gatehouse_actors::Error::validation(
+                "grant_type",
+                "must be \"password\" or \"refresh_token\"",
+            )
+            .into());
+        }
     }
     let (login, password) = match (username, password) {
         (Some(login), Some(password)) => (login, password),
@@ -93,11 +107,12 @@ pub async fn refresh(
     let Some(refresh_token) = refresh_token else {
         return Err(body::missing(&[("refresh_token", true)]));
     };
-    let issued = state
-        .gatehouse
-        .auth
-        .refresh(refresh_token.expose_secret())
-        .await?;
+    exchange(state, refresh_token.expose_secret()).await
+}
+
+/// A refresh token for a new pair, for either route that offers it.
+async fn exchange(state: &AppState, refresh_token: &str) -> Result<HttpResponse, ApiError> {
+    let issued = state.gatehouse.auth.refresh(refresh_token).await?;
     json(StatusCode::OK, &TokensBody::from(&issued))
 }
 

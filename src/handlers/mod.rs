@@ -3,5 +3,6 @@
 //! in the actors crate, guards and bodies in [`crate::http`].
 
 pub mod auth;
+pub mod discovery;
 pub mod monitoring;
 pub mod users;

@@ -60,6 +60,8 @@ pub struct AppState {
     pub monitoring_token: Option<SecretString>,
     /// The OpenAPI document, rendered once for this configuration.
     pub openapi: Bytes,
+    /// The RFC 8414 metadata document, rendered once.
+    pub metadata: Bytes,
     pub stats: RequestStats,
     pub started: Stopwatch,
     /// The clock the services read, for the timestamps of answers.
@@ -113,6 +115,7 @@ impl App {
                     .required_token()
                     .map(|t| SecretString::from(t.to_owned())),
                 openapi: crate::openapi::document(config, routes).map_err(|e| e.to_string())?,
+                metadata: metadata(config)?,
                 stats: RequestStats::default(),
                 started: Stopwatch::start(),
                 clock: std::sync::Arc::clone(&gatehouse.operations.clock),
@@ -235,6 +238,24 @@ impl App {
         };
         (route.handler)(state, req, ctx).await
     }
+}
+
+/// The RFC 8414 document: where a client finds the token endpoint and the keys.
+fn metadata(config: &Config) -> Result<Bytes, String> {
+    let base = crate::config::public_url(&config.server.public_url).unwrap_or_default();
+    let document = crate::wire::AuthorizationServer {
+        issuer: config.auth.issuer.clone(),
+        token_endpoint: format!("{base}/api/v1/auth/login"),
+        jwks_uri: format!("{base}/.well-known/jwks.json"),
+        introspection_endpoint: format!("{base}/api/v1/admin/introspect"),
+        grant_types_supported: vec!["password", "refresh_token"],
+        response_types_supported: Vec::new(),
+        token_endpoint_auth_methods_supported: vec!["none"],
+        token_signing_alg_values_supported: vec![config.auth.signing_algorithm.name()],
+    };
+    serde_json::to_vec(&document)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
 }
 
 /// The request as handlers see it: its body already read.

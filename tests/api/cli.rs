@@ -51,7 +51,7 @@ fn each_problem_gets_its_own_line_and_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     let lines: Vec<&str> = err.lines().collect();
-    for expected in ["development secret", "hsts", "chaos", "min_length"] {
+    for expected in ["shipped development value", "hsts", "chaos", "min_length"] {
         assert_eq!(
             lines.iter().filter(|l| l.contains(expected)).count(),
             1,

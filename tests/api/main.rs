@@ -18,4 +18,5 @@ mod postgres;
 mod resilience;
 mod scale_out;
 mod sessions;
+mod signing;
 mod tokens;

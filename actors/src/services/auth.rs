@@ -16,7 +16,7 @@ use crate::passwords::Passwords;
 use crate::rate_limiter::{
     AttemptDecision, RateLimits, SUSPICION_WINDOW_MS, Settlement, ThrottleKey,
 };
-use crate::token_issuer::{AuthSettings, MAX_TOKEN_BYTES, Tokens, refresh_digest};
+use crate::token_issuer::{AuthSettings, Grant, MAX_TOKEN_BYTES, Tokens, refresh_digest};
 
 /// A login attempt as the front end received it.
 pub struct LoginRequest {
@@ -95,10 +95,15 @@ impl Auth {
         // they are simply never handed out, and nothing is left half done.
         let now = self.clock.now_ms();
         let session_id = uuid::Uuid::now_v7().to_string();
-        let issued = self
-            .tokens
-            .issue(&user.id, &session_id, now.div_euclid(1000))
-            .await?;
+        let amr = vec!["pwd".to_owned()];
+        let grant = Grant {
+            user_id: user.id.clone(),
+            session_id: session_id.clone(),
+            auth_time: now.div_euclid(1000),
+            amr: amr.clone(),
+            roles: user.roles.clone(),
+        };
+        let issued = self.tokens.issue(grant, now.div_euclid(1000)).await?;
         let rehash = if verdict.needs_rehash {
             Some(self.passwords.hash(req.password.clone()).await?)
         } else {
@@ -116,6 +121,8 @@ impl Auth {
                 .saturating_add(secs_to_ms(self.settings.refresh_token_ttl_s))
                 .min(absolute),
             absolute_expires_at: absolute,
+            auth_time: now,
+            amr,
         };
         let created = call.track(
             self.db
@@ -201,16 +208,21 @@ impl Auth {
             .db
             .call(self.db.repo.refresh_owner(old.clone()))
             .await?;
-        let Some((owner_session, owner_user)) = owner else {
+        let Some(owner) = owner else {
             // Unknown, or spent: the rotation below tells which.
             return self.spend(old, None).await;
         };
+        // The session's way of authenticating stays; the roles are the user's now.
         let now = self.clock.now_ms();
-        let issued = self
-            .tokens
-            .issue(&owner_user, &owner_session, now.div_euclid(1000))
-            .await?;
-        self.spend(old, Some((owner_session, issued))).await
+        let grant = Grant {
+            user_id: owner.user_id,
+            session_id: owner.session_id.clone(),
+            auth_time: owner.auth_time.div_euclid(1000),
+            amr: owner.amr,
+            roles: owner.roles,
+        };
+        let issued = self.tokens.issue(grant, now.div_euclid(1000)).await?;
+        self.spend(old, Some((owner.session_id, issued))).await
     }
 
     /// Presents the old token's digest to the store with the new pair made
@@ -228,9 +240,10 @@ impl Auth {
             None => crate::token_issuer::RefreshToken::generate()?.digest,
         };
         let ttl = secs_to_ms(self.settings.refresh_token_ttl_s);
+        let grace = secs_to_ms(self.settings.refresh_reuse_grace_s);
         let rotation = self
             .db
-            .call(self.db.repo.rotate_refresh(old, new, now, ttl))
+            .call(self.db.repo.rotate_refresh(old, new, now, ttl, grace))
             .await?;
         match (rotation, expected) {
             (
@@ -262,8 +275,9 @@ impl Auth {
                     session_id = %session_id, reason = "refresh_reuse", "session revoked");
                 Err(Error::SessionRevoked)
             }
-            // Unknown, expired or revoked; or it changed hands between our two
-            // looks (then the other exchange won, and this one must not).
+            // Unknown, expired, revoked, or spent within the grace window; or it
+            // changed hands between our two looks (then the other exchange won,
+            // and this one must not).
             _ => Err(Error::SessionRevoked),
         }
     }

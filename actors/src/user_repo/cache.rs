@@ -226,6 +226,7 @@ mod tests {
             email: "a@example.com".into(),
             username: "a".into(),
             is_active: true,
+            roles: Vec::new(),
             created_at: 0,
             updated_at: 0,
         }

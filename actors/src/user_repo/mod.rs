@@ -87,8 +87,9 @@ pub struct UserRepoArgs {
 
 /// A write waiting for its turn.
 enum Queued {
-    /// A caller's, with its reply port.
-    Asked(Write),
+    /// A caller's, with its reply port (boxed: a write is far larger than
+    /// the bookkeeping).
+    Asked(Box<Write>),
     /// The repository's own bookkeeping.
     Touch {
         session_id: String,
@@ -217,7 +218,7 @@ impl Actor for UserRepo {
                 tokio::spawn(async move { read.run(store.as_ref()).await });
             }
             UserRepoMsg::Write(write) => {
-                state.queue.push_back(Queued::Asked(write));
+                state.queue.push_back(Queued::Asked(Box::new(write)));
                 Self::next_write(&myself, state);
             }
             UserRepoMsg::Touch { session_id, now } => {

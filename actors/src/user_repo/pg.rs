@@ -26,18 +26,29 @@ use tokio_postgres::{NoTls, Row, Transaction};
 
 use super::protocol::Store;
 use super::rules::{self, Exchange, Presented, SessionState};
-use super::store::{DatabaseSettings, USER_COLUMNS};
+use super::store::{DatabaseSettings, USER_COLUMNS, json_list, roles_from};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
     ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
-    Revoke, Rotation, Session, User,
+    RefreshOwner, Revoke, Rotation, Session, User,
 };
+use crate::token_issuer::keys::{NewKey, StoredKey};
+use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
 
 /// The schema, one entry per version; never edit a released entry, append.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "V1__initial",
-    include_str!("migrations/postgres/V1__initial.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "V1__initial",
+        include_str!("migrations/postgres/V1__initial.sql"),
+    ),
+    (
+        "V2__signing_keys",
+        include_str!("migrations/postgres/V2__signing_keys.sql"),
+    ),
+];
+
+/// Key of the advisory lock held while changing the key ring ("gh-keys\0").
+const KEYS_LOCK: i64 = 0x6768_2d6b_6579_7300;
 
 /// Key of the advisory lock held while migrating ("gatehouse" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6761_7465_686f_7573;
@@ -223,14 +234,69 @@ fn user_from(row: &Row) -> std::result::Result<User, tokio_postgres::Error> {
         is_active: row.try_get(3)?,
         created_at: row.try_get(4)?,
         updated_at: row.try_get(5)?,
+        roles: roles_from(row.try_get(6)?),
     })
 }
 
 fn credentials_from(row: &Row) -> std::result::Result<Credentials, tokio_postgres::Error> {
     Ok(Credentials {
         user: user_from(row)?,
-        password_hash: row.try_get(6)?,
+        password_hash: row.try_get(7)?,
     })
+}
+
+fn key_info(row: &Row) -> std::result::Result<KeyInfo, tokio_postgres::Error> {
+    let state: String = row.try_get(2)?;
+    Ok(KeyInfo {
+        kid: row.try_get(0)?,
+        alg: row.try_get(1)?,
+        // The column's CHECK constraint admits only the three states.
+        state: KeyState::parse(&state).unwrap_or(KeyState::Retired),
+        created_at: row.try_get(3)?,
+        activates_at: row.try_get(4)?,
+        retired_at: row.try_get(5)?,
+    })
+}
+
+/// Applies one planned change to the ring inside `tx`.
+async fn change_key(
+    tx: &Transaction<'_>,
+    change: &Change,
+    fresh: &NewKey,
+    now: i64,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let retire_active =
+        "UPDATE signing_keys SET state = 'retired', retired_at = $1 WHERE state = 'active'";
+    match change {
+        Change::Create {
+            kid,
+            state,
+            activates_at,
+        } => {
+            if *state == KeyState::Active {
+                tx.execute(retire_active, &[&now]).await?;
+            }
+            tx.execute(
+                "INSERT INTO signing_keys (kid, alg, state, created_at, activates_at, public_jwk, private_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[kid, &fresh.alg.name(), &state.name(), &now, activates_at, &fresh.public_jwk, &fresh.sealed_private],
+            )
+            .await?;
+        }
+        Change::Promote { kid } => {
+            tx.execute(retire_active, &[&now]).await?;
+            tx.execute(
+                "UPDATE signing_keys SET state = 'active', activates_at = $2 WHERE kid = $1",
+                &[kid, &now],
+            )
+            .await?;
+        }
+        Change::Delete { kid } => {
+            tx.execute("DELETE FROM signing_keys WHERE kid = $1", &[kid])
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn session_from(row: &Row) -> std::result::Result<Session, tokio_postgres::Error> {
@@ -330,6 +396,7 @@ impl Store for PgStore {
             email: user.email,
             username: user.username,
             is_active: true,
+            roles: Vec::new(),
             created_at: user.now,
             updated_at: user.now,
         })
@@ -388,8 +455,9 @@ impl Store for PgStore {
                 }
                 tx.execute(
                     "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
-                                           expires_at, absolute_expires_at, ip, user_agent)
-                     VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
+                                           expires_at, absolute_expires_at, ip, user_agent,
+                                           auth_time, amr)
+                     VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10)",
                     &[
                         &s.id,
                         &s.user_id,
@@ -399,6 +467,8 @@ impl Store for PgStore {
                         &s.absolute_expires_at,
                         &s.ip,
                         &s.user_agent,
+                        &s.auth_time,
+                        &json_list(&s.amr),
                     ],
                 )
                 .await?;
@@ -499,18 +569,27 @@ impl Store for PgStore {
             .map_err(classify)
     }
 
-    async fn refresh_owner(&self, digest: String) -> Result<Option<(String, String)>> {
+    async fn refresh_owner(&self, digest: String) -> Result<Option<RefreshOwner>> {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, user_id FROM sessions WHERE refresh_digest = $1",
+                "SELECT s.id, s.user_id, s.auth_time, s.amr, u.roles
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.refresh_digest = $1",
                 &[&digest],
             )
             .await
             .map_err(classify)?;
-        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .transpose()
-            .map_err(classify)
+        row.map(|row| {
+            Ok(RefreshOwner {
+                session_id: row.try_get(0)?,
+                user_id: row.try_get(1)?,
+                auth_time: row.try_get(2)?,
+                amr: roles_from(row.try_get(3)?),
+                roles: roles_from(row.try_get(4)?),
+            })
+        })
+        .transpose()
+        .map_err(classify)
     }
 
     async fn rotate_refresh(
@@ -519,6 +598,7 @@ impl Store for PgStore {
         new_digest: String,
         now: i64,
         refresh_ttl_ms: i64,
+        grace_ms: i64,
     ) -> Result<Rotation> {
         self.write(async |tx| {
             // The row lock makes two instances exchanging the same token take
@@ -545,7 +625,7 @@ impl Store for PgStore {
                 },
                 None => match tx
                     .query_opt(
-                        "SELECT s.id, s.user_id FROM spent_refresh_tokens t
+                        "SELECT s.id, s.user_id, t.spent_at FROM spent_refresh_tokens t
                          JOIN sessions s ON s.id = t.session_id WHERE t.digest = $1",
                         &[&old_digest],
                     )
@@ -554,11 +634,12 @@ impl Store for PgStore {
                     Some(row) => Presented::Spent {
                         session_id: row.try_get(0)?,
                         user_id: row.try_get(1)?,
+                        spent_at: row.try_get(2)?,
                     },
                     None => Presented::Unknown,
                 },
             };
-            match rules::exchange(presented, now, refresh_ttl_ms) {
+            match rules::exchange(presented, now, refresh_ttl_ms, grace_ms) {
                 Exchange::Rotate {
                     session_id,
                     user_id,
@@ -710,6 +791,60 @@ impl Store for PgStore {
             Ok(sessions)
         })
         .await
+    }
+
+    async fn key_ring(&self) -> Result<Vec<StoredKey>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT kid, alg, state, created_at, activates_at, retired_at, public_jwk, private_key
+                 FROM signing_keys",
+                &[],
+            )
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredKey {
+                    info: key_info(row)?,
+                    public_jwk: row.try_get(6)?,
+                    sealed_private: row.try_get(7)?,
+                })
+            })
+            .collect::<std::result::Result<_, tokio_postgres::Error>>()
+            .map_err(classify)
+    }
+
+    async fn change_keys(
+        &self,
+        op: KeyOp,
+        policy: RingPolicy,
+        fresh: NewKey,
+        now: i64,
+    ) -> Result<Vec<Change>> {
+        self.write(async |tx| {
+            // Instances take turns: one plans and applies while the others wait.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYS_LOCK])
+                .await?;
+            let keys = tx
+                .query(
+                    "SELECT kid, alg, state, created_at, activates_at, retired_at FROM signing_keys",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(key_info)
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let changes = match op.plan(&keys, now, policy, &fresh.kid, fresh.alg.name()) {
+                Ok(changes) => changes,
+                Err(e) => return Ok(Err(e)),
+            };
+            for change in &changes {
+                change_key(tx, change, &fresh, now).await?;
+            }
+            Ok(Ok(changes))
+        })
+        .await?
     }
 
     async fn close(&self) -> Result<()> {

@@ -7,8 +7,10 @@
 use crate::error::Result;
 use crate::model::{
     ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
-    Revoke, Rotation, Session, User,
+    RefreshOwner, Revoke, Rotation, Session, User,
 };
+use crate::token_issuer::keys::{NewKey, StoredKey};
+use crate::token_issuer::ring::{Change, KeyOp, RingPolicy};
 
 /// Outcomes of writes that made cached views stale, so that the `UserRepo`
 /// can drop them before the caller hears of the write.
@@ -21,6 +23,8 @@ pub trait Invalidates {
 impl Invalidates for () {}
 impl Invalidates for User {}
 impl Invalidates for Option<Session> {}
+
+impl Invalidates for Vec<Change> {}
 
 impl Invalidates for Vec<Invalidation> {
     fn invalidations(&self) -> &[Invalidation] {
@@ -129,10 +133,12 @@ repository! {
         Credentials => fn credentials(login: String) -> Option<Credentials>;
         /// A user by id with their hash (for checking the current password).
         CredentialsById => fn credentials_by_id(user_id: String) -> Option<Credentials>;
-        /// The (session, user) a current refresh token belongs to, if any.
-        RefreshOwner => fn refresh_owner(digest: String) -> Option<(String, String)>;
+        /// Whom a current refresh token belongs to, if anyone.
+        RefreshOwner => fn refresh_owner(digest: String) -> Option<RefreshOwner>;
         /// The user's active sessions, newest first.
         Sessions => fn sessions(user_id: String, now: i64) -> Vec<Session>;
+        /// Every signing key of the ring, with its sealed private half.
+        KeyRing => fn key_ring() -> Vec<StoredKey>;
     }
     writes {
         /// Inserts a user; `Conflict` when the email or username is taken (ignoring case).
@@ -145,8 +151,9 @@ repository! {
         CreateSession => fn create_session(session: NewSession, verified_hash: String, rehash: Option<String>) -> Option<Session>;
         /// Exchanges a refresh token (by digest) for a new one, atomically, by
         /// the rotation rule: rotates a current token (sliding the session's
-        /// expiry by `refresh_ttl_ms`), revokes the session of a spent one.
-        RotateRefresh => fn rotate_refresh(old_digest: String, new_digest: String, now: i64, refresh_ttl_ms: i64) -> Rotation;
+        /// expiry by `refresh_ttl_ms`), revokes the session of a spent one
+        /// unless it was spent less than `grace_ms` ago.
+        RotateRefresh => fn rotate_refresh(old_digest: String, new_digest: String, now: i64, refresh_ttl_ms: i64, grace_ms: i64) -> Rotation;
         /// Revokes `by`'s user's sessions in `scope`; what caches must drop, empty
         /// when nothing matched. Like every write made for a [`Principal`], it
         /// fails with `SessionRevoked`, writing nothing, unless `by`'s session is
@@ -160,6 +167,10 @@ repository! {
         SetPassword => fn set_password(by: Principal, verified_hash: String, new_hash: String, now: i64) -> Vec<Invalidation>;
         /// Soft-deletes the user and revokes all their sessions.
         Deactivate => fn deactivate(by: Principal, now: i64) -> Vec<Invalidation>;
+        /// Changes the key ring as `op` plans it, under a lock that makes
+        /// concurrent instances take turns; `fresh` is the key to add if the
+        /// plan creates one. What was changed (nothing, often).
+        ChangeKeys => fn change_keys(op: KeyOp, policy: RingPolicy, fresh: NewKey, now: i64) -> Vec<Change>;
     }
     internal {
         /// The session if it is neither revoked nor expired and its user is active.

@@ -39,8 +39,12 @@ pub enum Presented {
         state: SessionState,
         absolute_expires_at: i64,
     },
-    /// It was exchanged already, for this session.
-    Spent { session_id: String, user_id: String },
+    /// It was exchanged already, for this session, at `spent_at`.
+    Spent {
+        session_id: String,
+        user_id: String,
+        spent_at: i64,
+    },
     /// Nobody knows it.
     Unknown,
 }
@@ -62,8 +66,10 @@ pub enum Exchange {
 
 /// The rotation rule: a current token of an active session rotates, sliding
 /// the session's expiry by `refresh_ttl_ms` but never past its absolute end;
-/// a spent one revokes its session; anything else is refused.
-pub fn exchange(presented: Presented, now: i64, refresh_ttl_ms: i64) -> Exchange {
+/// a spent one revokes its session, unless it was spent within `grace_ms`
+/// (two tabs refreshing at once: the slower one is refused, nobody is logged
+/// out); anything else is refused.
+pub fn exchange(presented: Presented, now: i64, refresh_ttl_ms: i64, grace_ms: i64) -> Exchange {
     match presented {
         Presented::Current {
             session_id,
@@ -78,11 +84,14 @@ pub fn exchange(presented: Presented, now: i64, refresh_ttl_ms: i64) -> Exchange
         Presented::Spent {
             session_id,
             user_id,
-        } => Exchange::RevokeForReuse {
+            spent_at,
+        } if now.saturating_sub(spent_at) >= grace_ms => Exchange::RevokeForReuse {
             session_id,
             user_id,
         },
-        Presented::Current { .. } | Presented::Unknown => Exchange::Refuse,
+        Presented::Current { .. } | Presented::Spent { .. } | Presented::Unknown => {
+            Exchange::Refuse
+        }
     }
 }
 
@@ -164,14 +173,14 @@ mod tests {
     #[test]
     fn current_tokens_rotate_and_slide_but_never_past_the_absolute_end() {
         assert_eq!(
-            exchange(current(LIVE), 1_000, 5_000),
+            exchange(current(LIVE), 1_000, 5_000, 0),
             Exchange::Rotate {
                 session_id: "s".into(),
                 user_id: "u".into(),
                 expires_at: 6_000
             }
         );
-        let late = exchange(current(LIVE), 9_000, 50_000);
+        let late = exchange(current(LIVE), 9_000, 50_000, 0);
         assert!(matches!(
             late,
             Exchange::Rotate {
@@ -179,23 +188,28 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(exchange(current(LIVE), 10_000, 5_000), Exchange::Refuse);
+        assert_eq!(exchange(current(LIVE), 10_000, 5_000, 0), Exchange::Refuse);
     }
 
     #[test]
-    fn spent_tokens_revoke_and_unknown_ones_are_refused() {
-        let spent = Presented::Spent {
+    fn spent_tokens_revoke_after_the_grace_and_unknown_ones_are_refused() {
+        let spent = || Presented::Spent {
+            session_id: "s".into(),
+            user_id: "u".into(),
+            spent_at: 1_000,
+        };
+        let revoke = Exchange::RevokeForReuse {
             session_id: "s".into(),
             user_id: "u".into(),
         };
         assert_eq!(
-            exchange(spent, 0, 1),
-            Exchange::RevokeForReuse {
-                session_id: "s".into(),
-                user_id: "u".into()
-            }
+            exchange(spent(), 10_999, 1, 10_000),
+            Exchange::Refuse,
+            "within the grace"
         );
-        assert_eq!(exchange(Presented::Unknown, 0, 1), Exchange::Refuse);
+        assert_eq!(exchange(spent(), 11_000, 1, 10_000), revoke, "after it");
+        assert_eq!(exchange(spent(), 1_000, 1, 0), revoke, "no grace at all");
+        assert_eq!(exchange(Presented::Unknown, 0, 1, 0), Exchange::Refuse);
     }
 
     #[test]

@@ -20,15 +20,20 @@ use rusqlite_migration::{M, Migrations};
 
 use super::protocol::Store;
 use super::rules::{self, Exchange, Presented, SessionState};
-use super::store::{DatabaseSettings, USER_COLUMNS};
+use super::store::{DatabaseSettings, USER_COLUMNS, json_list, roles_from};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
     ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
-    Revoke, Rotation, Session, User,
+    RefreshOwner, Revoke, Rotation, Session, User,
 };
+use crate::token_issuer::keys::{NewKey, StoredKey};
+use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
 
 /// The schema, one entry per version; never edit a released entry, append.
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("migrations/sqlite/001_initial.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("migrations/sqlite/001_initial.sql")),
+    M::up(include_str!("migrations/sqlite/002_signing_keys.sql")),
+];
 
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
@@ -274,7 +279,75 @@ fn user_from(row: &Row<'_>) -> rusqlite::Result<User> {
         is_active: row.get(3)?,
         created_at: row.get(4)?,
         updated_at: row.get(5)?,
+        roles: roles_from(&row.get::<_, String>(6)?),
     })
+}
+
+/// The ring's keys, without their material.
+fn key_infos(conn: &Connection) -> rusqlite::Result<Vec<KeyInfo>> {
+    conn.prepare_cached(
+        "SELECT kid, alg, state, created_at, activates_at, retired_at FROM signing_keys",
+    )?
+    .query_map([], key_info)?
+    .collect()
+}
+
+fn key_info(r: &Row<'_>) -> rusqlite::Result<KeyInfo> {
+    let state: String = r.get(2)?;
+    Ok(KeyInfo {
+        kid: r.get(0)?,
+        alg: r.get(1)?,
+        state: KeyState::parse(&state).ok_or(rusqlite::Error::InvalidColumnType(
+            2,
+            "state".into(),
+            rusqlite::types::Type::Text,
+        ))?,
+        created_at: r.get(3)?,
+        activates_at: r.get(4)?,
+        retired_at: r.get(5)?,
+    })
+}
+
+/// Applies one planned change to the ring inside `tx`.
+fn change_key(
+    tx: &rusqlite::Transaction<'_>,
+    change: &Change,
+    fresh: &NewKey,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let retire_active = || {
+        tx.execute(
+            "UPDATE signing_keys SET state = 'retired', retired_at = ?1 WHERE state = 'active'",
+            [now],
+        )
+    };
+    match change {
+        Change::Create {
+            kid,
+            state,
+            activates_at,
+        } => {
+            if *state == KeyState::Active {
+                retire_active()?;
+            }
+            tx.execute(
+                "INSERT INTO signing_keys (kid, alg, state, created_at, activates_at, public_jwk, private_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![kid, fresh.alg.name(), state.name(), now, activates_at, fresh.public_jwk, fresh.sealed_private],
+            )?;
+        }
+        Change::Promote { kid } => {
+            retire_active()?;
+            tx.execute(
+                "UPDATE signing_keys SET state = 'active', activates_at = ?2 WHERE kid = ?1",
+                params![kid, now],
+            )?;
+        }
+        Change::Delete { kid } => {
+            tx.execute("DELETE FROM signing_keys WHERE kid = ?1", [kid])?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -291,6 +364,7 @@ impl Store for SqliteStore {
                 email: user.email,
                 username: user.username,
                 is_active: true,
+                roles: Vec::new(),
                 created_at: user.now,
                 updated_at: user.now,
             })
@@ -307,7 +381,7 @@ impl Store for SqliteStore {
             .query_row([login.to_lowercase()], |row| {
                 Ok(Credentials {
                     user: user_from(row)?,
-                    password_hash: row.get(6)?,
+                    password_hash: row.get(7)?,
                 })
             })
             .optional()
@@ -343,8 +417,9 @@ impl Store for SqliteStore {
             }
             tx.execute(
                 "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
-                                       expires_at, absolute_expires_at, ip, user_agent)
-                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
+                                       expires_at, absolute_expires_at, ip, user_agent,
+                                       auth_time, amr)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     s.id,
                     s.user_id,
@@ -353,7 +428,9 @@ impl Store for SqliteStore {
                     s.expires_at,
                     s.absolute_expires_at,
                     s.ip,
-                    s.user_agent
+                    s.user_agent,
+                    s.auth_time,
+                    json_list(&s.amr)
                 ],
             )?;
             Ok(Some(Session {
@@ -448,7 +525,7 @@ impl Store for SqliteStore {
             .query_row([user_id], |row| {
                 Ok(Credentials {
                     user: user_from(row)?,
-                    password_hash: row.get(6)?,
+                    password_hash: row.get(7)?,
                 })
             })
             .optional()
@@ -456,11 +533,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn refresh_owner(&self, digest: String) -> Result<Option<(String, String)>> {
+    async fn refresh_owner(&self, digest: String) -> Result<Option<RefreshOwner>> {
         self.read(move |conn| {
-            conn.prepare_cached("SELECT id, user_id FROM sessions WHERE refresh_digest = ?1")?
-                .query_row([digest], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
+            conn.prepare_cached(
+                "SELECT s.id, s.user_id, s.auth_time, s.amr, u.roles
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.refresh_digest = ?1",
+            )?
+            .query_row([digest], |r| {
+                Ok(RefreshOwner {
+                    session_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    auth_time: r.get(2)?,
+                    amr: roles_from(&r.get::<_, String>(3)?),
+                    roles: roles_from(&r.get::<_, String>(4)?),
+                })
+            })
+            .optional()
         })
         .await
     }
@@ -471,6 +559,7 @@ impl Store for SqliteStore {
         new_digest: String,
         now: i64,
         refresh_ttl_ms: i64,
+        grace_ms: i64,
     ) -> Result<Rotation> {
         self.write(move |tx| {
             let current = tx
@@ -496,19 +585,20 @@ impl Store for SqliteStore {
                 Some(current) => current,
                 None => tx
                     .prepare_cached(
-                        "SELECT s.id, s.user_id FROM spent_refresh_tokens t
+                        "SELECT s.id, s.user_id, t.spent_at FROM spent_refresh_tokens t
                          JOIN sessions s ON s.id = t.session_id WHERE t.digest = ?1",
                     )?
                     .query_row([&old_digest], |r| {
                         Ok(Presented::Spent {
                             session_id: r.get(0)?,
                             user_id: r.get(1)?,
+                            spent_at: r.get(2)?,
                         })
                     })
                     .optional()?
                     .unwrap_or(Presented::Unknown),
             };
-            match rules::exchange(presented, now, refresh_ttl_ms) {
+            match rules::exchange(presented, now, refresh_ttl_ms, grace_ms) {
                 Exchange::Rotate {
                     session_id,
                     user_id,
@@ -647,6 +737,46 @@ impl Store for SqliteStore {
             Ok(sessions as u64)
         })
         .await
+    }
+
+    async fn key_ring(&self) -> Result<Vec<StoredKey>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT kid, alg, state, created_at, activates_at, retired_at, public_jwk, private_key
+                 FROM signing_keys",
+            )?
+            .query_map([], |r| {
+                Ok(StoredKey {
+                    info: key_info(r)?,
+                    public_jwk: r.get(6)?,
+                    sealed_private: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn change_keys(
+        &self,
+        op: KeyOp,
+        policy: RingPolicy,
+        fresh: NewKey,
+        now: i64,
+    ) -> Result<Vec<Change>> {
+        // The immediate transaction is the lock: one instance at a time plans and applies.
+        self.write(move |tx| {
+            let keys = key_infos(tx)?;
+            let changes = match op.plan(&keys, now, policy, &fresh.kid, fresh.alg.name()) {
+                Ok(changes) => changes,
+                Err(e) => return Ok(Err(e)),
+            };
+            for change in &changes {
+                change_key(tx, change, &fresh, now)?;
+            }
+            Ok(Ok(changes))
+        })
+        .await?
     }
 
     async fn close(&self) -> Result<()> {

@@ -6,7 +6,18 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// The columns of a [`User`](crate::model::User), in the order both stores read them.
-pub(super) const USER_COLUMNS: &str = "id, email, username, is_active, created_at, updated_at";
+pub(super) const USER_COLUMNS: &str =
+    "id, email, username, is_active, created_at, updated_at, roles";
+
+/// Roles as stored: a JSON array of strings (an unreadable value reads as none).
+pub(super) fn roles_from(stored: &str) -> Vec<String> {
+    serde_json::from_str(stored).unwrap_or_default()
+}
+
+/// Roles or methods as stored.
+pub(super) fn json_list(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
+}
 
 /// The `[database]` section of the configuration.
 #[derive(Debug, Clone, Deserialize)]

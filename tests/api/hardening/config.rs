@@ -22,7 +22,7 @@ fn production_baseline() -> Vec<(&'static str, String)> {
         ("GATEHOUSE_ENV", "production".into()),
         ("GATEHOUSE__SECURITY__HSTS", "true".into()),
         (
-            "GATEHOUSE__AUTH__JWT_SECRET",
+            "GATEHOUSE__AUTH__KEY_ENCRYPTION_SECRET",
             "q7Vd2LxR9mTz4KpW8cNf3HbJ6sYg1AeU5oXiQ0rZ".into(),
         ),
         (
@@ -88,6 +88,16 @@ fn dangerous() -> Vec<(&'static str, String, &'static [&'static str])> {
             "GATEHOUSE__AUTH__JWT_SECRET",
             "a".repeat(40),
             &["jwt_secret"],
+        ),
+        (
+            "GATEHOUSE__AUTH__KEY_ENCRYPTION_SECRET",
+            "gatehouse-development-key-encryption-secret-do-not-use-in-production".into(),
+            &["key_encryption_secret", "development"],
+        ),
+        (
+            "GATEHOUSE__AUTH__KEY_ENCRYPTION_SECRET",
+            "abcd".repeat(10),
+            &["key_encryption_secret", "distinct"],
         ),
     ]
 }
