@@ -2,7 +2,8 @@
 //! the test's own ([`PgDatabase`]), a private `redis-server` ([`PrivateRedis`]),
 //! a free loopback port ([`free_port`]), the spawned server ([`Server`]) with
 //! its data ([`DataDir`]), and skipping a test whose service is absent
-//! ([`require_postgres!`], [`require_redis!`], [`require_redis_server!`]).
+//! ([`require_postgres!`], [`require_redis!`], [`require_redis_server!`]), and
+//! a Python with the independent tools the tests check against ([`python_tools`]).
 //!
 //! Environment variables:
 //!
@@ -11,6 +12,7 @@
 //! | `GATEHOUSE_TEST_POSTGRES_URL` | `postgres://postgres@127.0.0.1:5432` | the PostgreSQL server tests make their databases on (no database name) |
 //! | `GATEHOUSE_TEST_REDIS_URL` | `redis://127.0.0.1:6379` | the shared Redis the Redis tests use |
 //! | `GATEHOUSE_TEST_STORE` | `sqlite` | `postgres`: every [`DataDir`] is a PostgreSQL database |
+//! | `GATEHOUSE_TEST_PYTHON` | unset | a Python that has `tests/tools/requirements.txt` installed; unset: a virtualenv made once under `target/test-tools` |
 //! | `GATEHOUSE_TEST_REQUIRE_SERVICES` | unset | `1`: a test whose service is absent fails instead of skipping (CI) |
 
 #![allow(
@@ -20,15 +22,18 @@
 
 mod data;
 mod postgres;
+mod python;
 mod redis;
 mod server;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use data::{DataDir, WriteLock, on_postgres};
 pub use postgres::{PgDatabase, postgres_url};
+pub use python::tools_dir;
 pub use redis::{PrivateRedis, redis_url};
 pub use server::{Builder, Reply, Server, eventually, signal};
 
@@ -55,6 +60,8 @@ pub enum Service {
     Redis,
     /// The `redis-server` program, which [`PrivateRedis`] runs.
     RedisServer,
+    /// A Python with `tests/tools/requirements.txt` installed.
+    PythonTools,
 }
 
 impl Service {
@@ -71,6 +78,7 @@ impl Service {
             }
             Self::RedisServer => (!redis::server_installed())
                 .then(|| "the redis-server program is not installed".to_owned()),
+            Self::PythonTools => python::python().err(),
         }
     }
 }
@@ -122,6 +130,16 @@ pub fn require(service: Service) -> bool {
     // Straight to the process's stderr: libtest captures only `eprintln!`.
     let _ = writeln!(std::io::stderr().lock(), "skipped: {reason} ({test})");
     false
+}
+
+/// The Python that runs the scripts of [`tools_dir`], or `None` (after
+/// printing why) when there is none; panics instead when services are
+/// required.
+#[track_caller]
+pub fn python_tools() -> Option<PathBuf> {
+    require(Service::PythonTools)
+        .then(python::python)
+        .and_then(Result::ok)
 }
 
 /// Returns from the calling test, with a printed reason, when PostgreSQL is

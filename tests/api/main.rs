@@ -20,3 +20,4 @@ mod scale_out;
 mod sessions;
 mod signing;
 mod tokens;
+mod verifiers;
