@@ -4,8 +4,9 @@
 //! disturb another) and a bare hyper baseline server, drives them with the
 //! in-process keep-alive load generator in [`loadgen`], and reports every
 //! figure beside the bound it was measured against in the same run: a table
-//! on stdout, `report.json` and `load.svg` under `<target dir>/bench/`, and a
-//! copy of the chart in `benches/report/load.svg` for the README.
+//! on stdout, `report.json` and `load.svg` under `<target dir>/bench/`, and
+//! (after a run of every scenario) a copy of the chart in
+//! `benches/report/load.svg` for the README.
 //!
 //! Knobs (environment variables):
 //!
@@ -22,8 +23,9 @@
 //! | `BENCH_IPS` | 100000 | distinct client addresses (at most 131072) |
 //! | `BENCH_USERS` | 200 | virtual users in the simulation |
 //! | `BENCH_SESSIONS` | 110000 | active sessions in `sessions`, beside one (more than the 100 000 the session cache of `fe28f6b` held) |
-//! | `BENCH_SCENARIOS` | all | `all`, `core`, or a list of `throughput,hashing,storm,memory,ratelimit,breaker,users,sessions,postgres` |
+//! | `BENCH_SCENARIOS` | all | `all`, `core`, or a list of `throughput,hashing,storm,memory,ratelimit,breaker,users,sessions,signing,postgres` |
 //! | `BENCH_GATEHOUSE_BIN` | built | the `gatehouse` binary to measure (say, an older build); unset: `cargo build --release -p gatehouse` first, and `<target dir>/release/gatehouse` |
+//! | `BENCH_CONFIG` | `config.toml` | the configuration file the servers start with (an older build wants its own) |
 //!
 //! `sessions` checks the session cache's bound: `/users/me` with
 //! `BENCH_SESSIONS` active sessions, all cached, reaches at least 0.9 × its
@@ -32,7 +34,11 @@
 //! server again with a JWT secret of the bench's, forges one access token per
 //! session, sends each once (filling the cache), then measures at
 //! `BENCH_CONNECTIONS` with every request's token drawn uniformly from all.
-//! It sets only keys that `fe28f6b` accepts too, so it can drive that build.
+//! It sets `auth.signing_algorithm = "HS256"` only where the binary knows
+//! that key, so it can drive builds from before signing keys too.
+//!
+//! `signing` measures `/users/me` with HS256, EdDSA and ES256 tokens (one
+//! server each) beside the bare hyper baseline; EdDSA's bound is 0.9 × HS256.
 
 #![allow(
     clippy::disallowed_methods,
@@ -56,7 +62,7 @@ use serde_json::json;
 use report::Report;
 use scenarios::Bounds;
 
-const ALL: [&str; 9] = [
+const ALL: [&str; 10] = [
     "throughput",
     "hashing",
     "storm",
@@ -65,6 +71,7 @@ const ALL: [&str; 9] = [
     "breaker",
     "users",
     "sessions",
+    "signing",
     "postgres",
 ];
 const CORE: [&str; 4] = ["throughput", "hashing", "storm", "memory"];
@@ -264,6 +271,9 @@ fn main() {
         if knobs.runs("sessions") {
             scenarios::sessions(&knobs, &mut report).await;
         }
+        if knobs.runs("signing") {
+            scenarios::signing(&knobs, &mut report).await;
+        }
         if knobs.runs("postgres") {
             scenarios::postgres(&knobs, &bounds, &mut report).await;
         }
@@ -327,7 +337,10 @@ fn main() {
     match report::chart(&report.rows, &svg, &title) {
         Ok(()) => {
             println!("wrote {}", svg.display());
-            // The latest chart, where the README can show it.
+            // The latest full chart, where the README can show it.
+            if knobs.scenarios.len() < ALL.len() {
+                return;
+            }
             let committed = procs::workspace_root().join("benches/report");
             let copied = std::fs::create_dir_all(&committed)
                 .and_then(|()| std::fs::copy(&svg, committed.join("load.svg")));

@@ -165,6 +165,29 @@ pub fn gatehouse_binary() -> &'static Path {
     )
 }
 
+/// The configuration file every server starts with: `BENCH_CONFIG` if set
+/// (an older build wants the file it shipped with), else `config.toml`.
+fn config_file() -> PathBuf {
+    std::env::var_os("BENCH_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| workspace_root().join("config.toml"), PathBuf::from)
+}
+
+/// Whether the binary under test has signing keys (`gatehouse keys`, and
+/// the `auth.signing_algorithm` key): builds before them refuse that key.
+pub fn has_signing_keys() -> bool {
+    static KNOWS: OnceLock<bool> = OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        Command::new(gatehouse_binary())
+            .args(["keys", "--help"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 /// Runs `cargo build --release -p gatehouse` (with the cargo running this
 /// bench, `$CARGO`) and returns the executable it reports:
 /// `<target dir>/release/gatehouse`.
@@ -231,9 +254,7 @@ impl Gatehouse {
 
     fn spawn(name: &str, dir: TempDir, db: PathBuf, overrides: &[(&str, String)]) -> Self {
         let mut command = Command::new(gatehouse_binary());
-        command
-            .arg("--config")
-            .arg(workspace_root().join("config.toml"));
+        command.arg("--config").arg(config_file());
         // Nothing from the caller's environment may change what is measured.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("GATEHOUSE") {

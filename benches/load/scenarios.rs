@@ -1122,6 +1122,7 @@ fn forge_tokens(user_id: &str, session_ids: &[String]) -> Vec<HeaderValue> {
         .iter()
         .enumerate()
         .map(|(i, sid)| {
+            // Builds before signing keys ignore the last three claims.
             let claims = json!({
                 "sub": user_id,
                 "sid": sid,
@@ -1132,6 +1133,9 @@ fn forge_tokens(user_id: &str, session_ids: &[String]) -> Vec<HeaderValue> {
                 "aud": "gatehouse-clients",
                 "jti": uuid_shaped(0x0b0b_0b0b, i),
                 "token_use": "access",
+                "auth_time": now,
+                "amr": ["pwd"],
+                "roles": [],
             });
             let token = jsonwebtoken::encode(&header, &claims, &key).expect("HS256 signs");
             HeaderValue::from_str(&format!("Bearer {token}"))
@@ -1173,12 +1177,14 @@ pub async fn sessions(k: &Knobs, report: &mut Report) {
             &format!("sessions-{n}"),
             &fixture.db,
             &[
-                ("GATEHOUSE__AUTH__JWT_SECRET", SESSIONS_SECRET.to_owned()),
-                (
+                hs256(SESSIONS_SECRET),
+                [(
                     "GATEHOUSE__RATE_LIMIT__ROUTES__DEFAULT__LIMIT",
                     SESSIONS_LIMIT.to_owned(),
-                ),
-            ],
+                )]
+                .into(),
+            ]
+            .concat(),
         );
         let addr = gh.addr();
         let pid = gh.proc.pid();
@@ -1246,4 +1252,76 @@ pub async fn sessions(k: &Knobs, report: &mut Report) {
         detail.insert(format!("sessions_{n}"), Value::Object(points));
     }
     report.detail("sessions", Value::Object(detail));
+}
+
+/// The settings that make a server sign and accept HS256 tokens under
+/// `secret`; `auth.signing_algorithm` only where the binary knows it.
+fn hs256(secret: &str) -> Vec<(&'static str, String)> {
+    let mut settings = vec![("GATEHOUSE__AUTH__JWT_SECRET", secret.to_owned())];
+    if procs::has_signing_keys() {
+        settings.push(("GATEHOUSE__AUTH__SIGNING_ALGORITHM", "HS256".to_owned()));
+    }
+    settings
+}
+
+/// `/users/me` with tokens of each signing algorithm, beside the bare hyper
+/// baseline: an Ed25519 or P-256 verify costs many HMACs, and the cache of
+/// verified tokens is what keeps the asymmetric rows near the HS256 one. The
+/// bound: EdDSA at least 0.9 × HS256.
+pub async fn signing(k: &Knobs, report: &mut Report) {
+    if !procs::has_signing_keys() {
+        println!("  signing: skipped, the binary under test has no signing keys");
+        return;
+    }
+    let algorithms = [
+        ("HS256", hs256(SESSIONS_SECRET)),
+        (
+            "EdDSA",
+            vec![("GATEHOUSE__AUTH__SIGNING_ALGORITHM", "EdDSA".to_owned())],
+        ),
+        (
+            "ES256",
+            vec![("GATEHOUSE__AUTH__SIGNING_ALGORITHM", "ES256".to_owned())],
+        ),
+    ];
+    let mut servers = Vec::new();
+    for (alg, settings) in &algorithms {
+        let gh = Gatehouse::start(&format!("signing-{alg}"), settings);
+        let token = user(&mut Client::new(gh.addr()), &format!("bench_{alg}")).await;
+        servers.push((*alg, gh, token));
+    }
+    let me = Client::new(servers[0].1.addr())
+        .get(ME, Some(&servers[0].2))
+        .await;
+    expect_status(&me, 200, "GET /users/me");
+    let base = procs::start_baseline(me.body.len());
+    let mut detail = serde_json::Map::new();
+    for &conns in &k.connections {
+        let plan = Plan::closed(conns, k.warmup, k.duration).server(base.pid());
+        let o = loadgen::run(base.addr, &plan, get("/", None)).await;
+        let base_rps = o.rps();
+        report.row(Row::load("baseline: bare hyper", &o, &["200"]));
+        detail.insert(format!("baseline_c{conns}"), o.summary());
+        let mut hs_rps = None;
+        for (alg, gh, token) in &servers {
+            let plan = plan.clone().server(gh.proc.pid());
+            let o = loadgen::run(gh.addr(), &plan, get(ME, Some(token.clone()))).await;
+            let vs_base = ratio(o.rps(), Some(base_rps)).unwrap_or(f64::NAN);
+            let mut row = Row::load(format!("GET /users/me, {alg} token"), &o, &["200"]);
+            if *alg == "HS256" {
+                hs_rps = Some(o.rps());
+                row = row.with(format!("{vs_base:.2} × baseline"));
+            } else {
+                let vs_hs = ratio(o.rps(), hs_rps).unwrap_or(f64::NAN);
+                row = row.with(format!("{vs_hs:.2} × HS256, {vs_base:.2} × baseline"));
+                if *alg == "EdDSA" {
+                    row = row.target("≥ 0.90 × HS256", vs_hs >= 0.9);
+                }
+                detail.insert(format!("{alg}_vs_hs256_c{conns}"), json!(vs_hs));
+            }
+            report.row(row);
+            detail.insert(format!("users_me_{alg}_c{conns}"), o.summary());
+        }
+    }
+    report.detail("signing", Value::Object(detail));
 }
