@@ -393,7 +393,7 @@ pub static ROUTES: &[Route] = &[
             }),
             answers: &[Answer::empty(
                 202,
-                "The actor was told to fail; the supervisor restarts it.",
+                "The actor failed; the supervisor restarts it.",
             )],
             errors: &[],
         },

@@ -13,8 +13,9 @@ use crate::system::{self, ActorKind, Names};
 use crate::token_issuer::TokenIssuerMsg;
 use crate::user_repo::{Repo, UserRepoMsg};
 
-/// How long a kill waits for an actor that is restarting.
-const KILL_WAIT: Duration = Duration::from_secs(2);
+/// How long a kill waits for an actor that is restarting, and for its
+/// supervisor to see it fail.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// How long after start-up the store may take to answer its first poll
 /// before health says so.
@@ -88,9 +89,10 @@ impl Operations {
         self.metrics.tally().await
     }
 
-    /// Makes one actor fail for real, so that its supervisor restarts it.
-    /// An actor still restarting from an earlier kill is waited for (up to
-    /// [`KILL_WAIT`]), so that a kill always hits a running incarnation.
+    /// Makes one actor fail for real, so that its supervisor restarts it,
+    /// and returns once the supervisor has seen the failure. An actor still
+    /// restarting from an earlier kill is waited for (up to [`KILL_WAIT`]),
+    /// so that every kill hits a running incarnation of its own.
     pub async fn kill(&self, kind: ActorKind) -> Result<()> {
         let name = self.names.get(kind);
         let crash = || match kind {
@@ -100,23 +102,30 @@ impl Operations {
             ActorKind::TokenIssuer => system::send(name, TokenIssuerMsg::Crash),
             ActorKind::Metrics => system::send(name, MetricsMsg::Crash),
         };
-        let running = || {
+        let report = || {
             self.actors
                 .all()
-                .iter()
-                .any(|(k, r)| *k == kind && r.status == ActorStatus::Running)
+                .into_iter()
+                .find_map(|(k, r)| (k == kind).then_some(r))
         };
-        let waited = tokio::time::timeout(KILL_WAIT, async {
-            while !running() {
+        let killed = tokio::time::timeout(KILL_WAIT, async {
+            loop {
+                // Between the look and the send the incarnation may have
+                // gone: then look again.
+                if let Some(before) = report().filter(|r| r.status == ActorStatus::Running)
+                    && crash().is_ok()
+                {
+                    while report().is_some_and(|now| {
+                        now.status == ActorStatus::Running && now.restarts == before.restarts
+                    }) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await;
-        match waited {
-            Ok(()) => crash(),
-            Err(_) => Err(crate::error::Error::ActorUnavailable(format!(
-                "{name} is not running"
-            ))),
-        }
+        killed.map_err(|_| crate::error::Error::ActorUnavailable(format!("{name} is not running")))
     }
 }
