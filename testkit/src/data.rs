@@ -62,6 +62,11 @@ impl DataDir {
         self.dir.path().join("data/gatehouse.db")
     }
 
+    /// Where the `file` mail transport writes its `.eml` files.
+    pub fn mail_dir(&self) -> PathBuf {
+        self.dir.path().join("mail")
+    }
+
     /// The PostgreSQL database, on the PostgreSQL store.
     pub fn postgres(&self) -> Option<&PgDatabase> {
         self.pg.as_deref()
@@ -69,10 +74,16 @@ impl DataDir {
 
     /// The configuration that points a server at this data.
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = vec![(
-            "GATEHOUSE__DATABASE__PATH".to_owned(),
-            self.db().display().to_string(),
-        )];
+        let mut env = vec![
+            (
+                "GATEHOUSE__DATABASE__PATH".to_owned(),
+                self.db().display().to_string(),
+            ),
+            (
+                "GATEHOUSE__EMAIL__FILE_DIR".to_owned(),
+                self.mail_dir().display().to_string(),
+            ),
+        ];
         if let Some(pg) = &self.pg {
             env.push(("GATEHOUSE__DATABASE__URL".to_owned(), pg.url()));
         }

@@ -2,8 +2,11 @@
 //! the test's own ([`PgDatabase`]), a private `redis-server` ([`PrivateRedis`]),
 //! a free loopback port ([`free_port`]), the spawned server ([`Server`]) with
 //! its data ([`DataDir`]), and skipping a test whose service is absent
-//! ([`require_postgres!`], [`require_redis!`], [`require_redis_server!`]), and
-//! a Python with the independent tools the tests check against ([`python_tools`]).
+//! ([`require_postgres!`], [`require_redis!`], [`require_redis_server!`],
+//! [`require_smtp_sink!`], [`require_browser!`]), a Python with the independent
+//! tools the tests check against ([`python_tools`]), a real SMTP server that
+//! keeps the mails it is sent ([`SmtpSink`], [`Mail`]), and a real headless
+//! Chromium in a phone-sized window ([`Browser`]).
 //!
 //! Environment variables:
 //!
@@ -13,6 +16,8 @@
 //! | `GATEHOUSE_TEST_REDIS_URL` | `redis://127.0.0.1:6379` | the shared Redis the Redis tests use |
 //! | `GATEHOUSE_TEST_STORE` | `sqlite` | `postgres`: every [`DataDir`] is a PostgreSQL database |
 //! | `GATEHOUSE_TEST_PYTHON` | unset | a Python that has `tests/tools/requirements.txt` installed; unset: a virtualenv made once under `target/test-tools` |
+//! | `GATEHOUSE_TEST_CHROMEDRIVER` | `/usr/bin/chromedriver` | the `chromedriver` a [`Browser`] runs |
+//! | `GATEHOUSE_TEST_CHROMIUM` | `/usr/bin/chromium` | the Chromium it opens (the same version as `chromedriver`) |
 //! | `GATEHOUSE_TEST_REQUIRE_SERVICES` | unset | `1`: a test whose service is absent fails instead of skipping (CI) |
 
 #![allow(
@@ -20,22 +25,29 @@
     reason = "fixtures wait on other processes in wall time; the clock rule is for the service's logic"
 )]
 
+mod browser;
+mod children;
 mod data;
 mod postgres;
 mod python;
 mod redis;
 mod server;
+mod smtp;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use browser::{Browser, CHROMEDRIVER, CHROMIUM, PHONE_WINDOW, chromedriver, chromium};
 pub use data::{DataDir, WriteLock, on_postgres};
+/// The WebDriver client a [`Browser`] is driven with.
+pub use fantoccini;
 pub use postgres::{PgDatabase, postgres_url};
 pub use python::tools_dir;
 pub use redis::{PrivateRedis, redis_url};
 pub use server::{Builder, Reply, Server, eventually, signal};
+pub use smtp::{Mail, SmtpSink};
 
 /// Set (to `1`) where every service must be there: a test that would skip fails.
 pub const REQUIRE_SERVICES: &str = "GATEHOUSE_TEST_REQUIRE_SERVICES";
@@ -62,6 +74,10 @@ pub enum Service {
     RedisServer,
     /// A Python with `tests/tools/requirements.txt` installed.
     PythonTools,
+    /// What an [`SmtpSink`] runs: the Python of [`Self::PythonTools`] (aiosmtpd).
+    SmtpSink,
+    /// What a [`Browser`] runs: [`chromedriver`] and [`chromium`].
+    Browser,
 }
 
 impl Service {
@@ -79,6 +95,10 @@ impl Service {
             Self::RedisServer => (!redis::server_installed())
                 .then(|| "the redis-server program is not installed".to_owned()),
             Self::PythonTools => python::python().err(),
+            Self::SmtpSink => python::python()
+                .err()
+                .map(|reason| format!("the SMTP sink cannot run: {reason}")),
+            Self::Browser => browser::unavailable(),
         }
     }
 }
@@ -176,6 +196,30 @@ macro_rules! require_redis_server {
     };
 }
 
+/// Returns from the calling test, with a printed reason, when an
+/// [`SmtpSink`] cannot run (no Python with the test tools); fails it instead
+/// under `GATEHOUSE_TEST_REQUIRE_SERVICES=1`.
+#[macro_export]
+macro_rules! require_smtp_sink {
+    () => {
+        if !$crate::require($crate::Service::SmtpSink) {
+            return;
+        }
+    };
+}
+
+/// Returns from the calling test, with a printed reason, when a [`Browser`]
+/// cannot run (no `chromedriver` or Chromium); fails it instead under
+/// `GATEHOUSE_TEST_REQUIRE_SERVICES=1`.
+#[macro_export]
+macro_rules! require_browser {
+    () => {
+        if !$crate::require($crate::Service::Browser) {
+            return;
+        }
+    };
+}
+
 /// Whether something accepts a TCP connection at `host:port`, within a short timeout.
 fn reachable(at: &str) -> bool {
     let addrs: Vec<SocketAddr> = match at.to_socket_addrs() {
@@ -205,9 +249,11 @@ fn host_port(url: &str, default_port: u16) -> String {
 }
 
 /// Stops the whole test process, passing: used when every test left in it
-/// would skip. Kills the private `redis-server`s first, which would outlive it.
+/// would skip. Kills the private `redis-server`s, SMTP sinks and browsers
+/// first, which would outlive it.
 fn skip_process(reason: &str) -> ! {
-    redis::kill_all();
+    children::kill_all();
+    browser::kill_all();
     let _ = writeln!(
         std::io::stderr().lock(),
         "skipped: {reason}; the rest of this test binary is skipped, and it exits now, passing \

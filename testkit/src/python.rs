@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// The workspace root, where `tests/tools` lives.
-fn root() -> &'static Path {
+pub(crate) fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
@@ -73,7 +73,7 @@ fn provision() -> Result<PathBuf, String> {
 /// Whether `python` imports every package the tools need.
 fn has_tools(python: &Path) -> bool {
     Command::new(python)
-        .args(["-c", "import jwt, cryptography"])
+        .args(["-c", "import jwt, cryptography, aiosmtpd"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

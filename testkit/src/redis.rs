@@ -1,8 +1,9 @@
 //! The shared Redis, and a private `redis-server` a test can stop and restart.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::children::Tracked;
 
 /// The shared Redis the Redis tests use, each under a key prefix of its own:
 /// `GATEHOUSE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
@@ -32,24 +33,12 @@ pub(crate) fn server_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The pids of the private servers now running, for [`kill_all`].
-static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-/// Kills every private server still running (before the process exits
-/// without running destructors).
-pub(crate) fn kill_all() {
-    let pids = std::mem::take(&mut *RUNNING.lock().unwrap_or_else(|e| e.into_inner()));
-    for pid in pids {
-        crate::signal(pid, "KILL");
-    }
-}
-
 /// A `redis-server` of the test's own, on a free port, that it can stop and
 /// restart (on the same port, with nothing remembered). Needs the program:
 /// see [`crate::require_redis_server!`].
 pub struct PrivateRedis {
     port: u16,
-    child: Option<Child>,
+    child: Option<Tracked>,
 }
 
 impl PrivateRedis {
@@ -73,19 +62,15 @@ impl PrivateRedis {
     /// Starts the server (again), and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        RUNNING
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child.id());
-        self.child = Some(child);
+        self.child = Some(Tracked::spawn(
+            Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "redis-server",
+        ));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
@@ -95,20 +80,6 @@ impl PrivateRedis {
 
     /// Kills the server; connections to it are refused from now on.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let pid = child.id();
-            RUNNING
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|&p| p != pid);
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
+        self.child = None;
     }
 }
