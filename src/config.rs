@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::value::Value;
 use figment::{Figment, Provider};
 use gatehouse_actors::breaker::BreakerSettings;
+use gatehouse_actors::mailer::{EmailSettings, TransportKind};
 use gatehouse_actors::passwords::PasswordSettings;
 use gatehouse_actors::rate_limiter::RateLimitSettings;
 use gatehouse_actors::supervisor::RestartPolicy;
@@ -51,6 +52,7 @@ pub struct Config {
     pub auth: AuthSettings,
     pub password: PasswordSettings,
     pub rate_limit: RateLimitSettings,
+    pub email: EmailSettings,
     pub circuit_breaker: CircuitBreakers,
     pub security: SecuritySettings,
     pub logging: LoggingSettings,
@@ -102,6 +104,8 @@ pub struct CircuitBreakers {
     pub database: BreakerSettings,
     /// Gatehouse's own: guards Redis when `rate_limit.backend = "redis"`.
     pub redis: BreakerSettings,
+    /// Guards the SMTP relay when `email.transport = "smtp"`.
+    pub smtp: BreakerSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +195,8 @@ pub struct Loaded {
     pub jwt_secret: Option<SecretString>,
     /// From `auth.key_encryption_secret` or `auth.key_encryption_secret_file`.
     pub key_encryption_secret: SecretString,
+    /// From `email.smtp.password` or `email.smtp.password_file`, if either is set.
+    pub smtp_password: Option<SecretString>,
     /// Not fatal, but worth a line in the log.
     pub warnings: Vec<String>,
 }
@@ -213,6 +219,13 @@ const TEXT_KEYS: &[&str] = &[
     "rate_limit.redis_prefix",
     "logging.level",
     "monitoring.token",
+    "email.file_dir",
+    "email.from",
+    "email.link_base",
+    "email.smtp.host",
+    "email.smtp.username",
+    "email.smtp.password",
+    "email.smtp.password_file",
 ];
 
 /// The longest idle keep-alive the contract allows.
@@ -223,6 +236,7 @@ const SECRET_KEYS: &[&str] = &[
     "auth.jwt_secret",
     "auth.key_encryption_secret",
     "monitoring.token",
+    "email.smtp.password",
 ];
 
 /// Reads `path` and the environment, and validates the result.
@@ -391,6 +405,10 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
         public_url(&s.public_url).is_some(),
         "server.public_url must be an http:// or https:// URL with a host, no query or fragment",
     );
+    check(
+        config.email.link_base.is_empty() || public_url(&config.email.link_base).is_some(),
+        "email.link_base must be empty or an http:// or https:// URL with a host, no query or fragment",
+    );
 
     let db = &config.database;
     check(db.pool_size > 0, "database.pool_size must be at least 1");
@@ -433,6 +451,11 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
         "auth.max_failed_logins must be at least 1",
     );
     check(a.lockout_s > 0, "auth.lockout_s must be at least 1");
+    check(
+        a.verification_ttl_s > 0,
+        "auth.verification_ttl_s must be at least 1",
+    );
+    check(a.reset_ttl_s > 0, "auth.reset_ttl_s must be at least 1");
 
     let p = &config.password;
     check(
@@ -484,7 +507,11 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
     }
 
     let breakers = &config.circuit_breaker;
-    for (name, b) in [("database", &breakers.database), ("redis", &breakers.redis)] {
+    for (name, b) in [
+        ("database", &breakers.database),
+        ("redis", &breakers.redis),
+        ("smtp", &breakers.smtp),
+    ] {
         check(
             b.failure_threshold >= 1,
             &format!("circuit_breaker.{name}.failure_threshold must be at least 1"),
@@ -553,6 +580,15 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
     {
         problems.push("auth.key_encryption_secret must be at least 32 bytes".into());
     }
+    problems.extend(config.email.validate());
+    let smtp = &config.email.smtp;
+    let smtp_password = secret(
+        "email.smtp.password",
+        &smtp.password,
+        &smtp.password_file,
+        false,
+        &mut problems,
+    );
     let broken = production_rules(&config, jwt_secret.as_ref(), key_encryption_secret.as_ref());
     match config.environment {
         Environment::Production => problems.extend(broken),
@@ -576,6 +612,7 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
             config,
             jwt_secret,
             key_encryption_secret,
+            smtp_password,
             warnings,
         }),
         _ => Err(problems),
@@ -671,6 +708,16 @@ fn production_rules(
     rule(
         config.server.public_url.starts_with("https://"),
         "server.public_url must be https:// in production".into(),
+    );
+    rule(
+        config.email.transport != TransportKind::File,
+        "email.transport must be \"smtp\" in production (\"file\" only writes .eml files)".into(),
+    );
+    rule(
+        !config.email.unencrypted_off_host(),
+        "email.smtp.tls must not be \"none\" in production unless email.smtp.host is a loopback \
+         address (127.0.0.0/8, ::1, localhost)"
+            .into(),
     );
     for (key, secret, shipped) in [
         ("auth.jwt_secret", jwt_secret, DEV_JWT_SECRET),
@@ -931,7 +978,8 @@ mod tests {
         [server]\npublic_url = \"https://auth.example.com\"\n\
         [security]\nhsts = true\n\
         [auth]\njwt_secret = \"Zq8#vL2m!Rt5pW9xKc3@Hn7bYf4&Dg6sJ1e\"\n\
-        [monitoring]\ntoken = \"m0n1t0r-t0ken-0123456789abcdef\"\n";
+        [monitoring]\ntoken = \"m0n1t0r-t0ken-0123456789abcdef\"\n\
+        [email]\ntransport = \"smtp\"\n[email.smtp]\nhost = \"smtp.example.com\"\n";
 
     #[test]
     fn production_refuses_dangerous_values_and_staging_warns() {
@@ -959,6 +1007,8 @@ mod tests {
                 "http://auth.example.com",
                 "server.public_url",
             ),
+            ("GATEHOUSE__EMAIL__TRANSPORT", "file", "email.transport"),
+            ("GATEHOUSE__EMAIL__SMTP__TLS", "none", "email.smtp.tls"),
             (
                 "GATEHOUSE__AUTH__JWT_SECRET",
                 &"a".repeat(40),

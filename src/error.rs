@@ -164,6 +164,18 @@ fn domain_parts<'a>(
             "Current password is incorrect",
             None,
         ),
+        Error::EmailNotVerified => parts(
+            S::FORBIDDEN,
+            "AUTH007",
+            "Email address not verified",
+            Some("Follow the link sent to your email address, or ask for a new one".into()),
+        ),
+        Error::BadLink => parts(
+            S::BAD_REQUEST,
+            "AUTH008",
+            "Invalid or expired link",
+            Some("The link is unknown, expired or already used; ask for a new one".into()),
+        ),
         Error::NotFound => parts(S::NOT_FOUND, "NOT001", "Resource not found", None),
         Error::RateLimited(info) => ErrorParts {
             retry_after_s: Some(info.reset_s.max(1)),
@@ -284,6 +296,9 @@ pub struct FieldProblem {
 /// * `AUTH005` (403): `current_password` is wrong.
 /// * `AUTH006` (429): too many consecutive failed logins for this login name
 ///   (`Retry-After`).
+/// * `AUTH007` (403): the right password, but the address is not verified
+///   and `auth.email_verification = "required"`.
+/// * `AUTH008` (400): an email link's token is invalid, expired or used.
 /// * `NOT001` (404): no such route or resource.
 /// * `USER001` (409): the email or username is taken (ignoring case).
 /// * `VAL001` (422): field validation failed; `fields` says which and why.
@@ -307,6 +322,8 @@ pub enum ErrorCode {
     Auth004,
     Auth005,
     Auth006,
+    Auth007,
+    Auth008,
     Not001,
     User001,
     Val001,

@@ -30,6 +30,7 @@ pub mod error;
 pub mod handlers;
 pub mod http;
 pub mod openapi;
+pub mod pages;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
@@ -55,8 +56,13 @@ pub async fn run(
         config,
         jwt_secret,
         key_encryption_secret,
+        smtp_password,
         ..
     } = loaded;
+    let mut email = config.email.clone();
+    if email.link_base.is_empty() {
+        email.link_base = config.server.public_url.clone();
+    }
     let gatehouse = Gatehouse::start(Settings {
         auth: config.auth.clone(),
         jwt_secret,
@@ -66,6 +72,9 @@ pub async fn run(
         rate_limit: config.rate_limit.clone(),
         database_breaker: config.circuit_breaker.database,
         redis_breaker: config.circuit_breaker.redis,
+        email,
+        smtp_password,
+        smtp_breaker: config.circuit_breaker.smtp,
         restart: config.supervisor.policy(),
         clock: gatehouse_actors::clock::SystemClock::shared(),
     })

@@ -88,7 +88,9 @@ impl Tag {
 
     fn description(self) -> &'static str {
         match self {
-            Self::Auth => "Registration, login, token refresh, logout.",
+            Self::Auth => {
+                "Registration, login, token refresh, logout, email verification, password reset."
+            }
             Self::Users => "The caller's own account and sessions (Bearer access token).",
             Self::Discovery => {
                 "What other services need to verify tokens: the JWKS and RFC 8414 metadata."
@@ -255,7 +257,8 @@ impl Failure {
     fn description(self, config: &Config) -> String {
         match self {
             Self::BadRequest => "`REQ003`: the body is not valid JSON (or form data), is not \
-                UTF-8, has a value of the wrong JSON type, or repeats an object key."
+                UTF-8, has a value of the wrong JSON type, or repeats an object key. \
+                `AUTH008` (email-link routes): the link's token is unknown, expired or used."
                 .into(),
             Self::Unauthorized => "`AUTH001`: bad login (identical for an unknown user, a wrong \
                 password and a deactivated account). `AUTH002`: missing, malformed or badly \
@@ -263,7 +266,10 @@ impl Failure {
                 or missing monitoring token. `AUTH003`: expired token. `AUTH004`: session \
                 revoked, or refresh token reused, unknown or expired."
                 .into(),
-            Self::Forbidden => "`AUTH005`: `current_password` is wrong.".into(),
+            Self::Forbidden => "`AUTH005`: `current_password` is wrong. `AUTH007` (login): \
+                the right password, but the address is not verified and \
+                `auth.email_verification` is `required`."
+                .into(),
             Self::NotFound => "`NOT001`: no such route or resource.".into(),
             Self::MethodNotAllowed => "`REQ004`: the path exists but not with this method; \
                 `Allow` lists the methods it has. Any path of this document answers it for a \
@@ -308,20 +314,26 @@ impl Failure {
     fn samples(self, config: &Config) -> Vec<(&'static str, ApiError)> {
         let domain = |e: Domain| ApiError::Domain(e);
         match self {
-            Self::BadRequest => vec![(
-                "Malformed body",
-                ApiError::Malformed("the body is not valid JSON (line 1, column 18)".into()),
-            )],
+            Self::BadRequest => vec![
+                (
+                    "Malformed body",
+                    ApiError::Malformed("the body is not valid JSON (line 1, column 18)".into()),
+                ),
+                ("Unusable email link", domain(Domain::BadLink)),
+            ],
             Self::Unauthorized => vec![
                 ("Bad login", domain(Domain::InvalidCredentials)),
                 ("Invalid token", domain(Domain::InvalidToken)),
                 ("Expired token", domain(Domain::TokenExpired)),
                 ("Session revoked", domain(Domain::SessionRevoked)),
             ],
-            Self::Forbidden => vec![(
-                "Wrong current password",
-                domain(Domain::WrongCurrentPassword),
-            )],
+            Self::Forbidden => vec![
+                (
+                    "Wrong current password",
+                    domain(Domain::WrongCurrentPassword),
+                ),
+                ("Email not verified", domain(Domain::EmailNotVerified)),
+            ],
             Self::NotFound => vec![("Not found", ApiError::NotFound)],
             Self::MethodNotAllowed => vec![(
                 "Method not allowed",

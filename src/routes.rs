@@ -11,7 +11,7 @@
 use gatehouse_actors::rate_limiter::RouteClass;
 use hyper::Method;
 
-use crate::handlers::{auth, discovery, monitoring, users};
+use crate::handlers::{auth, discovery, monitoring, pages, recovery, users};
 use crate::http::router::{Body, Guard, Route};
 use crate::openapi::{Answer, Doc, Failure, OpenApiDocument, Param, PrometheusText, Shape, Tag};
 use crate::wire;
@@ -66,7 +66,9 @@ pub static ROUTES: &[Route] = &[
                 an OAuth2 password-grant form. Unknown user, wrong password and deactivated \
                 account all answer 401 `AUTH001`. After `auth.max_failed_logins` consecutive \
                 failures for one account (its username and email share one count; an unknown name \
-                counts as typed), it gets 429 `AUTH006` for `auth.lockout_s`.",
+                counts as typed), it gets 429 `AUTH006` for `auth.lockout_s`. With \
+                `auth.email_verification = \"required\"`, the right password of an account whose \
+                address is not verified gets 403 `AUTH007`.",
             request: Some(Shape::of::<wire::LoginRequest>()),
             param: None,
             answers: &[Answer::json(
@@ -74,7 +76,7 @@ pub static ROUTES: &[Route] = &[
                 "Logged in; a new session was created.",
                 TOKENS,
             )],
-            errors: &[Failure::Unauthorized],
+            errors: &[Failure::Unauthorized, Failure::Forbidden],
         },
     },
     Route {
@@ -147,6 +149,103 @@ pub static ROUTES: &[Route] = &[
         },
     },
     Route {
+        method: Method::POST,
+        template: "/api/v1/auth/verify-email/request",
+        handler: handler!(recovery::request_verification),
+        rate: Some(RouteClass::Email),
+        guard: Guard::User,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "requestEmailVerification",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Send a new email verification link",
+            description: "To the pending address if an email change waits, else to the current \
+                one. Nothing is sent when there is nothing to verify, when \
+                `auth.email_verification` is `off`, or when the address had its hourly share \
+                (`email.per_recipient_per_hour`); the answer is the same. A new link voids the \
+                older ones.",
+            request: None,
+            param: None,
+            answers: &[Answer::empty(
+                202,
+                "Taken; a link is on its way if there is anything to verify.",
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/verify-email",
+        handler: handler!(recovery::verify_email),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Open,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "verifyEmail",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Confirm an address with the token of its link",
+            description: "The address the link was sent to becomes verified; a pending address \
+                becomes the account's email. A token is single use; unknown, expired or used \
+                answers 400 `AUTH008`.",
+            request: Some(Shape::of::<wire::VerifyEmailRequest>()),
+            param: None,
+            answers: &[Answer::empty(204, "The address is verified.")],
+            errors: &[Failure::BadRequest],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/password-reset/request",
+        handler: handler!(recovery::request_reset),
+        rate: Some(RouteClass::Email),
+        guard: Guard::Open,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "requestPasswordReset",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Send a password-reset link",
+            description: "Answers 202 with the same (empty) body at once, for known and unknown \
+                addresses alike: the lookup and the queueing happen after the answer. A link \
+                goes to known, active accounts only, at most `email.per_recipient_per_hour` \
+                per address and hour. A syntactically invalid address is 422 `VAL001`.",
+            request: Some(Shape::of::<wire::ResetRequest>()),
+            param: None,
+            answers: &[Answer::empty(
+                202,
+                "Taken; a link is on its way if the address has an account.",
+            )],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/password-reset/confirm",
+        handler: handler!(recovery::confirm_reset),
+        rate: Some(RouteClass::Password),
+        guard: Guard::Open,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "confirmPasswordReset",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Set a new password with the token of a reset link",
+            description: "The password policy is the registration's (422 `VAL001`, field \
+                `new_password`; the token stays usable). Every session of the user is revoked, \
+                every reset link of the user is used up, and a notice goes to the address. \
+                Unknown, expired or used tokens answer 400 `AUTH008`.",
+            request: Some(Shape::of::<wire::ResetConfirmRequest>()),
+            param: None,
+            answers: &[Answer::empty(
+                204,
+                "The password is changed; every session is revoked.",
+            )],
+            errors: &[Failure::BadRequest],
+        },
+    },
+    Route {
         method: Method::GET,
         template: "/api/v1/users/me",
         handler: handler!(users::me),
@@ -177,7 +276,10 @@ pub static ROUTES: &[Route] = &[
         doc: Doc {
             tag: Tag::Users,
             summary: "Change the caller's email and/or username",
-            description: "Fields left out are not changed.",
+            description: "Fields left out are not changed. A new email is announced to the old \
+                address. With `auth.email_verification` `off` it applies at once; otherwise it \
+                becomes `pending_email`, a verification link goes to it, and `email` changes \
+                when the link is followed.",
             request: Some(Shape::of::<wire::UpdateProfileRequest>()),
             param: None,
             answers: &[Answer::json(200, "The updated account.", USER)],
@@ -219,7 +321,8 @@ pub static ROUTES: &[Route] = &[
         doc: Doc {
             tag: Tag::Users,
             summary: "Change the caller's password",
-            description: "A wrong `current_password` answers 403 `AUTH005`.",
+            description: "A wrong `current_password` answers 403 `AUTH005`. A notice goes to \
+                the account's address.",
             request: Some(Shape::of::<wire::ChangePasswordRequest>()),
             param: None,
             answers: &[Answer::empty(
@@ -491,6 +594,106 @@ pub static ROUTES: &[Route] = &[
                 "The metadata.",
                 Shape::of::<wire::AuthorizationServer>(),
             )],
+            errors: &[],
+        },
+    },
+];
+
+/// The pages email links open: HTML, so not part of the API's document.
+/// They draw from the `default` allowance; the stylesheet from none.
+pub static PAGES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        template: "/verify-email",
+        handler: handler!(pages::verify_form),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Open,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "verifyEmailPage",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Shows the button that confirms an address",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/verify-email",
+        handler: handler!(pages::verify_submit),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Open,
+        body: Body::Form,
+        chaos_only: false,
+        operation_id: "verifyEmailSubmit",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Confirms an address",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/reset-password",
+        handler: handler!(pages::reset_form),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Open,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "resetPasswordPage",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Shows the new-password form",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/reset-password",
+        handler: handler!(pages::reset_submit),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Open,
+        body: Body::Form,
+        chaos_only: false,
+        operation_id: "resetPasswordSubmit",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Sets the new password",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[],
+            errors: &[],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/assets/pages.css",
+        handler: handler!(pages::stylesheet),
+        rate: None,
+        guard: Guard::Open,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "pagesStylesheet",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "The pages' stylesheet",
+            description: "",
+            request: None,
+            param: None,
+            answers: &[],
             errors: &[],
         },
     },

@@ -125,6 +125,32 @@ pub struct ChangePasswordRequest {
     pub new_password: Option<SecretString>,
 }
 
+/// Following an email verification link.
+#[derive(Deserialize, ToSchema)]
+pub struct VerifyEmailRequest {
+    /// The `token` of the link; unknown, expired or used → 400 `AUTH008`.
+    #[schema(value_type = String, format = Password)]
+    pub token: Option<SecretString>,
+}
+
+/// Asking for a password-reset link.
+#[derive(Deserialize, ToSchema)]
+pub struct ResetRequest {
+    /// The account's email address; answered alike whether it has one or not.
+    #[schema(format = Email)]
+    pub email: Option<String>,
+}
+
+/// Setting a new password through a reset link.
+#[derive(Deserialize, ToSchema)]
+pub struct ResetConfirmRequest {
+    /// The `token` of the link; unknown, expired or used → 400 `AUTH008`.
+    #[schema(value_type = String, format = Password)]
+    pub token: Option<SecretString>,
+    #[schema(value_type = NewPassword)]
+    pub new_password: Option<SecretString>,
+}
+
 /// A password being chosen (registration, password change): between
 /// `password.min_length` and `password.max_length` characters, not a
 /// well-known common password, not equal to the username or email.
@@ -165,6 +191,8 @@ impl ToSchema for NewPassword {}
     "email": "ada@example.com",
     "username": "ada",
     "is_active": true,
+    "email_verified": true,
+    "pending_email": null,
     "created_at": "2026-01-01T00:00:00Z",
     "updated_at": "2026-01-01T00:00:00Z"
 })))]
@@ -179,6 +207,12 @@ pub struct UserBody<'a> {
     pub username: &'a str,
     /// False once the account is deactivated (it can no longer log in).
     pub is_active: bool,
+    /// Whether the address was confirmed through a link sent to it.
+    pub email_verified: bool,
+    /// An address waiting for its verification link to replace `email`; null
+    /// unless an email change awaits verification.
+    #[schema(format = Email)]
+    pub pending_email: Option<&'a str>,
     /// RFC 3339, UTC.
     #[serde(serialize_with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -196,6 +230,8 @@ impl<'a> From<&'a User> for UserBody<'a> {
             email: &u.email,
             username: &u.username,
             is_active: u.is_active,
+            email_verified: u.email_verified,
+            pending_email: u.pending_email.as_deref(),
             created_at: u.created_at,
             updated_at: u.updated_at,
         }

@@ -51,6 +51,8 @@ impl Default for BreakerSettings {
 pub enum BreakerId {
     Database,
     Redis,
+    /// The SMTP relay, when `email.transport = "smtp"`.
+    Smtp,
 }
 
 impl BreakerId {
@@ -58,6 +60,7 @@ impl BreakerId {
         match self {
             Self::Database => "database",
             Self::Redis => "redis",
+            Self::Smtp => "smtp",
         }
     }
 }

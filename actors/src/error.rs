@@ -62,6 +62,15 @@ pub enum Error {
     #[error("current password is wrong")]
     WrongCurrentPassword,
 
+    /// The right password, but the address is not verified and
+    /// `auth.email_verification = "required"`.
+    #[error("email not verified")]
+    EmailNotVerified,
+
+    /// An email link's token is unknown, expired or used up.
+    #[error("email link not usable")]
+    BadLink,
+
     /// No such resource, or one the caller may not know exists.
     #[error("not found")]
     NotFound,

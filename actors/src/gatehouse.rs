@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::breaker::{Breaker, BreakerArgs, BreakerBoard, BreakerId, BreakerSettings, Breakers};
 use crate::clock::{SharedClock, Stopwatch, secs_to_ms};
 use crate::error::{Error, Result};
+use crate::mailer::{EmailSettings, Mailer, MailerArgs, TransportKind};
 use crate::metrics::{Metrics, MetricsHandle};
 use crate::passwords::{PasswordSettings, Passwords};
 use crate::rate_limiter::{
@@ -21,7 +22,9 @@ use crate::sealing::Sealer;
 use crate::services::accounts::Accounts;
 use crate::services::auth::Auth;
 use crate::services::edge::Edge;
+use crate::services::email::{Composer, MailPolicy};
 use crate::services::operations::Operations;
+use crate::services::recovery::Recovery;
 use crate::services::sessions::Sessions;
 use crate::services::{Database, LimiterPolicy};
 use crate::supervisor::{
@@ -45,6 +48,12 @@ pub struct Settings {
     pub database_breaker: BreakerSettings,
     /// Guards the Redis rate-limit backend, when that is configured.
     pub redis_breaker: BreakerSettings,
+    /// How mail leaves; `link_base` already resolved (never empty).
+    pub email: EmailSettings,
+    /// The relay's password, read from `email.smtp.password` or `.password_file`.
+    pub smtp_password: Option<SecretString>,
+    /// Guards the SMTP relay, when `email.transport = "smtp"`.
+    pub smtp_breaker: BreakerSettings,
     pub restart: RestartPolicy,
     /// What every rule reads the time from; tests pass a manual one.
     pub clock: SharedClock,
@@ -56,6 +65,7 @@ pub struct Settings {
 pub struct Gatehouse {
     pub auth: Auth,
     pub accounts: Accounts,
+    pub recovery: Recovery,
     pub sessions: Sessions,
     pub edge: Edge,
     pub operations: Operations,
@@ -127,6 +137,28 @@ impl Gatehouse {
         if rate.backend == Backend::Redis {
             guarded.push((BreakerId::Redis, settings.redis_breaker));
         }
+        if settings.email.transport == TransportKind::Smtp {
+            guarded.push((BreakerId::Smtp, settings.smtp_breaker));
+        }
+        let outbox = Arc::new(Sealer::new(&settings.key_encryption_secret, "outbox")?);
+        let product = settings
+            .email
+            .from_mailbox()
+            .ok()
+            .and_then(|m| m.name)
+            .unwrap_or_else(|| "Gatehouse".into());
+        let composer = Composer {
+            policy: Arc::new(MailPolicy {
+                product,
+                link_base: settings.email.link_base.trim_end_matches('/').to_owned(),
+                verification: settings.auth.email_verification,
+                verification_ttl_s: settings.auth.verification_ttl_s,
+                reset_ttl_s: settings.auth.reset_ttl_s,
+                per_recipient_per_hour: settings.email.per_recipient_per_hour,
+            }),
+            sealer: Arc::clone(&outbox),
+            names: Arc::clone(&names),
+        };
         let children = vec![
             child(
                 ActorKind::Breaker,
@@ -171,6 +203,20 @@ impl Gatehouse {
                 },
             ),
             child(ActorKind::Metrics, &names, || Metrics, ()),
+            child(
+                ActorKind::Mailer,
+                &names,
+                || Mailer,
+                MailerArgs {
+                    settings: Arc::new(settings.email),
+                    smtp_password: settings.smtp_password,
+                    sealer: outbox,
+                    repo: repo.clone(),
+                    breakers: breakers.clone(),
+                    clock: Arc::clone(&clock),
+                    owner: uuid::Uuid::new_v4().to_string(),
+                },
+            ),
         ];
         let (supervisor, supervisor_done) = Actor::spawn(
             Some(names.supervisor().to_owned()),
@@ -206,13 +252,21 @@ impl Gatehouse {
                 passwords: passwords.clone(),
                 tokens: tokens.clone(),
                 metrics: metrics.clone(),
+                mail: composer.clone(),
                 clock: Arc::clone(&clock),
                 settings: settings.auth,
             },
             accounts: Accounts {
                 db: database.clone(),
-                passwords,
+                passwords: passwords.clone(),
                 metrics: metrics.clone(),
+                mail: composer.clone(),
+                clock: Arc::clone(&clock),
+            },
+            recovery: Recovery {
+                db: database.clone(),
+                passwords,
+                mail: composer,
                 clock: Arc::clone(&clock),
             },
             sessions: Sessions {

@@ -45,6 +45,7 @@ pub mod breaker;
 pub mod clock;
 pub mod error;
 pub mod gatehouse;
+pub mod mailer;
 pub mod metrics;
 pub mod model;
 pub mod names;

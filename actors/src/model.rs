@@ -12,6 +12,10 @@ pub struct User {
     /// Stored as chosen; unique ignoring case.
     pub username: String,
     pub is_active: bool,
+    /// Whether the address was confirmed through a link.
+    pub email_verified: bool,
+    /// An address waiting for its link to be followed before it replaces `email`.
+    pub pending_email: Option<String>,
     /// Carried in the `roles` claim of the tokens issued to the user.
     pub roles: Vec<String>,
     pub created_at: i64,
@@ -41,6 +45,8 @@ pub struct NewUser {
     pub username: String,
     pub password_hash: String,
     pub now: i64,
+    /// The link that verifies the address, unless verification is off.
+    pub verify: Option<LinkMail>,
 }
 
 /// A login session: what a refresh token is bound to and what access tokens name in `sid`.
@@ -144,4 +150,101 @@ pub enum Rotation {
 pub struct ProfileChange {
     pub email: Option<String>,
     pub username: Option<String>,
+    /// What to send if the email changes.
+    pub mail: Option<EmailChangeMail>,
+}
+
+/// What a single-use email link is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkPurpose {
+    /// Confirms an address (the account's, or one waiting to replace it).
+    Verify,
+    /// Sets a new password.
+    Reset,
+}
+
+impl LinkPurpose {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Verify => "verify",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// A message for the outbox, its body already sealed.
+#[derive(Clone)]
+pub struct Outgoing {
+    pub id: String,
+    /// [`MailKind::name`](crate::mailer::MailKind::name).
+    pub kind: &'static str,
+    /// `None`: the address the message is about, as the write finds it (the
+    /// address a link confirms; the account's current address for notices).
+    pub to: Option<String>,
+    /// Subject and parts, sealed under the key-encryption secret with `id`.
+    pub body: Vec<u8>,
+    /// At most this many capped messages to one address per hour (`None`:
+    /// a notice, exempt); a message over the cap is dropped with its link.
+    pub cap: Option<u32>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A link token (only its digest) and the message that carries it.
+#[derive(Debug, Clone)]
+pub struct LinkMail {
+    /// SHA-256 of the token, hex.
+    pub digest: String,
+    pub purpose: LinkPurpose,
+    pub expires_at: i64,
+    pub mail: Outgoing,
+}
+
+/// The mail an email change sends: a notice to the old address, and, with
+/// verification on, a link to the new one (which then waits as
+/// `pending_email` until the link is followed).
+#[derive(Debug, Clone)]
+pub struct EmailChangeMail {
+    pub notice: Outgoing,
+    pub verify: Option<LinkMail>,
+}
+
+/// What a sender leased from the outbox.
+#[derive(Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub kind: String,
+    pub recipient: String,
+    /// Sealed, as [`Outgoing::body`].
+    pub body: Vec<u8>,
+    /// Tries made before this one.
+    pub attempts: u32,
+}
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one try to send a claimed message ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailOutcome {
+    /// Accepted by the relay: the body is deleted.
+    Sent,
+    /// Try again at `at`.
+    Retry { at: i64, error: String },
+    /// Given up: kept, without its body, as `dead`.
+    Dead { error: String },
 }

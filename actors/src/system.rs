@@ -22,15 +22,17 @@ pub enum ActorKind {
     UserRepo,
     TokenIssuer,
     Metrics,
+    Mailer,
 }
 
 impl ActorKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::RateLimiter,
         Self::Breaker,
         Self::UserRepo,
         Self::TokenIssuer,
         Self::Metrics,
+        Self::Mailer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +42,7 @@ impl ActorKind {
             Self::UserRepo => "user_repo",
             Self::TokenIssuer => "token_issuer",
             Self::Metrics => "metrics",
+            Self::Mailer => "mailer",
         }
     }
 
@@ -52,7 +55,7 @@ impl ActorKind {
 #[derive(Debug)]
 pub struct Names {
     supervisor: String,
-    actors: [String; 5],
+    actors: [String; ActorKind::ALL.len()],
 }
 
 impl Names {

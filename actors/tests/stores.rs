@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use gatehouse_actors::model::{NewSession, NewUser, Principal, ProfileChange, Revoke, Rotation};
+use gatehouse_actors::model::{
+    EmailChangeMail, Invalidation, LinkMail, LinkPurpose, MailOutcome, NewSession, NewUser,
+    Outgoing, Principal, ProfileChange, Revoke, Rotation,
+};
 use gatehouse_actors::user_repo::pg::PgStore;
 use gatehouse_actors::user_repo::sqlite::SqliteStore;
 use gatehouse_actors::user_repo::{DatabaseSettings, Store};
@@ -50,6 +53,7 @@ fn new_user(id: &str, email: &str, username: &str) -> NewUser {
         username: username.into(),
         password_hash: "$scrypt$x".into(),
         now: 1_000,
+        verify: None,
     }
 }
 
@@ -73,6 +77,66 @@ fn new_session(id: &str, user: &str, digest: &str, now: i64) -> NewSession {
         auth_time: now,
         amr: vec!["pwd".into()],
     }
+}
+
+/// Registers `user` and opens `session` for it at 1_000 (refresh digest
+/// `digest`, password as registered): who the user's writes are made by.
+async fn user_with_session(s: &dyn Store, user: NewUser, session: &str, digest: &str) -> Principal {
+    let id = user.id.clone();
+    s.create_user(user).await.unwrap();
+    open_session(s, session, &id, digest).await;
+    by(&id, session)
+}
+
+/// A session of `user` opened at 1 000, its refresh token's digest `digest`.
+async fn open_session(s: &dyn Store, session: &str, user: &str, digest: &str) {
+    s.create_session(
+        new_session(session, user, digest, 1_000),
+        "$scrypt$x".into(),
+        None,
+    )
+    .await
+    .unwrap()
+    .expect("the user's hash is the one verified");
+}
+
+/// A sealed message for the outbox; `cap` makes it count against (and
+/// respect) its address's hourly cap, `None` makes it a notice.
+fn outgoing(id: &str, kind: &'static str, cap: Option<u32>) -> Outgoing {
+    Outgoing {
+        id: id.into(),
+        kind,
+        to: None,
+        body: b"sealed".to_vec(),
+        cap,
+    }
+}
+
+/// A link of `purpose` with its message (id `m-<digest>`, capped at 5 an hour).
+fn link(digest: &str, purpose: LinkPurpose, expires_at: i64) -> LinkMail {
+    let kind = match purpose {
+        LinkPurpose::Verify => "verify_address",
+        LinkPurpose::Reset => "reset_password",
+    };
+    LinkMail {
+        digest: digest.into(),
+        purpose,
+        expires_at,
+        mail: outgoing(&format!("m-{digest}"), kind, Some(5)),
+    }
+}
+
+/// A notice (exempt from the cap), as a password change sends.
+fn notice(id: &str) -> Outgoing {
+    outgoing(id, "password_changed", None)
+}
+
+/// The whole-user invalidation a write for `user` reports.
+fn whole(user: &str) -> Vec<Invalidation> {
+    vec![Invalidation {
+        user_id: user.into(),
+        session_id: None,
+    }]
 }
 
 #[tokio::test]
@@ -205,17 +269,8 @@ async fn sessions_rotate_spend_and_reveal_reuse() {
 #[tokio::test]
 async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once() {
     on_both(|s| async move {
-        s.create_user(new_user("u1", "a@example.com", "alice"))
-            .await
-            .unwrap();
-        s.create_session(
-            new_session("s1", "u1", "d1", 1_000),
-            "$scrypt$x".into(),
-            None,
-        )
-        .await
-        .unwrap();
-        s.revoke(by("u1", "s1"), Revoke::Session("s1".into()), 1_100)
+        let u1 = user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
+        s.revoke(u1, Revoke::Session("s1".into()), 1_100)
             .await
             .unwrap();
         let (nothing, head) = s.invalidations_since(-1).await.unwrap();
@@ -224,20 +279,8 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
             "history before start-up is not replayed"
         );
 
-        s.create_session(
-            new_session("s2", "u1", "d2", 1_000),
-            "$scrypt$x".into(),
-            None,
-        )
-        .await
-        .unwrap();
-        s.create_session(
-            new_session("s3", "u1", "d3", 1_000),
-            "$scrypt$x".into(),
-            None,
-        )
-        .await
-        .unwrap();
+        open_session(&*s, "s2", "u1", "d2").await;
+        open_session(&*s, "s3", "u1", "d3").await;
         let mut expected = s
             .revoke(by("u1", "s3"), Revoke::Session("s2".into()), 1_200)
             .await
@@ -259,6 +302,7 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
                 by("u1", "s3"),
                 "$scrypt$x".into(),
                 "$scrypt$2".into(),
+                None,
                 1_400,
             )
             .await
@@ -309,24 +353,11 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
 #[tokio::test]
 async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
     on_both(|s| async move {
-        s.create_user(new_user("u1", "a@example.com", "alice"))
-            .await
-            .unwrap();
-        s.create_user(new_user("u2", "b@example.com", "bob"))
-            .await
-            .unwrap();
-        for (id, user, digest) in [("s1", "u1", "d1"), ("s2", "u2", "d2")] {
-            s.create_session(
-                new_session(id, user, digest, 1_000),
-                "$scrypt$x".into(),
-                None,
-            )
-            .await
-            .unwrap();
-        }
+        user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
+        let u2 = user_with_session(&*s, new_user("u2", "b@example.com", "bob"), "s2", "d2").await;
         let taken = s
             .update_profile(
-                by("u2", "s2"),
+                u2.clone(),
                 ProfileChange {
                     email: Some("a@example.com".into()),
                     ..Default::default()
@@ -337,7 +368,7 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
         assert!(matches!(taken, Err(Error::Conflict(Taken::Email))));
         let (user, _) = s
             .update_profile(
-                by("u2", "s2"),
+                u2,
                 ProfileChange {
                     email: Some("c@example.com".into()),
                     ..Default::default()
@@ -378,18 +409,8 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
 #[tokio::test]
 async fn writes_for_a_session_check_it_inside_the_transaction() {
     on_both(|s| async move {
-        s.create_user(new_user("u1", "a@example.com", "alice"))
-            .await
-            .unwrap();
-        for (id, digest) in [("s1", "d1"), ("s2", "d2")] {
-            s.create_session(
-                new_session(id, "u1", digest, 1_000),
-                "$scrypt$x".into(),
-                None,
-            )
-            .await
-            .unwrap();
-        }
+        user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
+        open_session(&*s, "s2", "u1", "d2").await;
         s.revoke(by("u1", "s2"), Revoke::All, 1_100).await.unwrap();
         let email = ProfileChange {
             email: Some("evil@example.com".into()),
@@ -404,6 +425,7 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
                 by("u1", "s1"),
                 "$scrypt$x".into(),
                 "$scrypt$y".into(),
+                None,
                 1_200
             )
             .await,
@@ -446,6 +468,7 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
             by("u1", "s3"),
             "$scrypt$x".into(),
             "$scrypt$first".into(),
+            None,
             2_100,
         )
         .await
@@ -455,6 +478,7 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
                 by("u1", "s3"),
                 "$scrypt$x".into(),
                 "$scrypt$second".into(),
+                None,
                 2_200
             )
             .await,
@@ -474,17 +498,7 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
 #[tokio::test]
 async fn a_token_spent_within_the_grace_is_refused_without_revoking_and_after_it_revokes() {
     on_both(|s| async move {
-        s.create_user(new_user("u1", "a@example.com", "alice"))
-            .await
-            .unwrap();
-        s.create_session(
-            new_session("s1", "u1", "d1", 1_000),
-            "$scrypt$x".into(),
-            None,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
         let owner = s.refresh_owner("d1".into()).await.unwrap().unwrap();
         assert_eq!(
             (
@@ -512,6 +526,498 @@ async fn a_token_spent_within_the_grace_is_refused_without_revoking_and_after_it
                 .unwrap()
                 .is_none()
         );
+    })
+    .await;
+}
+
+/// The per-recipient cap's window, as the stores count it.
+const HOUR_MS: i64 = 3_600_000;
+
+#[tokio::test]
+async fn verify_links_are_single_use_expire_and_are_voided_by_newer_ones() {
+    on_both(|s| async move {
+        let registered = s
+            .create_user(NewUser {
+                verify: Some(link("v1", LinkPurpose::Verify, 10_000)),
+                ..new_user("u1", "a@example.com", "alice")
+            })
+            .await
+            .unwrap();
+        assert!(!registered.email_verified);
+        assert_eq!(s.outbox_pending().await.unwrap(), 1, "the link's message");
+        let owner = s.link_owner("v1".into(), LinkPurpose::Verify, 2_000);
+        assert_eq!(owner.await.unwrap().map(|u| u.id).as_deref(), Some("u1"));
+        let wrong_purpose = s.link_owner("v1".into(), LinkPurpose::Reset, 2_000);
+        assert!(wrong_purpose.await.unwrap().is_none());
+
+        let (user, changes) = s.confirm_email("v1".into(), 2_000).await.unwrap().unwrap();
+        assert!(user.email_verified);
+        assert_eq!(user.email, "a@example.com");
+        assert_eq!(changes, whole("u1"));
+        assert!(s.user("u1".into()).await.unwrap().unwrap().email_verified);
+        assert!(
+            s.confirm_email("v1".into(), 2_100).await.unwrap().is_none(),
+            "used once"
+        );
+        let used = s.link_owner("v1".into(), LinkPurpose::Verify, 2_100);
+        assert!(used.await.unwrap().is_none());
+
+        // Expired at its `expires_at`.
+        let u2 = user_with_session(
+            &*s,
+            NewUser {
+                verify: Some(link("v2", LinkPurpose::Verify, 5_000)),
+                ..new_user("u2", "b@example.com", "bob")
+            },
+            "s2",
+            "d2",
+        )
+        .await;
+        let live = s.link_owner("v2".into(), LinkPurpose::Verify, 4_999);
+        assert!(live.await.unwrap().is_some());
+        let late = s.link_owner("v2".into(), LinkPurpose::Verify, 5_000);
+        assert!(late.await.unwrap().is_none());
+        assert!(s.confirm_email("v2".into(), 5_000).await.unwrap().is_none());
+        assert!(!s.user("u2".into()).await.unwrap().unwrap().email_verified);
+
+        // A newer link of the same purpose voids the older one.
+        for (digest, at) in [("v3", 6_000), ("v4", 6_100)] {
+            let issued =
+                s.request_verification(u2.clone(), link(digest, LinkPurpose::Verify, 20_000), at);
+            assert!(issued.await.unwrap(), "{digest}");
+        }
+        let voided = s.link_owner("v3".into(), LinkPurpose::Verify, 6_200);
+        assert!(voided.await.unwrap().is_none());
+        assert!(s.confirm_email("v3".into(), 6_200).await.unwrap().is_none());
+        let (user, _) = s.confirm_email("v4".into(), 6_200).await.unwrap().unwrap();
+        assert!(user.email_verified);
+
+        // Nothing left to verify: nothing written.
+        let queued = s.outbox_pending().await.unwrap();
+        let again = s.request_verification(u2, link("v5", LinkPurpose::Verify, 20_000), 6_300);
+        assert!(!again.await.unwrap());
+        assert_eq!(s.outbox_pending().await.unwrap(), queued);
+        let none = s.link_owner("v5".into(), LinkPurpose::Verify, 6_300);
+        assert!(none.await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_email_change_waits_for_its_link_and_a_pending_address_taken_meanwhile_conflicts() {
+    on_both(|s| async move {
+        let u1 = user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
+        let u2 = user_with_session(&*s, new_user("u2", "b@example.com", "bob"), "s2", "d2").await;
+        let change = |email: &str, digest: &str| ProfileChange {
+            email: Some(email.into()),
+            mail: Some(EmailChangeMail {
+                notice: notice(&format!("n-{digest}")),
+                verify: Some(link(digest, LinkPurpose::Verify, 100_000)),
+            }),
+            ..Default::default()
+        };
+
+        let (user, changes) = s
+            .update_profile(u1.clone(), change("new@example.com", "c1"), 2_000)
+            .await
+            .unwrap();
+        assert_eq!(user.email, "a@example.com", "unchanged until confirmed");
+        assert_eq!(user.pending_email.as_deref(), Some("new@example.com"));
+        assert_eq!(user.updated_at, 2_000);
+        assert_eq!(changes, whole("u1"));
+        let mut queued: Vec<_> = s
+            .claim_mail("t".into(), 2_000, 1, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.kind, m.recipient))
+            .collect();
+        queued.sort();
+        assert_eq!(
+            queued,
+            [
+                ("password_changed".to_owned(), "a@example.com".to_owned()),
+                ("verify_address".to_owned(), "new@example.com".to_owned()),
+            ],
+            "a notice to the old address, the link to the new one"
+        );
+        let owner = s.link_owner("c1".into(), LinkPurpose::Verify, 2_100);
+        assert_eq!(owner.await.unwrap().map(|u| u.id).as_deref(), Some("u1"));
+
+        let (user, changes) = s.confirm_email("c1".into(), 3_000).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                user.email.as_str(),
+                user.pending_email.as_deref(),
+                user.email_verified
+            ),
+            ("new@example.com", None, true)
+        );
+        assert_eq!(changes, whole("u1"));
+
+        // An address taken already is refused at once…
+        let taken = s
+            .update_profile(u1.clone(), change("B@example.com", "c0"), 3_500)
+            .await;
+        assert!(
+            matches!(taken, Err(Error::Conflict(Taken::Email))),
+            "{taken:?}"
+        );
+
+        // …and one taken while its link travels, when the link is followed.
+        s.update_profile(u1, change("later@example.com", "c2"), 4_000)
+            .await
+            .unwrap();
+        let direct = ProfileChange {
+            email: Some("later@example.com".into()),
+            ..Default::default()
+        };
+        let (bob, _) = s.update_profile(u2, direct, 4_500).await.unwrap();
+        assert_eq!(bob.email, "later@example.com");
+        let late = s.confirm_email("c2".into(), 5_000).await;
+        assert!(
+            matches!(late, Err(Error::Conflict(Taken::Email))),
+            "{late:?}"
+        );
+        let kept = s.link_owner("c2".into(), LinkPurpose::Verify, 5_100);
+        assert!(kept.await.unwrap().is_some(), "the link stays usable");
+        let user = s.user("u1".into()).await.unwrap().unwrap();
+        assert_eq!(
+            (user.email.as_str(), user.pending_email.as_deref()),
+            ("new@example.com", Some("later@example.com"))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn password_resets_go_to_active_accounts_only_and_revoke_every_session_once() {
+    on_both(|s| async move {
+        user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
+        open_session(&*s, "s2", "u1", "d2").await;
+        let gone = user_with_session(&*s, new_user("u2", "b@example.com", "bob"), "s3", "d3").await;
+        s.deactivate(gone, 1_500).await.unwrap();
+        let (_, head) = s.invalidations_since(-1).await.unwrap();
+
+        let before = s.outbox_pending().await.unwrap();
+        for (email, digest) in [("nobody@example.com", "r0"), ("b@example.com", "r1")] {
+            let refused = s.request_reset(
+                email.into(),
+                link(digest, LinkPurpose::Reset, 100_000),
+                2_000,
+            );
+            assert!(!refused.await.unwrap(), "{email}");
+            let no_link = s.link_owner(digest.into(), LinkPurpose::Reset, 2_000);
+            assert!(no_link.await.unwrap().is_none());
+        }
+        assert_eq!(s.outbox_pending().await.unwrap(), before, "nothing queued");
+
+        for (email, digest, at) in [
+            ("A@Example.com", "r2", 2_000),
+            ("a@example.com", "r3", 2_100),
+        ] {
+            let issued =
+                s.request_reset(email.into(), link(digest, LinkPurpose::Reset, 100_000), at);
+            assert!(issued.await.unwrap(), "{email}");
+        }
+        assert_eq!(s.outbox_pending().await.unwrap(), before + 2);
+        let owner = s.link_owner("r3".into(), LinkPurpose::Reset, 2_200);
+        assert_eq!(owner.await.unwrap().map(|u| u.id).as_deref(), Some("u1"));
+        let as_verify = s.link_owner("r3".into(), LinkPurpose::Verify, 2_200);
+        assert!(
+            as_verify.await.unwrap().is_none(),
+            "a reset link verifies nothing"
+        );
+        assert!(s.confirm_email("r3".into(), 2_200).await.unwrap().is_none());
+
+        let (user_id, changes) = s
+            .reset_password("r3".into(), "$scrypt$reset".into(), notice("n1"), 3_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(user_id, "u1");
+        assert_eq!(changes, whole("u1"), "every session at once");
+        let hash = s
+            .credentials("alice".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        assert_eq!(hash, "$scrypt$reset");
+        for session in ["s1", "s2"] {
+            assert!(
+                s.active_session(session.into(), 3_100)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{session}"
+            );
+        }
+        assert!(s.sessions("u1".into(), 3_100).await.unwrap().is_empty());
+        assert_eq!(s.invalidations_since(head).await.unwrap().0, changes);
+        assert_eq!(s.outbox_pending().await.unwrap(), before + 3, "the notice");
+
+        for digest in ["r3", "r2"] {
+            let again =
+                s.reset_password(digest.into(), "$scrypt$again".into(), notice("n2"), 3_200);
+            assert!(again.await.unwrap().is_none(), "{digest}");
+            let used = s.link_owner(digest.into(), LinkPurpose::Reset, 3_200);
+            assert!(used.await.unwrap().is_none());
+        }
+        let hash = s
+            .credentials("alice".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        assert_eq!(hash, "$scrypt$reset");
+        assert_eq!(s.outbox_pending().await.unwrap(), before + 3);
+
+        // Used links go with the purge, a week on; sessions long gone with them.
+        assert!(s.purge(3_000 + 8 * 86_400_000).await.unwrap() >= 1);
+        assert_eq!(
+            s.outbox_pending().await.unwrap(),
+            before + 3,
+            "unsent mail stays"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_hourly_cap_drops_capped_mail_to_one_address_but_never_notices() {
+    on_both(|s| async move {
+        let u1 = user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
+        let capped = |digest: &str, purpose: LinkPurpose, to: Option<&str>| {
+            let mut link = link(digest, purpose, 100_000_000);
+            link.mail.cap = Some(2);
+            link.mail.to = to.map(Into::into);
+            link
+        };
+        let now = 10_000;
+        // One written to the address in other letters: the count ignores case.
+        let first = capped("k1", LinkPurpose::Reset, Some("A@EXAMPLE.com"));
+        assert!(
+            s.request_reset("a@example.com".into(), first, now)
+                .await
+                .unwrap()
+        );
+        let second = capped("k2", LinkPurpose::Reset, None);
+        assert!(
+            s.request_reset("a@example.com".into(), second, now)
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.outbox_pending().await.unwrap(), 2);
+
+        let third = capped("k3", LinkPurpose::Reset, None);
+        assert!(
+            !s.request_reset("a@example.com".into(), third, now)
+                .await
+                .unwrap()
+        );
+        let verify = capped("k4", LinkPurpose::Verify, None);
+        assert!(
+            !s.request_verification(u1.clone(), verify, now)
+                .await
+                .unwrap(),
+            "every capped kind counts"
+        );
+        assert_eq!(s.outbox_pending().await.unwrap(), 2, "dropped, not queued");
+        for (digest, purpose) in [("k3", LinkPurpose::Reset), ("k4", LinkPurpose::Verify)] {
+            let stored = s.link_owner(digest.into(), purpose, now);
+            assert!(
+                stored.await.unwrap().is_none(),
+                "{digest}: the link went with its message"
+            );
+        }
+        let older = s.link_owner("k2".into(), LinkPurpose::Reset, now);
+        assert!(
+            older.await.unwrap().is_some(),
+            "a dropped link voids nothing"
+        );
+
+        s.set_password(
+            u1,
+            "$scrypt$x".into(),
+            "$scrypt$y".into(),
+            Some(notice("n1")),
+            now,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.outbox_pending().await.unwrap(), 3, "notices are exempt");
+
+        let still = capped("k5", LinkPurpose::Reset, None);
+        assert!(
+            !s.request_reset("a@example.com".into(), still, now + HOUR_MS - 1)
+                .await
+                .unwrap()
+        );
+        let later = capped("k6", LinkPurpose::Reset, None);
+        assert!(
+            s.request_reset("a@example.com".into(), later, now + HOUR_MS)
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.outbox_pending().await.unwrap(), 4, "an hour later");
+    })
+    .await;
+}
+
+/// Queues `n` reset messages (ids `<prefix>0…`) to a@example.com at `now`.
+async fn queue(s: &dyn Store, prefix: &str, n: usize, now: i64) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{prefix}{i}");
+        let mail = LinkMail {
+            mail: outgoing(&id, "reset_password", None),
+            ..link(&format!("link-{id}"), LinkPurpose::Reset, now + 100_000)
+        };
+        assert!(
+            s.request_reset("a@example.com".into(), mail, now)
+                .await
+                .unwrap()
+        );
+        ids.push(id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn the_outbox_leases_each_message_to_one_sender_until_it_reports_or_the_lease_ends() {
+    on_both(|s| async move {
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        let ids = queue(&*s, "m", 3, 1_000).await;
+        let claimed = s.claim_mail("A".into(), 1_000, 500, 10).await.unwrap();
+        let mut got: Vec<_> = claimed.iter().map(|m| m.id.clone()).collect();
+        got.sort();
+        assert_eq!(got, ids);
+        let m = &claimed[0];
+        assert_eq!(
+            (
+                m.kind.as_str(),
+                m.recipient.as_str(),
+                m.body.as_slice(),
+                m.attempts
+            ),
+            ("reset_password", "a@example.com", b"sealed".as_slice(), 0)
+        );
+        assert!(
+            s.claim_mail("B".into(), 1_499, 500, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "leased to A"
+        );
+
+        let (m0, m1, m2) = (&ids[0], &ids[1], &ids[2]);
+        let finish = |id: &str, owner: &str, outcome: MailOutcome, at: i64| {
+            s.finish_mail(id.into(), owner.into(), outcome, at)
+        };
+        assert!(
+            !finish(m0, "B", MailOutcome::Sent, 1_200).await.unwrap(),
+            "not B's"
+        );
+        assert!(finish(m0, "A", MailOutcome::Sent, 1_200).await.unwrap());
+        assert!(
+            !finish(m0, "A", MailOutcome::Sent, 1_300).await.unwrap(),
+            "done already"
+        );
+        let retry = MailOutcome::Retry {
+            at: 5_000,
+            error: "421 try later".into(),
+        };
+        assert!(finish(m1, "A", retry, 1_200).await.unwrap());
+        let dead = MailOutcome::Dead {
+            error: "550 no such user".into(),
+        };
+        assert!(finish(m2, "A", dead, 1_200).await.unwrap());
+        assert_eq!(
+            s.outbox_pending().await.unwrap(),
+            1,
+            "sent and dead are done"
+        );
+
+        assert!(
+            s.claim_mail("B".into(), 4_999, 500, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not due yet"
+        );
+        let due = s.claim_mail("B".into(), 5_000, 500, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((&due[0].id, due[0].attempts), (m1, 1));
+        assert_eq!(due[0].body, b"sealed", "kept for the retry");
+
+        // B's lease runs out unreported: A may take it, and B's report is refused.
+        assert!(
+            s.claim_mail("A".into(), 5_499, 500, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let taken = s.claim_mail("A".into(), 5_500, 500, 10).await.unwrap();
+        assert_eq!((&taken[0].id, taken[0].attempts), (m1, 1));
+        assert!(
+            !finish(m1, "B", MailOutcome::Sent, 5_600).await.unwrap(),
+            "lease lost"
+        );
+        assert!(finish(m1, "A", MailOutcome::Sent, 5_600).await.unwrap());
+        assert_eq!(s.outbox_pending().await.unwrap(), 0);
+
+        queue(&*s, "n", 3, 6_000).await;
+        assert_eq!(
+            s.claim_mail("A".into(), 6_000, 500, 2).await.unwrap().len(),
+            2,
+            "the limit"
+        );
+        assert_eq!(
+            s.claim_mail("B".into(), 6_000, 500, 2).await.unwrap().len(),
+            1
+        );
+        s.purge(6_000 + 8 * 86_400_000).await.unwrap();
+        assert_eq!(
+            s.outbox_pending().await.unwrap(),
+            3,
+            "pending mail is never purged"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_lease_the_same_message() {
+    on_both(|s| async move {
+        s.create_user(new_user("u1", "a@example.com", "alice"))
+            .await
+            .unwrap();
+        for round in 0..20_i64 {
+            let now = 1_000 + round * 10_000;
+            let mut ids = queue(&*s, &format!("r{round}-"), 6, now).await;
+            let (a, b) = tokio::join!(
+                s.claim_mail("A".into(), now, 60_000, 10),
+                s.claim_mail("B".into(), now, 60_000, 10),
+            );
+            let (a, b) = (a.unwrap(), b.unwrap());
+            let mut got: Vec<_> = a.iter().chain(&b).map(|m| m.id.clone()).collect();
+            got.sort();
+            ids.sort();
+            assert_eq!(got, ids, "round {round}: each row once, to one claimer");
+            for (owner, claimed) in [("A", &a), ("B", &b)] {
+                for m in claimed {
+                    assert!(
+                        s.finish_mail(m.id.clone(), owner.into(), MailOutcome::Sent, now)
+                            .await
+                            .unwrap()
+                    );
+                }
+            }
+        }
+        assert_eq!(s.outbox_pending().await.unwrap(), 0);
     })
     .await;
 }

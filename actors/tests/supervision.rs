@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use gatehouse_actors::breaker::BreakerSettings;
 use gatehouse_actors::clock::SystemClock;
+use gatehouse_actors::mailer::EmailSettings;
 use gatehouse_actors::passwords::PasswordSettings;
 use gatehouse_actors::rate_limiter::RateLimitSettings;
 use gatehouse_actors::services::accounts::Registration;
@@ -49,6 +50,13 @@ fn settings(dir: &tempfile::TempDir, max_restarts: usize) -> Settings {
         rate_limit: RateLimitSettings::default(),
         database_breaker: BreakerSettings::default(),
         redis_breaker: BreakerSettings::default(),
+        email: EmailSettings {
+            file_dir: dir.path().join("mail"),
+            link_base: "http://127.0.0.1:8080".into(),
+            ..EmailSettings::default()
+        },
+        smtp_password: None,
+        smtp_breaker: BreakerSettings::default(),
         restart: RestartPolicy {
             max_restarts,
             window: Duration::from_secs(60),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use gatehouse_actors::breaker::BreakerSettings;
 use gatehouse_actors::clock::ManualClock;
+use gatehouse_actors::mailer::EmailSettings;
 use gatehouse_actors::passwords::PasswordSettings;
 use gatehouse_actors::rate_limiter::{RateLimitSettings, RouteClass, RouteLimit, RouteLimits};
 use gatehouse_actors::services::accounts::Registration;
@@ -52,6 +53,13 @@ async fn start(auth: AuthSettings, routes: RouteLimits) -> System {
         },
         database_breaker: BreakerSettings::default(),
         redis_breaker: BreakerSettings::default(),
+        email: EmailSettings {
+            file_dir: dir.path().join("mail"),
+            link_base: "http://127.0.0.1:8080".into(),
+            ..EmailSettings::default()
+        },
+        smtp_password: None,
+        smtp_breaker: BreakerSettings::default(),
         restart: RestartPolicy {
             max_restarts: 5,
             window: Duration::from_secs(10),

@@ -71,15 +71,7 @@ pub async fn login(state: &AppState, req: ReadRequest, ctx: Ctx) -> Result<HttpR
             .into());
         }
     }
-    let (login, password) = match (username, password) {
-        (Some(login), Some(password)) => (login, password),
-        (login, password) => {
-            return Err(body::missing(&[
-                ("username", login.is_none()),
-                ("password", password.is_none()),
-            ]));
-        }
-    };
+    let (login, password) = body::both((username, "username"), (password, "password"))?;
     let user_agent = req
         .headers()
         .get(USER_AGENT)

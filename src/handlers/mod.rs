@@ -5,4 +5,6 @@
 pub mod auth;
 pub mod discovery;
 pub mod monitoring;
+pub mod pages;
+pub mod recovery;
 pub mod users;

@@ -22,7 +22,14 @@ pub async fn update(
     let user = state
         .gatehouse
         .accounts
-        .update_profile(ctx.principal()?, ProfileChange { email, username })
+        .update_profile(
+            ctx.principal()?,
+            ProfileChange {
+                email,
+                username,
+                mail: None,
+            },
+        )
         .await?;
     json(StatusCode::OK, &UserBody::from(&user))
 }
@@ -36,15 +43,10 @@ pub async fn change_password(
         current_password,
         new_password,
     } = body::decode(&req)?;
-    let (current, new) = match (current_password, new_password) {
-        (Some(current), Some(new)) => (current, new),
-        (current, new) => {
-            return Err(body::missing(&[
-                ("current_password", current.is_none()),
-                ("new_password", new.is_none()),
-            ]));
-        }
-    };
+    let (current, new) = body::both(
+        (current_password, "current_password"),
+        (new_password, "new_password"),
+    )?;
     state
         .gatehouse
         .accounts

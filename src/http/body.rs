@@ -151,6 +151,17 @@ pub fn form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// 422 naming each absent field; `fields` pairs a name with whether it is absent.
+/// Both fields of a body, or the 422 that names whichever is missing.
+pub fn both<A, B>(
+    (a, a_name): (Option<A>, &'static str),
+    (b, b_name): (Option<B>, &'static str),
+) -> Result<(A, B), ApiError> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        (a, b) => Err(missing(&[(a_name, a.is_none()), (b_name, b.is_none())])),
+    }
+}
+
 pub fn missing(fields: &[(&'static str, bool)]) -> ApiError {
     let problems = fields
         .iter()

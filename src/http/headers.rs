@@ -59,10 +59,12 @@ impl Policy {
         );
         headers.insert(h::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         headers.insert(h::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        headers.insert(
-            h::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-        );
+        // A page sets its own policy (it needs its stylesheet and its form).
+        headers
+            .entry(h::CONTENT_SECURITY_POLICY)
+            .or_insert(HeaderValue::from_static(
+                "default-src 'none'; frame-ancestors 'none'",
+            ));
         if api {
             headers.insert(h::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }

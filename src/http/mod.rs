@@ -62,6 +62,8 @@ pub struct AppState {
     pub openapi: Bytes,
     /// The RFC 8414 metadata document, rendered once.
     pub metadata: Bytes,
+    /// The pages email links open.
+    pub pages: crate::pages::Pages,
     pub stats: RequestStats,
     pub started: Stopwatch,
     /// The clock the services read, for the timestamps of answers.
@@ -95,7 +97,12 @@ impl App {
     ) -> Result<Self, String> {
         Ok(Self {
             inner: Arc::new(AppState {
-                router: Router::new(routes, config.monitoring.chaos).map_err(|e| e.to_string())?,
+                // The pages answer HTML, not the API's JSON: the document leaves them out.
+                router: Router::new(
+                    routes.iter().chain(crate::routes::PAGES),
+                    config.monitoring.chaos,
+                )
+                .map_err(|e| e.to_string())?,
                 prometheus,
                 process: metrics_process::Collector::default(),
                 policy: Policy {
@@ -116,6 +123,11 @@ impl App {
                     .map(|t| SecretString::from(t.to_owned())),
                 openapi: crate::openapi::document(config, routes).map_err(|e| e.to_string())?,
                 metadata: metadata(config)?,
+                pages: crate::pages::Pages::new(
+                    gatehouse.recovery.mail.policy.product.clone(),
+                    config.password.min_length,
+                    config.password.max_length,
+                )?,
                 stats: RequestStats::default(),
                 started: Stopwatch::start(),
                 clock: std::sync::Arc::clone(&gatehouse.operations.clock),
@@ -169,7 +181,13 @@ impl App {
 
         let mut response = outcome.unwrap_or_else(|e| {
             let now = state.clock.now_ms();
-            error_response(&e, &request_id, token_sent, &span, now)
+            let failed = error_response(&e, &request_id, token_sent, &span, now);
+            // A page answers HTML whatever went wrong (a limit, a method).
+            if crate::routes::PAGES.iter().any(|r| r.template == template) {
+                state.pages.failure(&failed)
+            } else {
+                failed
+            }
         });
         if head {
             without_body(&mut response);

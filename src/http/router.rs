@@ -37,6 +37,8 @@ pub enum Body {
     Json,
     /// JSON, or an `application/x-www-form-urlencoded` form.
     JsonOrForm,
+    /// An HTML form's post (`application/x-www-form-urlencoded`).
+    Form,
 }
 
 impl Body {
@@ -47,6 +49,7 @@ impl Body {
             Self::None => None,
             Self::Json => Some(&[JSON]),
             Self::JsonOrForm => Some(&[JSON, FORM]),
+            Self::Form => Some(&[FORM]),
         }
     }
 }
@@ -100,10 +103,13 @@ pub struct Router {
 
 impl Router {
     /// `chaos` keeps the chaos-only routes; without it those paths do not exist.
-    pub fn new(table: &'static [Route], chaos: bool) -> Result<Self, matchit::InsertError> {
+    pub fn new(
+        table: impl IntoIterator<Item = &'static Route>,
+        chaos: bool,
+    ) -> Result<Self, matchit::InsertError> {
         let mut paths = matchit::Router::new();
         let mut templates: Vec<PathRoutes> = Vec::new();
-        for route in table.iter().filter(|r| chaos || !r.chaos_only) {
+        for route in table.into_iter().filter(|r| chaos || !r.chaos_only) {
             match templates.iter_mut().find(|p| p.template == route.template) {
                 Some(existing) => existing.routes.push(route),
                 None => {

@@ -302,6 +302,7 @@ async fn killing_actors_under_a_burst_of_registrations_loses_no_acknowledged_wri
                 "token_issuer",
                 "rate_limiter",
                 "metrics",
+                "mailer",
             ] {
                 let path = format!("/api/v1/monitoring/actors/{actor}/kill");
                 s.send(s.request(Method::POST, &path)).await.ok(202);
@@ -336,7 +337,7 @@ async fn killing_actors_under_a_burst_of_registrations_loses_no_acknowledged_wri
         let actors = s.get("/api/v1/monitoring/actors", None).await.body;
         actors["actors"]
             .as_object()
-            .is_some_and(|all| all.len() == 5 && all.values().all(|a| a["status"] == "running"))
+            .is_some_and(|all| all.len() == 6 && all.values().all(|a| a["status"] == "running"))
     })
     .await;
     assert!(

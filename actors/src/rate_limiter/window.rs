@@ -22,15 +22,18 @@ pub enum RouteClass {
     Register,
     Refresh,
     Password,
+    /// Routes that send mail: asking for a verification or reset link.
+    Email,
     Default,
 }
 
 impl RouteClass {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Login,
         Self::Register,
         Self::Refresh,
         Self::Password,
+        Self::Email,
         Self::Default,
     ];
 
@@ -40,6 +43,7 @@ impl RouteClass {
             Self::Register => "register",
             Self::Refresh => "refresh",
             Self::Password => "password",
+            Self::Email => "email",
             Self::Default => "default",
         }
     }
@@ -63,19 +67,21 @@ pub struct RouteLimits {
     pub register: RouteLimit,
     pub refresh: RouteLimit,
     pub password: RouteLimit,
+    pub email: RouteLimit,
     pub default: RouteLimit,
 }
 
 impl RouteLimits {
     pub fn window(&self, class: RouteClass) -> Window {
-        let (configured, default_limit) = match class {
-            RouteClass::Login => (self.login, 5),
-            RouteClass::Register => (self.register, 3),
-            RouteClass::Refresh => (self.refresh, 30),
-            RouteClass::Password => (self.password, 5),
-            RouteClass::Default => (self.default, 300),
+        let (configured, default_limit, default_window_s) = match class {
+            RouteClass::Login => (self.login, 5, 60),
+            RouteClass::Register => (self.register, 3, 60),
+            RouteClass::Refresh => (self.refresh, 30, 60),
+            RouteClass::Password => (self.password, 5, 60),
+            RouteClass::Email => (self.email, 5, 3_600),
+            RouteClass::Default => (self.default, 300, 60),
         };
-        let window_s = configured.window_s.unwrap_or(60);
+        let window_s = configured.window_s.unwrap_or(default_window_s);
         Window {
             limit: configured.limit.unwrap_or(default_limit),
             window_ms: clock::secs_to_ms(window_s),
@@ -83,7 +89,7 @@ impl RouteLimits {
     }
 
     /// Every class with its allowance, for validation and documentation.
-    pub fn all(&self) -> [(RouteClass, Window); 5] {
+    pub fn all(&self) -> [(RouteClass, Window); RouteClass::ALL.len()] {
         RouteClass::ALL.map(|c| (c, self.window(c)))
     }
 }

@@ -5,11 +5,13 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use super::Database;
+use super::email::Composer;
 use crate::breaker::BreakerId;
 use crate::clock::SharedClock;
 use crate::error::{Error, FieldError, Result};
+use crate::mailer::MailKind;
 use crate::metrics::MetricsHandle;
-use crate::model::{NewUser, Principal, ProfileChange, User};
+use crate::model::{EmailChangeMail, NewUser, Principal, ProfileChange, User};
 use crate::names::{normalize_email, username_problem};
 use crate::passwords::Passwords;
 
@@ -25,11 +27,13 @@ pub struct Accounts {
     pub db: Database,
     pub passwords: Passwords,
     pub metrics: MetricsHandle,
+    pub mail: Composer,
     pub clock: SharedClock,
 }
 
 impl Accounts {
-    /// Creates an account.
+    /// Creates an account, and (unless verification is off) queues the
+    /// link that verifies its address.
     pub async fn register(&self, r: Registration) -> Result<User> {
         let username = r.username.trim().to_owned();
         let mut problems = Vec::new();
@@ -48,16 +52,22 @@ impl Accounts {
         // Ask the breaker first: while it is open, refuse before paying for a hash.
         let mut call = self.db.breakers.admit(BreakerId::Database).await?;
         let password_hash = self.passwords.hash(r.password).await?;
+        let now = self.clock.now_ms();
         let new = NewUser {
             id: uuid::Uuid::now_v7().to_string(),
+            verify: self.mail.verify_link(&username, None, now)?,
             email,
             username,
             password_hash,
-            now: self.clock.now_ms(),
+            now,
         };
+        let queued = new.verify.is_some();
         let user = call.track(self.db.repo.create_user(new).await);
         call.finish().await;
         let user = user?;
+        if queued {
+            self.mail.wake();
+        }
         self.metrics.registration();
         tracing::info!(event = "user.registered", user_id = %user.id, "account created");
         Ok(user)
@@ -73,7 +83,9 @@ impl Accounts {
         user.filter(|u| u.is_active).ok_or(Error::SessionRevoked)
     }
 
-    /// Changes the caller's email and/or username under the registration rules.
+    /// Changes the caller's email and/or username under the registration
+    /// rules. A new email is announced to the old address; with verification
+    /// on it waits as `pending_email` for the link sent to it.
     pub async fn update_profile(&self, who: &Principal, change: ProfileChange) -> Result<User> {
         let mut problems: Vec<FieldError> = Vec::new();
         if change.email.is_none() && change.username.is_none() {
@@ -86,19 +98,37 @@ impl Accounts {
             .email
             .as_deref()
             .and_then(|e| normalize_email(e).map_err(|p| problems.push(p)).ok());
-        let change = ProfileChange {
-            email,
-            username: change.username.map(|u| u.trim().to_owned()),
-        };
-        problems.extend(change.username.as_deref().and_then(username_problem));
+        let username = change.username.map(|u| u.trim().to_owned());
+        problems.extend(username.as_deref().and_then(username_problem));
         if !problems.is_empty() {
             return Err(Error::Validation(problems));
         }
         let now = self.clock.now_ms();
+        let mail = match &email {
+            Some(_) => {
+                let current = self.me(who).await?;
+                Some(EmailChangeMail {
+                    notice: self
+                        .mail
+                        .notice(MailKind::EmailChangeRequested, &current.username)?,
+                    verify: self.mail.verify_link(&current.username, None, now)?,
+                })
+            }
+            None => None,
+        };
+        let change = ProfileChange {
+            email,
+            username,
+            mail,
+        };
+        let mailed = change.mail.is_some();
         let (user, _) = self
             .db
             .call(self.db.repo.update_profile(who.clone(), change, now))
             .await?;
+        if mailed {
+            self.mail.wake();
+        }
         tracing::info!(event = "profile.changed", user_id = %who.user_id, "profile updated");
         Ok(user)
     }
@@ -147,13 +177,17 @@ impl Accounts {
         let hash = self.passwords.hash(new).await?;
         let now = self.clock.now_ms();
         let verified = credentials.password_hash.clone();
+        let notice = self
+            .mail
+            .notice(MailKind::PasswordChanged, &user.username)?;
         let changes = call.track(
             self.db
                 .repo
-                .set_password(who.clone(), verified, hash, now)
+                .set_password(who.clone(), verified, hash, Some(notice), now)
                 .await,
         )?;
         call.finish().await;
+        self.mail.wake();
         tracing::info!(event = "password.changed", user_id = %user.id,
             sessions_revoked = changes.len(), "password changed");
         if !changes.is_empty() {

@@ -5,18 +5,19 @@ use std::net::IpAddr;
 
 use secrecy::SecretString;
 
+use super::email::Composer;
 use super::{Database, LimiterPolicy};
 use crate::breaker::BreakerId;
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, Result};
 use crate::metrics::MetricsHandle;
-use crate::model::{NewSession, Rotation};
+use crate::model::{LinkPurpose, NewSession, Rotation};
 use crate::names::{MAX_LOGIN_CHARS, loggable, normalize_login};
 use crate::passwords::Passwords;
 use crate::rate_limiter::{
     AttemptDecision, RateLimits, SUSPICION_WINDOW_MS, Settlement, ThrottleKey,
 };
-use crate::token_issuer::{AuthSettings, Grant, MAX_TOKEN_BYTES, Tokens, refresh_digest};
+use crate::token_issuer::{AuthSettings, Grant, MAX_TOKEN_BYTES, Tokens, token_digest};
 
 /// A login attempt as the front end received it.
 pub struct LoginRequest {
@@ -42,6 +43,7 @@ pub struct Auth {
     pub passwords: Passwords,
     pub tokens: Tokens,
     pub metrics: MetricsHandle,
+    pub mail: Composer,
     pub clock: SharedClock,
     pub settings: AuthSettings,
 }
@@ -90,6 +92,33 @@ impl Auth {
                 return Err(self.refuse(&req, reason).await);
             }
         };
+        if self.mail.requires_verified() && !user.email_verified {
+            let now_ms = self.clock.now_ms();
+            // Only the right password learns this, so nothing is enumerated.
+            call.finish().await;
+            attempt.settle();
+            attempt.forgive();
+            self.metrics.login(false);
+            tracing::warn!(event = "login.failure", login = %loggable(&req.login), ip = %req.ip,
+                reason = "email_unverified", "login refused until the address is verified");
+            // Without a session there is no other way to ask for a new link
+            // (the per-recipient cap bounds how many this sends).
+            let link = self
+                .mail
+                .link(LinkPurpose::Verify, &user.username, None, now_ms)?;
+            let (db, mail) = (self.db.clone(), self.mail.clone());
+            tokio::spawn(async move {
+                match db
+                    .call(db.repo.resend_verification(user.id, link, now_ms))
+                    .await
+                {
+                    Ok(true) => mail.wake(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "a new verification link was not queued"),
+                }
+            });
+            return Err(Error::EmailNotVerified);
+        }
 
         // Tokens are made before the session is written: if that write fails
         // they are simply never handed out, and nothing is left half done.
@@ -201,7 +230,7 @@ impl Auth {
         if refresh_token.is_empty() || refresh_token.len() > MAX_TOKEN_BYTES {
             return Err(Error::SessionRevoked);
         }
-        let old = refresh_digest(refresh_token);
+        let old = token_digest(refresh_token);
         // The new pair is made before the old token is spent, so a failure
         // between the two never leaves the client holding only a spent token.
         let owner = self
@@ -237,7 +266,7 @@ impl Auth {
             Some((_, issued)) => issued.refresh.digest.clone(),
             // Nothing will be handed out; a digest nobody holds keeps the
             // exchange one code path.
-            None => crate::token_issuer::RefreshToken::generate()?.digest,
+            None => crate::token_issuer::OpaqueToken::generate()?.digest,
         };
         let ttl = secs_to_ms(self.settings.refresh_token_ttl_s);
         let grace = secs_to_ms(self.settings.refresh_reuse_grace_s);

@@ -4,6 +4,8 @@
 //!
 //! * [`auth`]: logging in and exchanging refresh tokens.
 //! * [`accounts`]: registering, the profile, the password, deactivation.
+//! * [`recovery`]: verification and password-reset links.
+//! * [`email`]: the messages the others queue in the outbox.
 //! * [`sessions`]: authenticating a bearer token, listing and ending sessions.
 //! * [`edge`]: the per-client rate limits every route passes.
 //! * [`operations`]: health, breakers, actors, metrics, chaos.
@@ -13,7 +15,9 @@
 pub mod accounts;
 pub mod auth;
 pub mod edge;
+pub mod email;
 pub mod operations;
+pub mod recovery;
 pub mod sessions;
 
 use std::sync::Arc;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::breaker::{BreakerBoard, BreakerId, BreakerMsg, BreakerSnapshot, BreakerState};
 use crate::clock::{SharedClock, Stopwatch};
 use crate::error::Result;
+use crate::mailer::MailerMsg;
 use crate::metrics::{MetricsHandle, MetricsMsg, Tally};
 use crate::rate_limiter::RateLimiterMsg;
 use crate::supervisor::{ActorBoard, ActorReport, ActorStatus};
@@ -101,6 +102,7 @@ impl Operations {
             ActorKind::UserRepo => system::send(name, UserRepoMsg::Crash),
             ActorKind::TokenIssuer => system::send(name, TokenIssuerMsg::Crash),
             ActorKind::Metrics => system::send(name, MetricsMsg::Crash),
+            ActorKind::Mailer => system::send(name, MailerMsg::Crash),
         };
         let report = || {
             self.actors

@@ -43,6 +43,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, Result};
+use crate::mailer::EmailVerification;
 use crate::sealing::Sealer;
 use crate::system::{self, ActorKind, Names};
 use crate::user_repo::Repo;
@@ -84,6 +85,12 @@ pub struct AuthSettings {
     pub max_failed_logins: u32,
     /// How long a locked account stays locked.
     pub lockout_s: u64,
+    /// Whether addresses are verified, and whether login waits for it.
+    pub email_verification: EmailVerification,
+    /// Lifetime of an email verification link.
+    pub verification_ttl_s: u64,
+    /// Lifetime of a password-reset link.
+    pub reset_ttl_s: u64,
 }
 
 impl Default for AuthSettings {
@@ -104,6 +111,9 @@ impl Default for AuthSettings {
             session_max_lifetime_s: 2_592_000,
             max_failed_logins: 10,
             lockout_s: 300,
+            email_verification: EmailVerification::Optional,
+            verification_ttl_s: 86_400,
+            reset_ttl_s: 3_600,
         }
     }
 }
@@ -160,19 +170,20 @@ pub struct Grant {
     pub roles: Vec<String>,
 }
 
-/// A freshly minted opaque refresh token and the digest that is stored instead of it.
-pub struct RefreshToken {
+/// A freshly minted opaque token (a refresh token, an email link's) and the
+/// digest that is stored instead of it.
+pub struct OpaqueToken {
     pub token: SecretString,
     pub digest: String,
 }
 
-impl RefreshToken {
+impl OpaqueToken {
     /// 256 bits of randomness, URL-safe base64.
     pub fn generate() -> Result<Self> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
         let token = URL_SAFE_NO_PAD.encode(bytes);
-        let digest = refresh_digest(&token);
+        let digest = token_digest(&token);
         Ok(Self {
             token: token.into(),
             digest,
@@ -180,9 +191,9 @@ impl RefreshToken {
     }
 }
 
-/// What is stored for a refresh token: its SHA-256, hex. The token has 256 bits
-/// of entropy, so a fast hash is enough to make a leaked table useless.
-pub fn refresh_digest(token: &str) -> String {
+/// What is stored for an opaque token: its SHA-256, hex. The token has 256
+/// bits of entropy, so a fast hash is enough to make a leaked table useless.
+pub fn token_digest(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -417,7 +428,7 @@ pub struct AccessToken {
 /// What one login or refresh is handed: both tokens.
 pub struct Issued {
     pub access: AccessToken,
-    pub refresh: RefreshToken,
+    pub refresh: OpaqueToken,
 }
 
 /// Messages the `TokenIssuer` accepts.
@@ -646,7 +657,7 @@ impl Actor for TokenIssuer {
         match msg {
             TokenIssuerMsg::Issue { grant, now, reply } => {
                 let issued = match &state.signer {
-                    Some(signer) => RefreshToken::generate().and_then(|refresh| {
+                    Some(signer) => OpaqueToken::generate().and_then(|refresh| {
                         let access = signer.sign(&grant, now)?;
                         Ok(Issued { access, refresh })
                     }),
@@ -895,7 +906,7 @@ mod tests {
             ("oversized", "a".repeat(MAX_TOKEN_BYTES + 1)),
             (
                 "refresh token",
-                RefreshToken::generate()
+                OpaqueToken::generate()
                     .unwrap()
                     .token
                     .expose_secret()
@@ -1018,11 +1029,11 @@ mod tests {
 
     #[test]
     fn refresh_tokens_are_random_and_stored_as_digests() {
-        let a = RefreshToken::generate().unwrap();
-        let b = RefreshToken::generate().unwrap();
+        let a = OpaqueToken::generate().unwrap();
+        let b = OpaqueToken::generate().unwrap();
         assert_ne!(a.token.expose_secret(), b.token.expose_secret());
         assert_eq!(a.token.expose_secret().len(), 43);
-        assert_eq!(a.digest, refresh_digest(a.token.expose_secret()));
+        assert_eq!(a.digest, token_digest(a.token.expose_secret()));
         assert_eq!(a.digest.len(), 64);
     }
 }

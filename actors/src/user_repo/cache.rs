@@ -226,6 +226,8 @@ mod tests {
             email: "a@example.com".into(),
             username: "a".into(),
             is_active: true,
+            email_verified: false,
+            pending_email: None,
             roles: Vec::new(),
             created_at: 0,
             updated_at: 0,

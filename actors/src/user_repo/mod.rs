@@ -43,7 +43,8 @@ pub use store::DatabaseSettings;
 /// Messages the `UserRepo` accepts.
 pub enum UserRepoMsg {
     Read(Read),
-    Write(Write),
+    /// Boxed: writes carry whole messages and would make every message as large.
+    Write(Box<Write>),
     /// The session if active, through the cache: what was read is cached.
     ActiveSession {
         session_id: String,
@@ -218,7 +219,7 @@ impl Actor for UserRepo {
                 tokio::spawn(async move { read.run(store.as_ref()).await });
             }
             UserRepoMsg::Write(write) => {
-                state.queue.push_back(Queued::Asked(Box::new(write)));
+                state.queue.push_back(Queued::Asked(write));
                 Self::next_write(&myself, state);
             }
             UserRepoMsg::Touch { session_id, now } => {

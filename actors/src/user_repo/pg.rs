@@ -25,12 +25,15 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row, Transaction};
 
 use super::protocol::Store;
-use super::rules::{self, Exchange, Presented, SessionState};
-use super::store::{DatabaseSettings, USER_COLUMNS, json_list, roles_from};
+use super::rules::{self, Confirm, EmailChange, Exchange, LinkState, Presented, SessionState};
+use super::store::{
+    AFTER_USER, DatabaseSettings, HOUR_MS, USER_COLUMNS, cap_allows, json_list, roles_from,
+};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
-    RefreshOwner, Revoke, Rotation, Session, User,
+    ActiveSession, Claimed, Credentials, Invalidation, LinkMail, LinkPurpose, MailOutcome,
+    NewSession, NewUser, Outgoing, Principal, ProfileChange, RefreshOwner, Revoke, Rotation,
+    Session, User,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
@@ -45,6 +48,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V2__signing_keys",
         include_str!("migrations/postgres/V2__signing_keys.sql"),
     ),
+    (
+        "V3__email",
+        include_str!("migrations/postgres/V3__email.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while changing the key ring ("gh-keys\0").
@@ -52,6 +59,12 @@ const KEYS_LOCK: i64 = 0x6768_2d6b_6579_7300;
 
 /// Key of the advisory lock held while migrating ("gatehouse" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6761_7465_686f_7573;
+
+/// First half of the two-part advisory lock held, per recipient, while
+/// counting and queueing a capped message ("mail"), so that concurrent
+/// instances cannot both find an address under its cap. Two-part keys never
+/// collide with the one-part keys above.
+const MAIL_CAP_LOCK: i32 = 0x6d61_696c;
 
 pub struct PgStore {
     pool: Pool,
@@ -235,14 +248,174 @@ fn user_from(row: &Row) -> std::result::Result<User, tokio_postgres::Error> {
         created_at: row.try_get(4)?,
         updated_at: row.try_get(5)?,
         roles: roles_from(row.try_get(6)?),
+        email_verified: row.try_get(7)?,
+        pending_email: row.try_get(8)?,
     })
 }
 
 fn credentials_from(row: &Row) -> std::result::Result<Credentials, tokio_postgres::Error> {
     Ok(Credentials {
         user: user_from(row)?,
-        password_hash: row.try_get(7)?,
+        password_hash: row.try_get(AFTER_USER)?,
     })
+}
+
+/// The user inside `tx` (whose row the caller knows exists).
+async fn user_in(
+    tx: &Transaction<'_>,
+    user_id: &str,
+) -> std::result::Result<User, tokio_postgres::Error> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+    user_from(&tx.query_one(&sql, &[&user_id]).await?)
+}
+
+/// Writes `mail` to the outbox inside `tx`, to `about` unless it names its
+/// own recipient; `false`, writing nothing, when that address had its hourly
+/// cap of capped messages already. The count runs under a per-address lock
+/// held to the end of the transaction, so the cap holds across instances.
+async fn enqueue(
+    tx: &Transaction<'_>,
+    mail: &Outgoing,
+    about: &str,
+    now: i64,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let to = mail.to.as_deref().unwrap_or(about);
+    if mail.cap.is_some() {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(lower($2)))",
+            &[&MAIL_CAP_LOCK, &to],
+        )
+        .await?;
+        let sent: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM outbox
+                 WHERE capped AND lower(recipient) = lower($1) AND created_at > $2",
+                &[&to, &now.saturating_sub(HOUR_MS)],
+            )
+            .await?
+            .try_get(0)?;
+        if !cap_allows(sent, mail) {
+            return Ok(false);
+        }
+    }
+    tx.execute(
+        "INSERT INTO outbox (id, kind, recipient, capped, body, state, created_at, next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
+        &[
+            &mail.id,
+            &mail.kind,
+            &to,
+            &mail.cap.is_some(),
+            &mail.body,
+            &now,
+        ],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// A new verification link for what the active user has to verify, if
+/// anything (see [`rules::to_verify`]).
+async fn verification_in(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    link: &LinkMail,
+    now: i64,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    // The row lock orders this after (or before) anything else writing the user's links.
+    tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
+        .await?;
+    let user = user_in(tx, user_id).await?;
+    match rules::to_verify(
+        &user.email,
+        user.email_verified,
+        user.pending_email.as_deref(),
+    ) {
+        Some(address) if user.is_active => issue_link(tx, &user.id, address, link, now).await,
+        _ => Ok(false),
+    }
+}
+
+/// Stores `link` for `address` (voiding the user's older links of its
+/// purpose) with its message; `false`, writing nothing, when over the cap.
+async fn issue_link(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    address: &str,
+    link: &LinkMail,
+    now: i64,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    if !enqueue(tx, &link.mail, address, now).await? {
+        return Ok(false);
+    }
+    let purpose = link.purpose.name();
+    tx.execute(
+        "UPDATE email_links SET used_at = $3 WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL",
+        &[&user_id, &purpose, &now],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO email_links (digest, user_id, purpose, address, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &link.digest,
+            &user_id,
+            &purpose,
+            &address,
+            &now,
+            &link.expires_at,
+        ],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// A link (by digest and purpose), its user and its address, with the columns
+/// [`link_from`] reads.
+const LINK_SQL: &str = "SELECT l.user_id, l.address, l.used_at, l.expires_at, u.is_active
+     FROM email_links l JOIN users u ON u.id = l.user_id
+     WHERE l.digest = $1 AND l.purpose = $2";
+
+fn link_from(row: &Row) -> std::result::Result<(String, String, LinkState), tokio_postgres::Error> {
+    Ok((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        LinkState {
+            used_at: row.try_get(2)?,
+            expires_at: row.try_get(3)?,
+            user_active: row.try_get(4)?,
+        },
+    ))
+}
+
+/// The user and address of a usable link, read inside `tx` after locking the
+/// user's row: every writer of a user's links holds that lock, so two
+/// requests following one link take turns and the second finds it used.
+async fn usable_link(
+    tx: &Transaction<'_>,
+    digest: &str,
+    purpose: LinkPurpose,
+    now: i64,
+) -> std::result::Result<Option<(String, String)>, tokio_postgres::Error> {
+    let owner = tx
+        .query_opt(
+            "SELECT user_id FROM email_links WHERE digest = $1",
+            &[&digest],
+        )
+        .await?;
+    let Some(owner) = owner else {
+        return Ok(None);
+    };
+    let user_id: String = owner.try_get(0)?;
+    tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
+        .await?;
+    let link = tx.query_opt(LINK_SQL, &[&digest, &purpose.name()]).await?;
+    Ok(link
+        .as_ref()
+        .map(link_from)
+        .transpose()?
+        .filter(|(_, _, state)| rules::link_usable(Some(state), now))
+        .map(|(user_id, address, _)| (user_id, address)))
 }
 
 fn key_info(row: &Row) -> std::result::Result<KeyInfo, tokio_postgres::Error> {
@@ -382,24 +555,19 @@ async fn revoke_in(
 impl Store for PgStore {
     async fn create_user(&self, user: NewUser) -> Result<User> {
         self.write(async |tx| {
-            tx.execute(
+            let sql = format!(
                 "INSERT INTO users (id, email, username, password_hash, is_active, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, TRUE, $5, $5)",
-                &[&user.id, &user.email, &user.username, &user.password_hash, &user.now],
-            )
-            .await?;
-            Ok(())
+                 VALUES ($1, $2, $3, $4, TRUE, $5, $5) RETURNING {USER_COLUMNS}"
+            );
+            let row = tx
+                .query_one(&sql, &[&user.id, &user.email, &user.username, &user.password_hash, &user.now])
+                .await?;
+            if let Some(link) = &user.verify {
+                issue_link(tx, &user.id, &user.email, link, user.now).await?;
+            }
+            user_from(&row)
         })
-        .await?;
-        Ok(User {
-            id: user.id,
-            email: user.email,
-            username: user.username,
-            is_active: true,
-            roles: Vec::new(),
-            created_at: user.now,
-            updated_at: user.now,
-        })
+        .await
     }
 
     async fn credentials(&self, login: String) -> Result<Option<Credentials>> {
@@ -711,15 +879,55 @@ impl Store for PgStore {
     ) -> Result<(User, Vec<Invalidation>)> {
         let user_id = &by.user_id;
         self.write_as(&by, now, async |tx| {
-            let sql = format!(
-                "UPDATE users SET email = coalesce($2, email), username = coalesce($3, username),
-                                  updated_at = $4
-                 WHERE id = $1 RETURNING {USER_COLUMNS}"
-            );
-            let row = tx
-                .query_one(&sql, &[user_id, &change.email, &change.username, &now])
-                .await?;
-            let user = user_from(&row)?;
+            let before = user_in(tx, user_id).await?;
+            let verifies = change.mail.as_ref().is_some_and(|m| m.verify.is_some());
+            let decided = rules::email_change(&before.email, change.email.as_deref(), verifies);
+            match decided {
+                EmailChange::Pending(pending) => {
+                    let taken = tx
+                        .query_opt(
+                            "SELECT 1 FROM users WHERE lower(email) = lower($1) AND id <> $2",
+                            &[&pending, user_id],
+                        )
+                        .await?;
+                    if taken.is_some() {
+                        return Ok(Err(Error::Conflict(Taken::Email)));
+                    }
+                    tx.execute(
+                        "UPDATE users SET pending_email = $2, username = coalesce($3, username),
+                                          updated_at = $4
+                         WHERE id = $1",
+                        &[user_id, &pending, &change.username, &now],
+                    )
+                    .await?;
+                }
+                EmailChange::Replace(email) => {
+                    tx.execute(
+                        "UPDATE users SET email = $2, email_verified = FALSE, pending_email = NULL,
+                                          username = coalesce($3, username), updated_at = $4
+                         WHERE id = $1",
+                        &[user_id, &email, &change.username, &now],
+                    )
+                    .await?;
+                }
+                EmailChange::Unchanged => {
+                    tx.execute(
+                        "UPDATE users SET username = coalesce($2, username), updated_at = $3
+                         WHERE id = $1",
+                        &[user_id, &change.username, &now],
+                    )
+                    .await?;
+                }
+            }
+            if let (EmailChange::Pending(address) | EmailChange::Replace(address), Some(mail)) =
+                (decided, &change.mail)
+            {
+                enqueue(tx, &mail.notice, &before.email, now).await?;
+                if let Some(link) = &mail.verify {
+                    issue_link(tx, user_id, address, link, now).await?;
+                }
+            }
+            let user = user_in(tx, user_id).await?;
             let changes = log_invalidations(tx, user_id, vec![None], now).await?;
             Ok(Ok((user, changes)))
         })
@@ -731,23 +939,251 @@ impl Store for PgStore {
         by: Principal,
         verified_hash: String,
         new_hash: String,
+        notice: Option<Outgoing>,
         now: i64,
     ) -> Result<Vec<Invalidation>> {
         self.write_as(&by, now, async |tx| {
             let changed = tx
-                .execute(
+                .query_opt(
                     "UPDATE users SET password_hash = $3, updated_at = $4
-                     WHERE id = $1 AND password_hash = $2",
+                     WHERE id = $1 AND password_hash = $2 RETURNING email",
                     &[&by.user_id, &verified_hash, &new_hash, &now],
                 )
                 .await?;
-            if changed == 0 {
+            let Some(changed) = changed else {
                 return Ok(Err(Error::WrongCurrentPassword));
+            };
+            if let Some(notice) = &notice {
+                let email: String = changed.try_get(0)?;
+                enqueue(tx, notice, &email, now).await?;
             }
             let keep = Revoke::AllBut(by.session_id.clone());
             revoke_in(tx, &by.user_id, &keep, now).await.map(Ok)
         })
         .await
+    }
+
+    async fn request_verification(&self, by: Principal, link: LinkMail, now: i64) -> Result<bool> {
+        self.write_as(&by, now, async |tx| {
+            verification_in(tx, &by.user_id, &link, now).await.map(Ok)
+        })
+        .await
+    }
+
+    async fn resend_verification(&self, user_id: String, link: LinkMail, now: i64) -> Result<bool> {
+        self.write(async |tx| verification_in(tx, &user_id, &link, now).await)
+            .await
+    }
+
+    async fn request_reset(&self, email: String, link: LinkMail, now: i64) -> Result<bool> {
+        self.write(async |tx| {
+            // The row lock orders this after (or before) anything else writing the user's links.
+            let user = tx
+                .query_opt(
+                    "SELECT id, email FROM users WHERE lower(email) = lower($1) AND is_active
+                     FOR UPDATE",
+                    &[&email],
+                )
+                .await?;
+            let Some(user) = user else {
+                return Ok(false);
+            };
+            let (id, address): (String, String) = (user.try_get(0)?, user.try_get(1)?);
+            issue_link(tx, &id, &address, &link, now).await
+        })
+        .await
+    }
+
+    async fn confirm_email(
+        &self,
+        digest: String,
+        now: i64,
+    ) -> Result<Option<(User, Vec<Invalidation>)>> {
+        self.write(async |tx| {
+            let Some((user_id, address)) =
+                usable_link(tx, &digest, LinkPurpose::Verify, now).await?
+            else {
+                return Ok(None);
+            };
+            let user = user_in(tx, &user_id).await?;
+            // A pending address taken meanwhile fails on the unique index:
+            // `Conflict`, and the rollback leaves the link usable.
+            match rules::confirm(&address, &user.email, user.pending_email.as_deref()) {
+                Confirm::ApplyPending => {
+                    tx.execute(
+                        "UPDATE users SET email = pending_email, pending_email = NULL,
+                                          email_verified = TRUE, updated_at = $2
+                         WHERE id = $1",
+                        &[&user_id, &now],
+                    )
+                    .await?
+                }
+                Confirm::VerifyCurrent => {
+                    tx.execute(
+                        "UPDATE users SET email_verified = TRUE, updated_at = $2 WHERE id = $1",
+                        &[&user_id, &now],
+                    )
+                    .await?
+                }
+                Confirm::Stale => return Ok(None),
+            };
+            tx.execute(
+                "UPDATE email_links SET used_at = $2 WHERE digest = $1",
+                &[&digest, &now],
+            )
+            .await?;
+            let user = user_in(tx, &user_id).await?;
+            let changes = log_invalidations(tx, &user_id, vec![None], now).await?;
+            Ok(Some((user, changes)))
+        })
+        .await
+    }
+
+    async fn reset_password(
+        &self,
+        digest: String,
+        new_hash: String,
+        notice: Outgoing,
+        now: i64,
+    ) -> Result<Option<(String, Vec<Invalidation>)>> {
+        self.write(async |tx| {
+            let Some((user_id, _)) = usable_link(tx, &digest, LinkPurpose::Reset, now).await?
+            else {
+                return Ok(None);
+            };
+            let email: String = tx
+                .query_one(
+                    "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1
+                     RETURNING email",
+                    &[&user_id, &new_hash, &now],
+                )
+                .await?
+                .try_get(0)?;
+            tx.execute(
+                "UPDATE email_links SET used_at = $3
+                 WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL",
+                &[&user_id, &LinkPurpose::Reset.name(), &now],
+            )
+            .await?;
+            enqueue(tx, &notice, &email, now).await?;
+            let changes = revoke_in(tx, &user_id, &Revoke::All, now).await?;
+            Ok(Some((user_id, changes)))
+        })
+        .await
+    }
+
+    async fn link_owner(
+        &self,
+        digest: String,
+        purpose: LinkPurpose,
+        now: i64,
+    ) -> Result<Option<User>> {
+        let client = self.client().await?;
+        let link = client
+            .query_opt(LINK_SQL, &[&digest, &purpose.name()])
+            .await
+            .map_err(classify)?;
+        let usable = link
+            .as_ref()
+            .map(link_from)
+            .transpose()
+            .map_err(classify)?
+            .filter(|(_, _, state)| rules::link_usable(Some(state), now));
+        let Some((user_id, _, _)) = usable else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let row = client
+            .query_opt(&sql, &[&user_id])
+            .await
+            .map_err(classify)?;
+        row.as_ref().map(user_from).transpose().map_err(classify)
+    }
+
+    async fn claim_mail(
+        &self,
+        owner: String,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        let client = self.client().await?;
+        // SKIP LOCKED: a row another instance is leasing right now is left to
+        // it, and one it leased already fails the re-checked lease condition.
+        // ARRAY(…) runs the locking subquery exactly once.
+        let rows = client
+            .query(
+                "UPDATE outbox SET lease_owner = $1, lease_until = $2
+                 WHERE id = ANY(ARRAY(
+                     SELECT id FROM outbox
+                     WHERE state = 'pending' AND next_attempt_at <= $3
+                       AND (lease_until IS NULL OR lease_until <= $3)
+                     ORDER BY next_attempt_at LIMIT $4
+                     FOR UPDATE SKIP LOCKED))
+                 RETURNING id, kind, recipient, body, attempts",
+                &[
+                    &owner,
+                    &now.saturating_add(lease_ms),
+                    &now,
+                    &i64::from(limit),
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Claimed {
+                    id: row.try_get(0)?,
+                    kind: row.try_get(1)?,
+                    recipient: row.try_get(2)?,
+                    body: row.try_get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
+                    attempts: u32::try_from(row.try_get::<_, i32>(4)?).unwrap_or(0),
+                })
+            })
+            .collect::<std::result::Result<_, tokio_postgres::Error>>()
+            .map_err(classify)
+    }
+
+    async fn finish_mail(
+        &self,
+        id: String,
+        owner: String,
+        outcome: MailOutcome,
+        now: i64,
+    ) -> Result<bool> {
+        let row = rules::finished(&outcome);
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE outbox SET state = $3::text, attempts = attempts + 1,
+                        body = CASE WHEN $4::boolean THEN body END,
+                        next_attempt_at = coalesce($5::bigint, next_attempt_at),
+                        done_at = CASE WHEN $3::text = 'pending' THEN NULL ELSE $6::bigint END,
+                        last_error = $7::text, lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+                &[
+                    &id,
+                    &owner,
+                    &row.state,
+                    &row.keeps_body,
+                    &row.next_attempt_at,
+                    &now,
+                    &row.error,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(changed == 1)
+    }
+
+    async fn outbox_pending(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let pending: i64 = client
+            .query_one("SELECT count(*) FROM outbox WHERE state = 'pending'", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(classify)?;
+        Ok(u64::try_from(pending).unwrap_or(0))
     }
 
     async fn deactivate(&self, by: Principal, now: i64) -> Result<Vec<Invalidation>> {
@@ -786,6 +1222,16 @@ impl Store for PgStore {
             tx.execute(
                 "DELETE FROM invalidations WHERE at <= $1",
                 &[&keep.revoked_before],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM email_links WHERE expires_at <= $1 OR used_at <= $1",
+                &[&keep.mail_before],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM outbox WHERE state <> 'pending' AND done_at <= $1",
+                &[&keep.mail_before],
             )
             .await?;
             Ok(sessions)

@@ -6,8 +6,9 @@
 
 use crate::error::Result;
 use crate::model::{
-    ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
-    RefreshOwner, Revoke, Rotation, Session, User,
+    ActiveSession, Claimed, Credentials, Invalidation, LinkMail, LinkPurpose, MailOutcome,
+    NewSession, NewUser, Outgoing, Principal, ProfileChange, RefreshOwner, Revoke, Rotation,
+    Session, User,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyOp, RingPolicy};
@@ -21,7 +22,9 @@ pub trait Invalidates {
 }
 
 impl Invalidates for () {}
+impl Invalidates for bool {}
 impl Invalidates for User {}
+impl Invalidates for Vec<Claimed> {}
 impl Invalidates for Option<Session> {}
 
 impl Invalidates for Vec<Change> {}
@@ -35,6 +38,12 @@ impl Invalidates for Vec<Invalidation> {
 impl Invalidates for (User, Vec<Invalidation>) {
     fn invalidations(&self) -> &[Invalidation] {
         &self.1
+    }
+}
+
+impl<T> Invalidates for Option<(T, Vec<Invalidation>)> {
+    fn invalidations(&self) -> &[Invalidation] {
+        self.as_ref().map_or(&[], |(_, changes)| changes)
     }
 }
 
@@ -120,7 +129,7 @@ macro_rules! repository {
             $(
                 $(#[$wdoc])*
                 pub async fn $wname(&self, $($warg: $wty),*) -> Result<$wout> {
-                    self.ask(|reply| super::UserRepoMsg::Write(Write::$WV { $($warg,)* reply })).await
+                    self.ask(|reply| super::UserRepoMsg::Write(Box::new(Write::$WV { $($warg,)* reply }))).await
                 }
             )*
         }
@@ -139,9 +148,14 @@ repository! {
         Sessions => fn sessions(user_id: String, now: i64) -> Vec<Session>;
         /// Every signing key of the ring, with its sealed private half.
         KeyRing => fn key_ring() -> Vec<StoredKey>;
+        /// The active user a usable link (by digest) of `purpose` belongs to.
+        LinkOwner => fn link_owner(digest: String, purpose: LinkPurpose, now: i64) -> Option<User>;
+        /// Messages waiting to be sent.
+        OutboxPending => fn outbox_pending() -> u64;
     }
     writes {
-        /// Inserts a user; `Conflict` when the email or username is taken (ignoring case).
+        /// Inserts a user, and its verification link and message when given;
+        /// `Conflict` when the email or username is taken (ignoring case).
         CreateUser => fn create_user(user: NewUser) -> User;
         /// Creates a session for a login whose password was checked against
         /// `verified_hash`; `None`, and nothing written, when the user's hash is no
@@ -159,12 +173,39 @@ repository! {
         /// fails with `SessionRevoked`, writing nothing, unless `by`'s session is
         /// active inside the same transaction.
         Revoke => fn revoke(by: Principal, scope: Revoke, now: i64) -> Vec<Invalidation>;
-        /// Changes email and/or username; `Conflict` when taken.
+        /// Changes email and/or username; `Conflict` when taken. A changed
+        /// email sends `change.mail`: with a link, the new address waits as
+        /// `pending_email` until it is followed.
         UpdateProfile => fn update_profile(by: Principal, change: ProfileChange, now: i64) -> (User, Vec<Invalidation>);
         /// Replaces the password hash, if it is still `verified_hash` (else
         /// `WrongCurrentPassword`: another change won), and revokes every session
-        /// but `by`'s.
-        SetPassword => fn set_password(by: Principal, verified_hash: String, new_hash: String, now: i64) -> Vec<Invalidation>;
+        /// but `by`'s; `notice` goes to the account's address.
+        SetPassword => fn set_password(by: Principal, verified_hash: String, new_hash: String, notice: Option<Outgoing>, now: i64) -> Vec<Invalidation>;
+        /// A new verification link for `by`'s pending address, else its
+        /// unverified one (voiding older ones); `false`, writing nothing, when
+        /// there is nothing to verify or the address is over its hourly cap.
+        RequestVerification => fn request_verification(by: Principal, link: LinkMail, now: i64) -> bool;
+        /// As `RequestVerification`, for the active user `user_id` who has no
+        /// session (a login refused for its unverified address).
+        ResendVerification => fn resend_verification(user_id: String, link: LinkMail, now: i64) -> bool;
+        /// A reset link for the active account whose email is `email`
+        /// (voiding older ones); `false`, writing nothing, when there is none
+        /// or the address is over its hourly cap.
+        RequestReset => fn request_reset(email: String, link: LinkMail, now: i64) -> bool;
+        /// Follows a verify link: the pending address becomes the email, or the
+        /// email is verified. `None` when the link is not usable or is for an
+        /// address the account no longer has; `Conflict` when the pending
+        /// address was taken meanwhile (the link stays usable).
+        ConfirmEmail => fn confirm_email(digest: String, now: i64) -> Option<(User, Vec<Invalidation>)>;
+        /// Follows a reset link: the password becomes `new_hash`, every session
+        /// is revoked, every reset link of the user is used up, and `notice`
+        /// goes out. `None`, writing nothing, when the link is not usable.
+        ResetPassword => fn reset_password(digest: String, new_hash: String, notice: Outgoing, now: i64) -> Option<(String, Vec<Invalidation>)>;
+        /// Leases up to `limit` due messages to `owner` until `now + lease_ms`.
+        ClaimMail => fn claim_mail(owner: String, now: i64, lease_ms: i64, limit: u32) -> Vec<Claimed>;
+        /// Records how a try of a message leased to `owner` ended; `false` when
+        /// the lease was lost meanwhile (another sender has it).
+        FinishMail => fn finish_mail(id: String, owner: String, outcome: MailOutcome, now: i64) -> bool;
         /// Soft-deletes the user and revokes all their sessions.
         Deactivate => fn deactivate(by: Principal, now: i64) -> Vec<Invalidation>;
         /// Changes the key ring as `op` plans it, under a lock that makes

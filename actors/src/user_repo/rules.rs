@@ -1,8 +1,8 @@
-//! The session rules both stores apply, once: each store reads rows with its
+//! The session and email rules both stores apply, once: each store reads rows with its
 //! own SQL, asks these functions what the rows mean, and writes the answer
 //! with its own SQL. Nothing here touches a database or a clock.
 
-use crate::model::Revoke;
+use crate::model::{MailOutcome, Revoke};
 
 /// How long revoked sessions (and the invalidation log) are kept before purging.
 pub const KEEP_REVOKED_MS: i64 = 3_600_000;
@@ -106,18 +106,131 @@ pub fn invalidations(scope: &Revoke, revoked: Vec<String>) -> Vec<Option<String>
 }
 
 /// What a purge at `now` deletes: sessions expired by then, sessions revoked
-/// (and log entries written) before `revoked_before`.
+/// (and log entries written) before `revoked_before`, mail records before
+/// `mail_before`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     pub expired_before: i64,
     pub revoked_before: i64,
+    /// Email links expired or used, and messages sent or given up, before then.
+    pub mail_before: i64,
 }
 
 pub fn retention(now: i64) -> Retention {
     Retention {
         expired_before: now,
         revoked_before: now.saturating_sub(KEEP_REVOKED_MS),
+        mail_before: now.saturating_sub(KEEP_MAIL_MS),
     }
+}
+
+/// How long used and expired email links, and the metadata of sent and
+/// given-up messages, are kept before purging.
+pub const KEEP_MAIL_MS: i64 = 7 * 86_400_000;
+
+/// A link row as the rules need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub used_at: Option<i64>,
+    pub expires_at: i64,
+    /// The link's user is active.
+    pub user_active: bool,
+}
+
+/// Whether a link may be followed at `now`: never used, not expired, its
+/// user active. A missing row may not.
+pub fn link_usable(link: Option<&LinkState>, now: i64) -> bool {
+    link.is_some_and(|l| l.used_at.is_none() && l.expires_at > now && l.user_active)
+}
+
+/// Whether one more capped message may go to an address that had `sent`
+/// capped messages in the last hour.
+pub fn under_cap(sent: u64, cap: Option<u32>) -> bool {
+    cap.is_none_or(|cap| sent < u64::from(cap))
+}
+
+/// What following a verify link for `address` does to an account whose
+/// email is `email`, with `pending` waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirm {
+    /// The pending address becomes the email, verified.
+    ApplyPending,
+    /// The current email is now verified.
+    VerifyCurrent,
+    /// The link is for an address the account no longer has or waits for.
+    Stale,
+}
+
+pub fn confirm(address: &str, email: &str, pending: Option<&str>) -> Confirm {
+    if pending.is_some_and(|p| p.eq_ignore_ascii_case(address)) {
+        Confirm::ApplyPending
+    } else if email.eq_ignore_ascii_case(address) {
+        Confirm::VerifyCurrent
+    } else {
+        Confirm::Stale
+    }
+}
+
+/// What an email change does to an account whose email is `current`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailChange<'a> {
+    /// No new address (none asked, or the same one in another case).
+    Unchanged,
+    /// The address waits as `pending_email` for its link.
+    Pending(&'a str),
+    /// The address replaces the email at once (verification off), unverified.
+    Replace(&'a str),
+}
+
+pub fn email_change<'a>(
+    current: &str,
+    requested: Option<&'a str>,
+    verifies: bool,
+) -> EmailChange<'a> {
+    match requested.filter(|e| !e.eq_ignore_ascii_case(current)) {
+        None => EmailChange::Unchanged,
+        Some(address) if verifies => EmailChange::Pending(address),
+        Some(address) => EmailChange::Replace(address),
+    }
+}
+
+/// An outbox row after a try, as both stores write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished<'a> {
+    pub state: &'static str,
+    /// A message to try again keeps its body; a sent or given-up one loses it.
+    pub keeps_body: bool,
+    pub next_attempt_at: Option<i64>,
+    pub error: Option<&'a str>,
+}
+
+pub fn finished(outcome: &MailOutcome) -> Finished<'_> {
+    match outcome {
+        MailOutcome::Sent => Finished {
+            state: "sent",
+            keeps_body: false,
+            next_attempt_at: None,
+            error: None,
+        },
+        MailOutcome::Retry { at, error } => Finished {
+            state: "pending",
+            keeps_body: true,
+            next_attempt_at: Some(*at),
+            error: Some(error),
+        },
+        MailOutcome::Dead { error } => Finished {
+            state: "dead",
+            keeps_body: false,
+            next_attempt_at: None,
+            error: Some(error),
+        },
+    }
+}
+
+/// The address a verification link is for now: the pending one if any,
+/// else the current one unless it is verified already (then: nothing to do).
+pub fn to_verify<'a>(email: &'a str, verified: bool, pending: Option<&'a str>) -> Option<&'a str> {
+    pending.or((!verified).then_some(email))
 }
 
 #[cfg(test)]
@@ -224,13 +337,108 @@ mod tests {
     }
 
     #[test]
-    fn purges_keep_revoked_sessions_an_hour() {
+    fn purges_keep_revoked_sessions_an_hour_and_mail_records_a_week() {
+        let now = KEEP_MAIL_MS + 5;
         assert_eq!(
-            retention(KEEP_REVOKED_MS + 5),
+            retention(now),
             Retention {
-                expired_before: KEEP_REVOKED_MS + 5,
-                revoked_before: 5
+                expired_before: now,
+                revoked_before: now - KEEP_REVOKED_MS,
+                mail_before: 5,
             }
         );
+    }
+
+    #[test]
+    fn links_are_usable_once_before_expiry_for_active_users() {
+        let fresh = LinkState {
+            used_at: None,
+            expires_at: 10,
+            user_active: true,
+        };
+        assert!(link_usable(Some(&fresh), 9));
+        assert!(!link_usable(Some(&fresh), 10), "expired");
+        let used = LinkState {
+            used_at: Some(1),
+            ..fresh.clone()
+        };
+        assert!(!link_usable(Some(&used), 2));
+        let gone = LinkState {
+            user_active: false,
+            ..fresh
+        };
+        assert!(!link_usable(Some(&gone), 2));
+        assert!(!link_usable(None, 0));
+    }
+
+    #[test]
+    fn the_cap_counts_capped_messages_and_notices_are_exempt() {
+        assert!(under_cap(4, Some(5)));
+        assert!(!under_cap(5, Some(5)));
+        assert!(under_cap(1_000, None));
+    }
+
+    #[test]
+    fn an_email_change_waits_replaces_or_does_nothing() {
+        assert_eq!(email_change("a@x.io", None, true), EmailChange::Unchanged);
+        assert_eq!(
+            email_change("a@x.io", Some("A@x.io"), true),
+            EmailChange::Unchanged
+        );
+        assert_eq!(
+            email_change("a@x.io", Some("b@x.io"), true),
+            EmailChange::Pending("b@x.io")
+        );
+        assert_eq!(
+            email_change("a@x.io", Some("b@x.io"), false),
+            EmailChange::Replace("b@x.io")
+        );
+    }
+
+    #[test]
+    fn only_a_retry_keeps_the_body_and_its_due_time() {
+        let retry = MailOutcome::Retry {
+            at: 7,
+            error: "down".into(),
+        };
+        assert_eq!(
+            finished(&retry),
+            Finished {
+                state: "pending",
+                keeps_body: true,
+                next_attempt_at: Some(7),
+                error: Some("down")
+            }
+        );
+        assert!(!finished(&MailOutcome::Sent).keeps_body);
+        let dead = MailOutcome::Dead { error: "no".into() };
+        let dead = finished(&dead);
+        assert_eq!(
+            (dead.state, dead.keeps_body, dead.error),
+            ("dead", false, Some("no"))
+        );
+    }
+
+    #[test]
+    fn a_verify_link_applies_the_pending_address_or_verifies_the_current_one() {
+        assert_eq!(
+            confirm("new@x.io", "old@x.io", Some("new@x.io")),
+            Confirm::ApplyPending
+        );
+        assert_eq!(
+            confirm("old@x.io", "old@x.io", Some("new@x.io")),
+            Confirm::VerifyCurrent
+        );
+        assert_eq!(
+            confirm("old@x.io", "old@x.io", None),
+            Confirm::VerifyCurrent
+        );
+        assert_eq!(
+            confirm("gone@x.io", "old@x.io", Some("new@x.io")),
+            Confirm::Stale
+        );
+        assert_eq!(to_verify("a@x.io", false, None), Some("a@x.io"));
+        assert_eq!(to_verify("a@x.io", true, None), None);
+        assert_eq!(to_verify("a@x.io", true, Some("b@x.io")), Some("b@x.io"));
     }
 }

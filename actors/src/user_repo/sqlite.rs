@@ -19,12 +19,15 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavio
 use rusqlite_migration::{M, Migrations};
 
 use super::protocol::Store;
-use super::rules::{self, Exchange, Presented, SessionState};
-use super::store::{DatabaseSettings, USER_COLUMNS, json_list, roles_from};
+use super::rules::{self, Confirm, EmailChange, Exchange, LinkState, Presented, SessionState};
+use super::store::{
+    AFTER_USER, DatabaseSettings, HOUR_MS, USER_COLUMNS, cap_allows, json_list, roles_from,
+};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, Credentials, Invalidation, NewSession, NewUser, Principal, ProfileChange,
-    RefreshOwner, Revoke, Rotation, Session, User,
+    ActiveSession, Claimed, Credentials, Invalidation, LinkMail, LinkPurpose, MailOutcome,
+    NewSession, NewUser, Outgoing, Principal, ProfileChange, RefreshOwner, Revoke, Rotation,
+    Session, User,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
@@ -33,6 +36,7 @@ use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/sqlite/001_initial.sql")),
     M::up(include_str!("migrations/sqlite/002_signing_keys.sql")),
+    M::up(include_str!("migrations/sqlite/003_email.sql")),
 ];
 
 pub struct SqliteStore {
@@ -280,7 +284,138 @@ fn user_from(row: &Row<'_>) -> rusqlite::Result<User> {
         created_at: row.get(4)?,
         updated_at: row.get(5)?,
         roles: roles_from(&row.get::<_, String>(6)?),
+        email_verified: row.get(7)?,
+        pending_email: row.get(8)?,
     })
+}
+
+/// The user inside `conn`.
+fn user_in(conn: &Connection, user_id: &str) -> rusqlite::Result<User> {
+    conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+        .query_row([user_id], user_from)
+}
+
+/// Writes `mail` to the outbox inside `tx`, to `about` unless it names its
+/// own recipient; `false`, writing nothing, when that address had its hourly
+/// cap of capped messages already.
+fn enqueue(
+    tx: &rusqlite::Transaction<'_>,
+    mail: &Outgoing,
+    about: &str,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let to = mail.to.as_deref().unwrap_or(about);
+    if mail.cap.is_some() {
+        let sent: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM outbox
+                 WHERE capped AND lower(recipient) = lower(?1) AND created_at > ?2",
+            )?
+            .query_row(params![to, now - HOUR_MS], |r| r.get(0))?;
+        if !cap_allows(sent, mail) {
+            return Ok(false);
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO outbox (id, kind, recipient, capped, body, state, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
+    )?
+    .execute(params![
+        mail.id,
+        mail.kind,
+        to,
+        mail.cap.is_some(),
+        mail.body,
+        now
+    ])?;
+    Ok(true)
+}
+
+/// Stores `link` for `address` (voiding the user's older links of its
+/// purpose) with its message; `false`, writing nothing, when over the cap.
+fn issue_link(
+    tx: &rusqlite::Transaction<'_>,
+    user_id: &str,
+    address: &str,
+    link: &LinkMail,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    if !enqueue(tx, &link.mail, address, now)? {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "UPDATE email_links SET used_at = ?3 WHERE user_id = ?1 AND purpose = ?2 AND used_at IS NULL",
+    )?
+    .execute(params![user_id, link.purpose.name(), now])?;
+    tx.prepare_cached(
+        "INSERT INTO email_links (digest, user_id, purpose, address, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        link.digest,
+        user_id,
+        link.purpose.name(),
+        address,
+        now,
+        link.expires_at
+    ])?;
+    Ok(true)
+}
+
+/// A new verification link for what the active user has to verify, if
+/// anything (see [`rules::to_verify`]).
+fn verification_in(
+    tx: &rusqlite::Transaction<'_>,
+    user_id: &str,
+    link: &LinkMail,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let user = user_in(tx, user_id)?;
+    match rules::to_verify(
+        &user.email,
+        user.email_verified,
+        user.pending_email.as_deref(),
+    ) {
+        Some(address) if user.is_active => issue_link(tx, &user.id, address, link, now),
+        _ => Ok(false),
+    }
+}
+
+/// A link by digest and purpose: its user, its address, its state.
+fn link_in(
+    conn: &Connection,
+    digest: &str,
+    purpose: LinkPurpose,
+) -> rusqlite::Result<Option<(String, String, LinkState)>> {
+    conn.prepare_cached(
+        "SELECT l.user_id, l.address, l.used_at, l.expires_at, u.is_active
+         FROM email_links l JOIN users u ON u.id = l.user_id
+         WHERE l.digest = ?1 AND l.purpose = ?2",
+    )?
+    .query_row(params![digest, purpose.name()], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            LinkState {
+                used_at: r.get(2)?,
+                expires_at: r.get(3)?,
+                user_active: r.get(4)?,
+            },
+        ))
+    })
+    .optional()
+}
+
+/// The user and address of a usable link.
+fn usable_link(
+    conn: &Connection,
+    digest: &str,
+    purpose: LinkPurpose,
+    now: i64,
+) -> rusqlite::Result<Option<(String, String)>> {
+    Ok(link_in(conn, digest, purpose)?
+        .filter(|(_, _, state)| rules::link_usable(Some(state), now))
+        .map(|(user_id, address, _)| (user_id, address)))
 }
 
 /// The ring's keys, without their material.
@@ -359,15 +494,10 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)",
                 params![user.id, user.email, user.username, user.password_hash, user.now],
             )?;
-            Ok(User {
-                id: user.id,
-                email: user.email,
-                username: user.username,
-                is_active: true,
-                roles: Vec::new(),
-                created_at: user.now,
-                updated_at: user.now,
-            })
+            if let Some(link) = &user.verify {
+                issue_link(tx, &user.id, &user.email, link, user.now)?;
+            }
+            user_in(tx, &user.id)
         })
         .await
     }
@@ -381,7 +511,7 @@ impl Store for SqliteStore {
             .query_row([login.to_lowercase()], |row| {
                 Ok(Credentials {
                     user: user_from(row)?,
-                    password_hash: row.get(7)?,
+                    password_hash: row.get(AFTER_USER)?,
                 })
             })
             .optional()
@@ -525,7 +655,7 @@ impl Store for SqliteStore {
             .query_row([user_id], |row| {
                 Ok(Credentials {
                     user: user_from(row)?,
-                    password_hash: row.get(7)?,
+                    password_hash: row.get(AFTER_USER)?,
                 })
             })
             .optional()
@@ -664,15 +794,52 @@ impl Store for SqliteStore {
     ) -> Result<(User, Vec<Invalidation>)> {
         self.write_as(by, now, move |tx, by| {
             let user_id = &by.user_id;
-            tx.execute(
-                "UPDATE users SET email = coalesce(?2, email), username = coalesce(?3, username),
-                                  updated_at = ?4
-                 WHERE id = ?1",
-                params![user_id, change.email, change.username, now],
-            )?;
-            let user = tx
-                .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
-                .query_row([user_id], user_from)?;
+            let before = user_in(tx, user_id)?;
+            let verifies = change.mail.as_ref().is_some_and(|m| m.verify.is_some());
+            let decided = rules::email_change(&before.email, change.email.as_deref(), verifies);
+            match decided {
+                EmailChange::Pending(pending) => {
+                    let taken: Option<i64> = tx
+                        .prepare_cached(
+                            "SELECT 1 FROM users WHERE lower(email) = lower(?1) AND id <> ?2",
+                        )?
+                        .query_row(params![pending, user_id], |r| r.get(0))
+                        .optional()?;
+                    if taken.is_some() {
+                        return Ok(Err(Error::Conflict(Taken::Email)));
+                    }
+                    tx.execute(
+                        "UPDATE users SET pending_email = ?2, username = coalesce(?3, username),
+                                          updated_at = ?4
+                         WHERE id = ?1",
+                        params![user_id, pending, change.username, now],
+                    )?;
+                }
+                EmailChange::Replace(email) => {
+                    tx.execute(
+                        "UPDATE users SET email = ?2, email_verified = 0, pending_email = NULL,
+                                          username = coalesce(?3, username), updated_at = ?4
+                         WHERE id = ?1",
+                        params![user_id, email, change.username, now],
+                    )?;
+                }
+                EmailChange::Unchanged => {
+                    tx.execute(
+                        "UPDATE users SET username = coalesce(?2, username), updated_at = ?3
+                         WHERE id = ?1",
+                        params![user_id, change.username, now],
+                    )?;
+                }
+            }
+            if let (EmailChange::Pending(address) | EmailChange::Replace(address), Some(mail)) =
+                (decided, &change.mail)
+            {
+                enqueue(tx, &mail.notice, &before.email, now)?;
+                if let Some(link) = &mail.verify {
+                    issue_link(tx, user_id, address, link, now)?;
+                }
+            }
+            let user = user_in(tx, user_id)?;
             let changes = log_invalidations(tx, user_id, vec![None], now)?;
             Ok(Ok((user, changes)))
         })
@@ -684,6 +851,7 @@ impl Store for SqliteStore {
         by: Principal,
         verified_hash: String,
         new_hash: String,
+        notice: Option<Outgoing>,
         now: i64,
     ) -> Result<Vec<Invalidation>> {
         self.write_as(by, now, move |tx, by| {
@@ -695,8 +863,190 @@ impl Store for SqliteStore {
             if changed == 0 {
                 return Ok(Err(Error::WrongCurrentPassword));
             }
+            if let Some(notice) = &notice {
+                enqueue(tx, notice, &user_in(tx, &by.user_id)?.email, now)?;
+            }
             let keep = Revoke::AllBut(by.session_id.clone());
             revoke_in(tx, &by.user_id, &keep, now).map(Ok)
+        })
+        .await
+    }
+
+    async fn request_verification(&self, by: Principal, link: LinkMail, now: i64) -> Result<bool> {
+        self.write_as(by, now, move |tx, by| {
+            verification_in(tx, &by.user_id, &link, now).map(Ok)
+        })
+        .await
+    }
+
+    async fn resend_verification(&self, user_id: String, link: LinkMail, now: i64) -> Result<bool> {
+        self.write(move |tx| verification_in(tx, &user_id, &link, now))
+            .await
+    }
+
+    async fn request_reset(&self, email: String, link: LinkMail, now: i64) -> Result<bool> {
+        self.write(move |tx| {
+            let user: Option<(String, String)> = tx
+                .prepare_cached(
+                    "SELECT id, email FROM users WHERE lower(email) = lower(?1) AND is_active = 1",
+                )?
+                .query_row([&email], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match user {
+                Some((id, address)) => issue_link(tx, &id, &address, &link, now),
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    async fn confirm_email(
+        &self,
+        digest: String,
+        now: i64,
+    ) -> Result<Option<(User, Vec<Invalidation>)>> {
+        self.write(move |tx| {
+            let Some((user_id, address)) = usable_link(tx, &digest, LinkPurpose::Verify, now)?
+            else {
+                return Ok(None);
+            };
+            let user = user_in(tx, &user_id)?;
+            match rules::confirm(&address, &user.email, user.pending_email.as_deref()) {
+                Confirm::ApplyPending => tx.execute(
+                    "UPDATE users SET email = pending_email, pending_email = NULL,
+                                      email_verified = 1, updated_at = ?2
+                     WHERE id = ?1",
+                    params![user_id, now],
+                )?,
+                Confirm::VerifyCurrent => tx.execute(
+                    "UPDATE users SET email_verified = 1, updated_at = ?2 WHERE id = ?1",
+                    params![user_id, now],
+                )?,
+                Confirm::Stale => return Ok(None),
+            };
+            tx.execute(
+                "UPDATE email_links SET used_at = ?2 WHERE digest = ?1",
+                params![digest, now],
+            )?;
+            let user = user_in(tx, &user_id)?;
+            let changes = log_invalidations(tx, &user_id, vec![None], now)?;
+            Ok(Some((user, changes)))
+        })
+        .await
+    }
+
+    async fn reset_password(
+        &self,
+        digest: String,
+        new_hash: String,
+        notice: Outgoing,
+        now: i64,
+    ) -> Result<Option<(String, Vec<Invalidation>)>> {
+        self.write(move |tx| {
+            let Some((user_id, _)) = usable_link(tx, &digest, LinkPurpose::Reset, now)? else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1",
+                params![user_id, new_hash, now],
+            )?;
+            tx.execute(
+                "UPDATE email_links SET used_at = ?2
+                 WHERE user_id = ?1 AND purpose = 'reset' AND used_at IS NULL",
+                params![user_id, now],
+            )?;
+            enqueue(tx, &notice, &user_in(tx, &user_id)?.email, now)?;
+            let changes = revoke_in(tx, &user_id, &Revoke::All, now)?;
+            Ok(Some((user_id, changes)))
+        })
+        .await
+    }
+
+    async fn link_owner(
+        &self,
+        digest: String,
+        purpose: LinkPurpose,
+        now: i64,
+    ) -> Result<Option<User>> {
+        self.read(
+            move |conn| match usable_link(conn, &digest, purpose, now)? {
+                Some((user_id, _)) => user_in(conn, &user_id).map(Some),
+                None => Ok(None),
+            },
+        )
+        .await
+    }
+
+    async fn claim_mail(
+        &self,
+        owner: String,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "UPDATE outbox SET lease_owner = ?1, lease_until = ?2
+                 WHERE id IN (SELECT id FROM outbox
+                              WHERE state = 'pending' AND next_attempt_at <= ?3
+                                AND (lease_until IS NULL OR lease_until <= ?3)
+                              ORDER BY next_attempt_at LIMIT ?4)
+                 RETURNING id, kind, recipient, body, attempts",
+            )?
+            .query_map(params![owner, now + lease_ms, now, limit], |r| {
+                Ok(Claimed {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    recipient: r.get(2)?,
+                    body: r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default(),
+                    attempts: r.get(4)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn finish_mail(
+        &self,
+        id: String,
+        owner: String,
+        outcome: MailOutcome,
+        now: i64,
+    ) -> Result<bool> {
+        self.write(move |tx| {
+            let row = rules::finished(&outcome);
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE outbox SET state = ?3, attempts = attempts + 1,
+                            body = CASE WHEN ?4 THEN body END,
+                            next_attempt_at = coalesce(?5, next_attempt_at),
+                            done_at = CASE WHEN ?3 = 'pending' THEN NULL ELSE ?6 END,
+                            last_error = ?7, lease_owner = NULL, lease_until = NULL
+                     WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'",
+                )?
+                .execute(params![
+                    id,
+                    owner,
+                    row.state,
+                    row.keeps_body,
+                    row.next_attempt_at,
+                    now,
+                    row.error
+                ])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn outbox_pending(&self) -> Result<u64> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT count(*) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| u64::try_from(n).unwrap_or(0))
         })
         .await
     }
@@ -733,6 +1083,14 @@ impl Store for SqliteStore {
             tx.execute(
                 "DELETE FROM invalidations WHERE at <= ?1",
                 [keep.revoked_before],
+            )?;
+            tx.execute(
+                "DELETE FROM email_links WHERE expires_at <= ?1 OR used_at <= ?1",
+                [keep.mail_before],
+            )?;
+            tx.execute(
+                "DELETE FROM outbox WHERE state <> 'pending' AND done_at <= ?1",
+                [keep.mail_before],
             )?;
             Ok(sessions as u64)
         })
@@ -810,6 +1168,7 @@ mod tests {
             username: username.into(),
             password_hash: "$scrypt$x".into(),
             now: 1_000,
+            verify: None,
         }
     }
 

@@ -7,7 +7,30 @@ use serde::Deserialize;
 
 /// The columns of a [`User`](crate::model::User), in the order both stores read them.
 pub(super) const USER_COLUMNS: &str =
-    "id, email, username, is_active, created_at, updated_at, roles";
+    "id, email, username, is_active, created_at, updated_at, roles, email_verified, pending_email";
+
+/// The index of the column read after [`USER_COLUMNS`] (the password hash).
+pub(super) const AFTER_USER: usize = 9;
+
+/// An hour, the per-recipient cap's window, in ms.
+pub(super) const HOUR_MS: i64 = 3_600_000;
+
+/// Whether `mail` may be queued to an address that had `sent` capped
+/// messages in the last hour; when not, says so (log and metric).
+pub(super) fn cap_allows(sent: i64, mail: &crate::model::Outgoing) -> bool {
+    if super::rules::under_cap(u64::try_from(sent).unwrap_or(0), mail.cap) {
+        return true;
+    }
+    tracing::warn!(
+        event = "email.dropped",
+        kind = mail.kind,
+        reason = "per_recipient_cap",
+        "message not queued: its address had its hourly share"
+    );
+    metrics::counter!("gatehouse_emails_total", "kind" => mail.kind, "result" => "dropped")
+        .increment(1);
+    false
+}
 
 /// Roles as stored: a JSON array of strings (an unreadable value reads as none).
 pub(super) fn roles_from(stored: &str) -> Vec<String> {

@@ -33,6 +33,8 @@ fn production_baseline() -> Vec<(&'static str, String)> {
             "GATEHOUSE__MONITORING__TOKEN",
             "mT4kQ9zR2wX7vB1nC8pL5sD3fG6hJ0aY".into(),
         ),
+        ("GATEHOUSE__EMAIL__TRANSPORT", "smtp".into()),
+        ("GATEHOUSE__EMAIL__SMTP__HOST", "smtp.example.com".into()),
     ]
 }
 
@@ -83,6 +85,16 @@ fn dangerous() -> Vec<(&'static str, String, &'static [&'static str])> {
             "GATEHOUSE__SERVER__PUBLIC_URL",
             "http://auth.example.com".into(),
             &["public_url"],
+        ),
+        (
+            "GATEHOUSE__EMAIL__TRANSPORT",
+            "file".into(),
+            &["email.transport"],
+        ),
+        (
+            "GATEHOUSE__EMAIL__SMTP__TLS",
+            "none".into(),
+            &["email.smtp.tls", "loopback"],
         ),
         (
             "GATEHOUSE__AUTH__JWT_SECRET",

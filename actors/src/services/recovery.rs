@@ -1,0 +1,168 @@
+//! Proving an address and recovering an account through email links:
+//! asking for a verification link, following it, asking for a reset link,
+//! and setting a new password with it.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::Database;
+use super::email::Composer;
+use crate::clock::SharedClock;
+use crate::error::{Error, FieldError, Result};
+use crate::mailer::MailKind;
+use crate::model::{LinkPurpose, Principal};
+use crate::names::normalize_email;
+use crate::passwords::Passwords;
+use crate::token_issuer::{MAX_TOKEN_BYTES, token_digest};
+
+#[derive(Clone)]
+pub struct Recovery {
+    pub db: Database,
+    pub passwords: Passwords,
+    pub mail: Composer,
+    pub clock: SharedClock,
+}
+
+/// The digest a link token is stored as; `BadLink` for what no link holds.
+fn link_digest(token: &str) -> Result<String> {
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+        return Err(Error::BadLink);
+    }
+    Ok(token_digest(token))
+}
+
+impl Recovery {
+    /// Sends a new verification link to the caller's pending address, else
+    /// to the current one; nothing when there is nothing to verify (or
+    /// verification is off, or the address had its hourly share).
+    pub async fn request_verification(&self, who: &Principal) -> Result<()> {
+        if !self.mail.verifies() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let user = self
+            .db
+            .call(self.db.repo.user(&who.user_id, now))
+            .await?
+            .filter(|u| u.is_active)
+            .ok_or(Error::SessionRevoked)?;
+        let link = self
+            .mail
+            .link(LinkPurpose::Verify, &user.username, None, now)?;
+        if self
+            .db
+            .call(self.db.repo.request_verification(who.clone(), link, now))
+            .await?
+        {
+            self.mail.wake();
+        }
+        Ok(())
+    }
+
+    /// Whether a link of `purpose` could be followed now (reads only: a
+    /// page opened by a mail scanner changes nothing).
+    pub async fn link_usable(&self, token: &str, purpose: LinkPurpose) -> Result<bool> {
+        let Ok(digest) = link_digest(token) else {
+            return Ok(false);
+        };
+        let now = self.clock.now_ms();
+        let owner = self
+            .db
+            .call(self.db.repo.link_owner(digest, purpose, now))
+            .await?;
+        Ok(owner.is_some())
+    }
+
+    /// Follows a verification link: the address it was sent to is verified
+    /// (a pending one becomes the account's email).
+    pub async fn verify_email(&self, token: &str) -> Result<()> {
+        let digest = link_digest(token)?;
+        let now = self.clock.now_ms();
+        let (user, _) = self
+            .db
+            .call(self.db.repo.confirm_email(digest, now))
+            .await?
+            .ok_or(Error::BadLink)?;
+        tracing::info!(event = "email.verified", user_id = %user.id, "email address verified");
+        Ok(())
+    }
+
+    /// Takes a reset request and answers at once, whoever the address
+    /// belongs to: the lookup and the queueing happen on a task of their own,
+    /// so neither the answer nor its timing says whether the account exists.
+    pub fn request_reset(&self, email: &str) -> Result<()> {
+        let email = normalize_email(email).map_err(|p| Error::Validation(vec![p]))?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.queue_reset(email).await {
+                tracing::error!(error = %e, "a password-reset request was not queued");
+            }
+        });
+        Ok(())
+    }
+
+    async fn queue_reset(&self, email: String) -> Result<()> {
+        let now = self.clock.now_ms();
+        let Some(found) = self
+            .db
+            .call(self.db.repo.credentials(email.clone()))
+            .await?
+            .filter(|c| c.user.is_active && c.user.email == email)
+        else {
+            return Ok(());
+        };
+        let user = found.user;
+        let link = self
+            .mail
+            .link(LinkPurpose::Reset, &user.username, None, now)?;
+        if self
+            .db
+            .call(self.db.repo.request_reset(email, link, now))
+            .await?
+        {
+            self.mail.wake();
+            tracing::info!(event = "password.reset_requested", user_id = %user.id,
+                "password-reset link queued");
+        }
+        Ok(())
+    }
+
+    /// Sets a new password through a reset link: every session of the user
+    /// is revoked and a notice goes to the address. A password the policy
+    /// refuses leaves the link usable.
+    pub async fn reset_password(&self, token: &str, new_password: SecretString) -> Result<()> {
+        let digest = link_digest(token)?;
+        let now = self.clock.now_ms();
+        let owner = self
+            .db
+            .call(
+                self.db
+                    .repo
+                    .link_owner(digest.clone(), LinkPurpose::Reset, now),
+            )
+            .await?
+            .ok_or(Error::BadLink)?;
+        if let Some(problem) =
+            self.passwords
+                .check_policy(new_password.expose_secret(), &owner.username, &owner.email)
+        {
+            return Err(Error::Validation(vec![FieldError {
+                field: "new_password",
+                ..problem
+            }]));
+        }
+        let hash = self.passwords.hash(new_password).await?;
+        let notice = self
+            .mail
+            .notice(MailKind::PasswordChanged, &owner.username)?;
+        let (user_id, changes) = self
+            .db
+            .call(self.db.repo.reset_password(digest, hash, notice, now))
+            .await?
+            .ok_or(Error::BadLink)?;
+        self.mail.wake();
+        tracing::info!(event = "password.reset", user_id = %user_id, "password set through a reset link");
+        tracing::info!(event = "session.revoked", user_id = %user_id, session_id = "*",
+            reason = "password_reset", count = changes.len(), "every session revoked");
+        Ok(())
+    }
+}
