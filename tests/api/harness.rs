@@ -52,8 +52,10 @@ pub fn shipped_config() -> PathBuf {
 
 /// The configuration every test server starts from: the shipped file, plus
 /// fast hashing and limits high enough not to interfere unless a test lowers them.
-const BASE_ENV: [(&str, &str); 9] = [
+const BASE_ENV: [(&str, &str); 10] = [
     ("GATEHOUSE__SERVER__LISTEN", "127.0.0.1:0"),
+    // Retries a second apart, not half a minute: the relay tests watch them.
+    ("GATEHOUSE__EMAIL__FIRST_RETRY_S", "1"),
     ("GATEHOUSE__AUTH__JWT_SECRET", SECRET),
     ("GATEHOUSE__PASSWORD__SCRYPT_LOG_N", "10"),
     ("GATEHOUSE__RATE_LIMIT__ROUTES__LOGIN__LIMIT", "10000"),

@@ -13,6 +13,10 @@ first and renamed: <seq>.json, the envelope ({"mail_from", "rcpt_tos"}), then
 the whole message and its envelope. Numbers go on from the highest already in
 DIR, so a restarted sink adds to what the last one kept.
 
+A recipient whose local part is `refuse-NNN` (NNN a 5xx code) is refused
+with that code at RCPT, as a relay that will not take it (550) or refuses by
+policy (554) would answer; every other recipient is accepted.
+
 Prints "ready 127.0.0.1:PORT" once it listens. Exits when its standard input
 closes (so it never outlives the process that started it), or on a signal.
 """
@@ -27,6 +31,7 @@ import threading
 from aiosmtpd.smtp import SMTP
 
 KEPT = re.compile(r"(\d+)\.eml")
+REFUSE = re.compile(r"refuse-(5\d\d)@", re.IGNORECASE)
 
 
 class Keep:
@@ -44,6 +49,13 @@ class Keep:
         with open(temporary, "wb") as f:
             f.write(data)
         os.replace(temporary, os.path.join(self.directory, name))
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
+        refused = REFUSE.match(address)
+        if refused:
+            return f"{refused.group(1)} refused by the test sink"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:
         self.seq += 1

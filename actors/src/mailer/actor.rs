@@ -5,7 +5,8 @@
 //! due messages, open each sealed body, send it, record the outcome. A lease
 //! outlives the longest send, so several instances never send one message
 //! at once, and a message whose sender died is taken up again when its lease
-//! runs out. A failed try is retried with exponential back-off until
+//! runs out. A failed try is retried with exponential back-off (from
+//! `email.first_retry_s`, doubling, at most 15 minutes apart) until
 //! `email.max_attempts`, then given up (`dead`, logged, counted). The `smtp`
 //! breaker stands between the rounds and the relay; the database breaker
 //! only pauses them (background work neither trips it nor spends its trials).
@@ -21,11 +22,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
 
-use super::settings::{EmailSettings, TransportKind};
+use super::settings::{EmailSettings, MAX_RETRY_S, TransportKind};
 use super::templates::Rendered;
 use super::transport::{Outbound, SEND_DEADLINE, Transport};
 use crate::breaker::{BreakerId, BreakerState, Breakers};
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, Result};
 use crate::model::{Claimed, MailOutcome};
 use crate::sealing::Sealer;
@@ -37,20 +38,16 @@ const POLL: Duration = Duration::from_secs(1);
 /// How long a sender holds a message: longer than any send may take.
 const LEASE_MS: i64 = 2 * SEND_DEADLINE.as_millis() as i64;
 
-/// Messages leased per round.
+/// Messages tried per round at most (one lease at a time).
 const BATCH: u32 = 16;
 
-/// The first retry waits this long; each further one twice as long as the last.
-const FIRST_RETRY_MS: i64 = 1_000;
-
-/// No retry waits longer than this.
-const MAX_RETRY_MS: i64 = 15 * 60 * 1_000;
-
-/// How long to wait before try number `attempts + 1` after `attempts` failed ones.
-pub fn backoff_ms(attempts: u32) -> i64 {
-    FIRST_RETRY_MS
+/// How long to wait before try number `attempts + 1` after `attempts`
+/// failed ones: `first_ms`, then twice as long each time, at most
+/// [`MAX_RETRY_S`].
+pub fn backoff_ms(attempts: u32, first_ms: i64) -> i64 {
+    first_ms
         .saturating_mul(1_i64 << attempts.saturating_sub(1).min(30))
-        .min(MAX_RETRY_MS)
+        .min(secs_to_ms(MAX_RETRY_S))
 }
 
 pub enum MailerMsg {
@@ -169,7 +166,8 @@ impl Courier {
             .is_none_or(|b| b.state == BreakerState::Closed)
     }
 
-    /// Leases what is due and tries each message once.
+    /// Tries what is due, once each, one lease at a time (so no lease waits
+    /// behind other messages' sends), at most [`BATCH`] messages.
     async fn round(&self) -> Result<()> {
         let args = &self.args;
         // Background work takes no part in the database breaker: it neither
@@ -178,42 +176,41 @@ impl Courier {
         if !self.closed(BreakerId::Database) {
             return Ok(());
         }
-        let guarded = self.transport.kind() == TransportKind::Smtp;
-        // While the relay's breaker is not closed, one message at a time
-        // goes, as the breaker's trial; while it is open, none.
-        let trial = guarded && !self.closed(BreakerId::Smtp);
-        let mut permit = if trial {
-            match args.breakers.admit(BreakerId::Smtp).await {
-                Ok(permit) => Some(permit),
-                Err(Error::BreakerOpen { .. }) => return self.publish_pending().await,
-                Err(e) => return Err(e),
-            }
-        } else {
-            None
-        };
-        let limit = if trial { 1 } else { BATCH };
-        let claimed = args
-            .repo
-            .claim_mail(args.owner.clone(), self.now(), LEASE_MS, limit)
-            .await?;
-        for message in claimed {
-            let outcome = match permit.take() {
-                Some(mut permit) => {
-                    let outcome = self.deliver(&message, Some(&mut permit)).await;
-                    permit.finish().await;
-                    outcome
-                }
-                None if guarded => {
-                    let mut permit = args.breakers.admit(BreakerId::Smtp).await?;
-                    let outcome = self.deliver(&message, Some(&mut permit)).await;
-                    permit.finish().await;
-                    outcome
-                }
-                None => self.deliver(&message, None).await,
-            };
-            self.record(&message, outcome).await?;
+        // Nothing waits: no write (SQLite has a single writer).
+        if self.publish_pending().await? == 0 {
+            return Ok(());
         }
-        self.publish_pending().await
+        let guarded = self.transport.kind() == TransportKind::Smtp;
+        for _ in 0..BATCH {
+            // While the relay's breaker is not closed only its trial goes,
+            // and while it is open nothing does.
+            let trial = guarded && !self.closed(BreakerId::Smtp);
+            let mut permit = if guarded {
+                match args.breakers.admit(BreakerId::Smtp).await {
+                    Ok(permit) => Some(permit),
+                    Err(Error::BreakerOpen { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            let claimed = args
+                .repo
+                .claim_mail(args.owner.clone(), self.now(), LEASE_MS, 1)
+                .await?;
+            let Some(message) = claimed.into_iter().next() else {
+                break;
+            };
+            let outcome = self.deliver(&message, permit.as_mut()).await;
+            if let Some(permit) = permit.as_mut() {
+                permit.finish().await;
+            }
+            self.record(&message, outcome).await?;
+            if trial {
+                break;
+            }
+        }
+        self.publish_pending().await.map(|_| ())
     }
 
     /// One try of one message; its outcome.
@@ -251,7 +248,10 @@ impl Courier {
                 MailOutcome::Dead { error: e.detail }
             }
             Err(e) => MailOutcome::Retry {
-                at: self.now().saturating_add(backoff_ms(tries)),
+                at: self.now().saturating_add(backoff_ms(
+                    tries,
+                    secs_to_ms(self.args.settings.first_retry_s),
+                )),
                 error: e.detail,
             },
         }
@@ -294,10 +294,11 @@ impl Courier {
         Ok(())
     }
 
-    async fn publish_pending(&self) -> Result<()> {
+    /// Sets `gatehouse_outbox_pending` to what waits, and returns it.
+    async fn publish_pending(&self) -> Result<u64> {
         let pending = self.args.repo.outbox_pending().await?;
         metrics::gauge!("gatehouse_outbox_pending").set(pending as f64);
-        Ok(())
+        Ok(pending)
     }
 }
 
@@ -307,11 +308,14 @@ mod tests {
 
     #[test]
     fn retries_back_off_exponentially_up_to_a_ceiling() {
-        assert_eq!(backoff_ms(1), 1_000);
-        assert_eq!(backoff_ms(2), 2_000);
-        assert_eq!(backoff_ms(3), 4_000);
-        assert_eq!(backoff_ms(8), 128_000);
-        assert_eq!(backoff_ms(40), MAX_RETRY_MS);
-        assert_eq!(backoff_ms(u32::MAX), MAX_RETRY_MS);
+        assert_eq!(backoff_ms(1, 1_000), 1_000);
+        assert_eq!(backoff_ms(2, 1_000), 2_000);
+        assert_eq!(backoff_ms(3, 1_000), 4_000);
+        assert_eq!(backoff_ms(8, 1_000), 128_000);
+        // The default: 30 s, 1, 2, 4, 8 min, then 15 min apart.
+        assert_eq!(backoff_ms(5, 30_000), 480_000);
+        assert_eq!(backoff_ms(6, 30_000), 900_000);
+        assert_eq!(backoff_ms(40, 1_000), 900_000);
+        assert_eq!(backoff_ms(u32::MAX, 30_000), 900_000);
     }
 }

@@ -16,6 +16,9 @@ use serde::Deserialize;
 /// The most delivery attempts `max_attempts` may ask for.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 
+/// No retry waits longer than this (seconds).
+pub const MAX_RETRY_S: u64 = 15 * 60;
+
 /// `email.transport`: how messages leave Gatehouse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,6 +75,9 @@ pub struct EmailSettings {
     pub smtp: SmtpSettings,
     /// Delivery attempts before a message is given up.
     pub max_attempts: u32,
+    /// (Gatehouse's own) the first retry waits this long, each further one
+    /// twice as long as the last, at most 15 minutes.
+    pub first_retry_s: u64,
     /// Messages to one address per hour at most (notices are exempt).
     pub per_recipient_per_hour: u32,
 }
@@ -85,6 +91,7 @@ impl Default for EmailSettings {
             link_base: String::new(),
             smtp: SmtpSettings::default(),
             max_attempts: 8,
+            first_retry_s: 30,
             per_recipient_per_hour: 5,
         }
     }
@@ -163,6 +170,11 @@ impl EmailSettings {
         if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
             problems.push(format!(
                 "email.max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"
+            ));
+        }
+        if !(1..=MAX_RETRY_S).contains(&self.first_retry_s) {
+            problems.push(format!(
+                "email.first_retry_s must be between 1 and {MAX_RETRY_S}"
             ));
         }
         if self.per_recipient_per_hour == 0 {

@@ -62,9 +62,9 @@ pub struct Outbound {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{detail}")]
 pub struct SendError {
-    /// Retrying cannot help (a 5xx answer, a recipient that is not an
-    /// address); otherwise the failure may pass (connection refused,
-    /// timeout, 4xx, a full disk).
+    /// Retrying cannot help (the relay will not take the recipient, or it
+    /// is not an address); otherwise the failure may pass (connection
+    /// refused, timeout, 4xx, a 5xx about the relay's setup, a full disk).
     pub permanent: bool,
     /// What happened, safe to log: no credentials, no message content.
     pub detail: String,
@@ -206,7 +206,7 @@ impl Transport {
                 match tokio::time::timeout(SEND_DEADLINE, t.relay.send(message)).await {
                     Ok(Ok(_response)) => Ok(()),
                     Ok(Err(e)) => Err(SendError {
-                        permanent: e.is_permanent(),
+                        permanent: refused_for_good(&e),
                         detail: log_safe(&format!("SMTP relay {}: {e}", t.server)),
                     }),
                     Err(_elapsed) => Err(SendError::retryable(format!(
@@ -218,6 +218,16 @@ impl Transport {
             }
         }
     }
+}
+
+/// Whether the relay refused the message for good: it will not take the
+/// recipient (550, 551, 553). Any other refusal, a 5xx too (a wrong login,
+/// TLS required, a policy block), is about the relay or its setup, and
+/// worth trying again once that is mended.
+fn refused_for_good(e: &lettre::transport::smtp::Error) -> bool {
+    e.is_permanent()
+        && e.status()
+            .is_some_and(|code| matches!(code.to_string().as_str(), "550" | "551" | "553"))
 }
 
 /// `m` as a message from `from`.
@@ -550,5 +560,18 @@ mod tests {
         relay.send(&later).await.unwrap();
         let mails = sink.wait_for_async(3, wait).await;
         assert_eq!(mails[2].subject, "Reset your Gatehouse password");
+
+        // A recipient the relay will not take is refused for good; a refusal
+        // by policy (a 5xx too) is worth trying again.
+        let for_good = relay
+            .send(&outbound("row-4", "refuse-550@example.com"))
+            .await
+            .unwrap_err();
+        assert!(for_good.permanent, "{for_good:?}");
+        let policy = relay
+            .send(&outbound("row-5", "refuse-554@example.com"))
+            .await
+            .unwrap_err();
+        assert!(!policy.permanent, "{policy:?}");
     }
 }
