@@ -1175,3 +1175,46 @@ mod key_ring {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_reset_link_opens_nothing_once_the_email_changed() {
+    on_both(|s| async move {
+        let alice =
+            user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
+        assert!(
+            s.request_reset(
+                "a@example.com".into(),
+                link("r1", LinkPurpose::Reset, 9_000),
+                1_100
+            )
+            .await
+            .unwrap()
+        );
+        // Verification off: the new address replaces the old one at once.
+        let change = ProfileChange {
+            email: Some("b@example.com".into()),
+            mail: Some(EmailChangeMail {
+                notice: outgoing("n1", "email_change_requested", None),
+                verify: None,
+            }),
+            ..Default::default()
+        };
+        s.update_profile(alice, change, 1_200).await.unwrap();
+        assert!(
+            s.link_owner("r1".into(), LinkPurpose::Reset, 1_300)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.reset_password("r1".into(), "$scrypt$new".into(), notice("n2"), 1_300)
+                .await
+                .unwrap()
+                .is_none(),
+            "the old mailbox's link is dead"
+        );
+        let kept = s.credentials("alice".into()).await.unwrap().unwrap();
+        assert_eq!(kept.password_hash, "$scrypt$x");
+    })
+    .await;
+}

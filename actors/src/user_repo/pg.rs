@@ -372,7 +372,8 @@ async fn issue_link(
 
 /// A link (by digest and purpose), its user and its address, with the columns
 /// [`link_from`] reads.
-const LINK_SQL: &str = "SELECT l.user_id, l.address, l.used_at, l.expires_at, u.is_active
+const LINK_SQL: &str = "SELECT l.user_id, l.address, l.used_at, l.expires_at, u.is_active,
+            lower(l.address) = lower(u.email)
      FROM email_links l JOIN users u ON u.id = l.user_id
      WHERE l.digest = $1 AND l.purpose = $2";
 
@@ -384,6 +385,7 @@ fn link_from(row: &Row) -> std::result::Result<(String, String, LinkState), toki
             used_at: row.try_get(2)?,
             expires_at: row.try_get(3)?,
             user_active: row.try_get(4)?,
+            to_current_email: row.try_get(5)?,
         },
     ))
 }
@@ -414,7 +416,7 @@ async fn usable_link(
         .as_ref()
         .map(link_from)
         .transpose()?
-        .filter(|(_, _, state)| rules::link_usable(Some(state), now))
+        .filter(|(_, _, state)| rules::link_usable(state, purpose, now))
         .map(|(user_id, address, _)| (user_id, address)))
 }
 
@@ -971,8 +973,24 @@ impl Store for PgStore {
     }
 
     async fn resend_verification(&self, user_id: String, link: LinkMail, now: i64) -> Result<bool> {
-        self.write(async |tx| verification_in(tx, &user_id, &link, now).await)
-            .await
+        self.write(async |tx| {
+            tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
+                .await?;
+            let newest: Option<i64> = tx
+                .query_one(
+                    "SELECT max(created_at) FROM email_links
+                     WHERE user_id = $1 AND purpose = 'verify' AND used_at IS NULL
+                       AND expires_at > $2",
+                    &[&user_id, &now],
+                )
+                .await?
+                .try_get(0)?;
+            if !rules::resend_due(newest, now) {
+                return Ok(false);
+            }
+            verification_in(tx, &user_id, &link, now).await
+        })
+        .await
     }
 
     async fn request_reset(&self, email: String, link: LinkMail, now: i64) -> Result<bool> {
@@ -1088,7 +1106,7 @@ impl Store for PgStore {
             .map(link_from)
             .transpose()
             .map_err(classify)?
-            .filter(|(_, _, state)| rules::link_usable(Some(state), now));
+            .filter(|(_, _, state)| rules::link_usable(state, purpose, now));
         let Some((user_id, _, _)) = usable else {
             return Ok(None);
         };

@@ -186,7 +186,8 @@ repository! {
         /// there is nothing to verify or the address is over its hourly cap.
         RequestVerification => fn request_verification(by: Principal, link: LinkMail, now: i64) -> bool;
         /// As `RequestVerification`, for the active user `user_id` who has no
-        /// session (a login refused for its unverified address).
+        /// session (a login refused for its unverified address), unless a
+        /// usable link was made in the last [`RESEND_AFTER_MS`](super::rules::RESEND_AFTER_MS).
         ResendVerification => fn resend_verification(user_id: String, link: LinkMail, now: i64) -> bool;
         /// A reset link for the active account whose email is `email`
         /// (voiding older ones); `false`, writing nothing, when there is none

@@ -2,7 +2,7 @@
 //! own SQL, asks these functions what the rows mean, and writes the answer
 //! with its own SQL. Nothing here touches a database or a clock.
 
-use crate::model::{MailOutcome, Revoke};
+use crate::model::{LinkPurpose, MailOutcome, Revoke};
 
 /// How long revoked sessions (and the invalidation log) are kept before purging.
 pub const KEEP_REVOKED_MS: i64 = 3_600_000;
@@ -135,12 +135,29 @@ pub struct LinkState {
     pub expires_at: i64,
     /// The link's user is active.
     pub user_active: bool,
+    /// The link was sent to the address the account has now.
+    pub to_current_email: bool,
 }
 
-/// Whether a link may be followed at `now`: never used, not expired, its
-/// user active. A missing row may not.
-pub fn link_usable(link: Option<&LinkState>, now: i64) -> bool {
-    link.is_some_and(|l| l.used_at.is_none() && l.expires_at > now && l.user_active)
+/// Whether a link of `purpose` may be followed at `now`: never used, not
+/// expired, its user active; a reset link only while the account still has
+/// the address it was sent to (an old mailbox opens nothing once the email
+/// changed). A verify link may be for the pending address.
+pub fn link_usable(link: &LinkState, purpose: LinkPurpose, now: i64) -> bool {
+    link.used_at.is_none()
+        && link.expires_at > now
+        && link.user_active
+        && (purpose != LinkPurpose::Reset || link.to_current_email)
+}
+
+/// How long a verification link stands before a refused login sends
+/// another (each new link voids the one the user may be about to click).
+pub const RESEND_AFTER_MS: i64 = 10 * 60 * 1_000;
+
+/// Whether a refused login sends a new verification link, when the newest
+/// usable one was made at `newest` (`None`: there is none).
+pub fn resend_due(newest: Option<i64>, now: i64) -> bool {
+    newest.is_none_or(|made| now.saturating_sub(made) >= RESEND_AFTER_MS)
 }
 
 /// Whether one more capped message may go to an address that had `sent`
@@ -355,20 +372,41 @@ mod tests {
             used_at: None,
             expires_at: 10,
             user_active: true,
+            to_current_email: true,
         };
-        assert!(link_usable(Some(&fresh), 9));
-        assert!(!link_usable(Some(&fresh), 10), "expired");
-        let used = LinkState {
-            used_at: Some(1),
-            ..fresh.clone()
-        };
-        assert!(!link_usable(Some(&used), 2));
-        let gone = LinkState {
-            user_active: false,
+        for purpose in [LinkPurpose::Verify, LinkPurpose::Reset] {
+            assert!(link_usable(&fresh, purpose, 9));
+            assert!(!link_usable(&fresh, purpose, 10), "expired");
+            let used = LinkState {
+                used_at: Some(1),
+                ..fresh.clone()
+            };
+            assert!(!link_usable(&used, purpose, 2));
+            let gone = LinkState {
+                user_active: false,
+                ..fresh.clone()
+            };
+            assert!(!link_usable(&gone, purpose, 2));
+        }
+        let elsewhere = LinkState {
+            to_current_email: false,
             ..fresh
         };
-        assert!(!link_usable(Some(&gone), 2));
-        assert!(!link_usable(None, 0));
+        assert!(
+            !link_usable(&elsewhere, LinkPurpose::Reset, 2),
+            "sent to an old address"
+        );
+        assert!(
+            link_usable(&elsewhere, LinkPurpose::Verify, 2),
+            "a pending address"
+        );
+    }
+
+    #[test]
+    fn a_refused_login_resends_only_when_no_recent_link_stands() {
+        assert!(resend_due(None, 5));
+        assert!(!resend_due(Some(1_000), 1_000 + RESEND_AFTER_MS - 1));
+        assert!(resend_due(Some(1_000), 1_000 + RESEND_AFTER_MS));
     }
 
     #[test]

@@ -388,7 +388,8 @@ fn link_in(
     purpose: LinkPurpose,
 ) -> rusqlite::Result<Option<(String, String, LinkState)>> {
     conn.prepare_cached(
-        "SELECT l.user_id, l.address, l.used_at, l.expires_at, u.is_active
+        "SELECT l.user_id, l.address, l.used_at, l.expires_at, u.is_active,
+                lower(l.address) = lower(u.email)
          FROM email_links l JOIN users u ON u.id = l.user_id
          WHERE l.digest = ?1 AND l.purpose = ?2",
     )?
@@ -400,6 +401,7 @@ fn link_in(
                 used_at: r.get(2)?,
                 expires_at: r.get(3)?,
                 user_active: r.get(4)?,
+                to_current_email: r.get(5)?,
             },
         ))
     })
@@ -414,7 +416,7 @@ fn usable_link(
     now: i64,
 ) -> rusqlite::Result<Option<(String, String)>> {
     Ok(link_in(conn, digest, purpose)?
-        .filter(|(_, _, state)| rules::link_usable(Some(state), now))
+        .filter(|(_, _, state)| rules::link_usable(state, purpose, now))
         .map(|(user_id, address, _)| (user_id, address)))
 }
 
@@ -880,8 +882,20 @@ impl Store for SqliteStore {
     }
 
     async fn resend_verification(&self, user_id: String, link: LinkMail, now: i64) -> Result<bool> {
-        self.write(move |tx| verification_in(tx, &user_id, &link, now))
-            .await
+        self.write(move |tx| {
+            let newest: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT max(created_at) FROM email_links
+                     WHERE user_id = ?1 AND purpose = 'verify' AND used_at IS NULL
+                       AND expires_at > ?2",
+                )?
+                .query_row(params![user_id, now], |r| r.get(0))?;
+            if !rules::resend_due(newest, now) {
+                return Ok(false);
+            }
+            verification_in(tx, &user_id, &link, now)
+        })
+        .await
     }
 
     async fn request_reset(&self, email: String, link: LinkMail, now: i64) -> Result<bool> {
