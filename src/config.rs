@@ -582,13 +582,27 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
     }
     problems.extend(config.email.validate());
     let smtp = &config.email.smtp;
+    // The contract's default is "": no password.
+    let given = smtp
+        .password
+        .clone()
+        .filter(|p| !p.expose_secret().is_empty());
     let smtp_password = secret(
         "email.smtp.password",
-        &smtp.password,
+        &given,
         &smtp.password_file,
         false,
         &mut problems,
     );
+    if config.email.transport == TransportKind::Smtp
+        && !smtp.username.is_empty()
+        && smtp_password.is_none()
+    {
+        problems.push(
+            "email.smtp.username is set but neither email.smtp.password nor email.smtp.password_file"
+                .into(),
+        );
+    }
     let broken = production_rules(&config, jwt_secret.as_ref(), key_encryption_secret.as_ref());
     match config.environment {
         Environment::Production => problems.extend(broken),
@@ -833,6 +847,31 @@ mod tests {
     const STRONG_KEK: &str = "Kq2#wT9v!Lm4Pz7@Rx1&Nc8$Hb5^Gd3*Yf6";
 
     const MINIMAL: &str = "[auth]\nissuer = \"gatehouse\"\n";
+
+    #[test]
+    fn the_relay_login_needs_a_password_and_an_empty_one_is_none() {
+        let smtp = "[email]\ntransport = \"smtp\"\n[email.smtp]\npassword = \"\"\n";
+        let loaded = load_toml(smtp, &[]).unwrap_or_else(|p| panic!("{p:?}"));
+        assert!(loaded.smtp_password.is_none());
+        let problems = load_toml(smtp, &[("GATEHOUSE__EMAIL__SMTP__USERNAME", "gatehouse")])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("email.smtp.username")),
+            "{problems:?}"
+        );
+        let given = load_toml(
+            smtp,
+            &[
+                ("GATEHOUSE__EMAIL__SMTP__USERNAME", "gatehouse"),
+                ("GATEHOUSE__EMAIL__SMTP__PASSWORD", "relay-secret"),
+            ],
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        assert!(given.smtp_password.is_some());
+    }
 
     #[test]
     fn shipped_config_is_valid_and_documents_every_section() {

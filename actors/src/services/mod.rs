@@ -23,7 +23,7 @@ pub mod sessions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::breaker::{BreakerId, Breakers};
+use crate::breaker::{BreakerId, Breakers, PermitGuard};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::rate_limiter::{OnBackendFailure, Unshared};
@@ -41,6 +41,19 @@ impl Database {
     /// Runs one repository request as one call through the database breaker.
     pub async fn call<T>(&self, request: impl Future<Output = Result<T>>) -> Result<T> {
         self.breakers.run(BreakerId::Database, request).await
+    }
+
+    /// Runs `work`, which passes each repository result through the permit's
+    /// `track`, as one call through the database breaker (a route that reads
+    /// and then writes is still one call).
+    pub async fn within<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PermitGuard) -> Result<T>,
+    ) -> Result<T> {
+        let mut call = self.breakers.admit(BreakerId::Database).await?;
+        let outcome = work(&mut call).await;
+        call.finish().await;
+        outcome
     }
 }
 

@@ -39,20 +39,21 @@ impl Recovery {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        let user = self
+        let repo = &self.db.repo;
+        let queued = self
             .db
-            .call(self.db.repo.user(&who.user_id, now))
-            .await?
-            .filter(|u| u.is_active)
-            .ok_or(Error::SessionRevoked)?;
-        let link = self
-            .mail
-            .link(LinkPurpose::Verify, &user.username, None, now)?;
-        if self
-            .db
-            .call(self.db.repo.request_verification(who.clone(), link, now))
-            .await?
-        {
+            .within(async |call| {
+                let user = call
+                    .track(repo.user(&who.user_id, now).await)?
+                    .filter(|u| u.is_active)
+                    .ok_or(Error::SessionRevoked)?;
+                let link = self
+                    .mail
+                    .link(LinkPurpose::Verify, &user.username, None, now)?;
+                call.track(repo.request_verification(who.clone(), link, now).await)
+            })
+            .await?;
+        if queued {
             self.mail.wake();
         }
         Ok(())
@@ -132,33 +133,34 @@ impl Recovery {
     pub async fn reset_password(&self, token: &str, new_password: SecretString) -> Result<()> {
         let digest = link_digest(token)?;
         let now = self.clock.now_ms();
-        let owner = self
-            .db
-            .call(
-                self.db
-                    .repo
-                    .link_owner(digest.clone(), LinkPurpose::Reset, now),
-            )
-            .await?
-            .ok_or(Error::BadLink)?;
-        if let Some(problem) =
-            self.passwords
-                .check_policy(new_password.expose_secret(), &owner.username, &owner.email)
-        {
-            return Err(Error::Validation(vec![FieldError {
-                field: "new_password",
-                ..problem
-            }]));
-        }
-        let hash = self.passwords.hash(new_password).await?;
-        let notice = self
-            .mail
-            .notice(MailKind::PasswordChanged, &owner.username)?;
+        let repo = &self.db.repo;
         let (user_id, changes) = self
             .db
-            .call(self.db.repo.reset_password(digest, hash, notice, now))
-            .await?
-            .ok_or(Error::BadLink)?;
+            .within(async |call| {
+                let owner = call
+                    .track(
+                        repo.link_owner(digest.clone(), LinkPurpose::Reset, now)
+                            .await,
+                    )?
+                    .ok_or(Error::BadLink)?;
+                if let Some(problem) = self.passwords.check_policy(
+                    new_password.expose_secret(),
+                    &owner.username,
+                    &owner.email,
+                ) {
+                    return Err(Error::Validation(vec![FieldError {
+                        field: "new_password",
+                        ..problem
+                    }]));
+                }
+                let hash = self.passwords.hash(new_password).await?;
+                let notice = self
+                    .mail
+                    .notice(MailKind::PasswordChanged, &owner.username)?;
+                call.track(repo.reset_password(digest, hash, notice, now).await)?
+                    .ok_or(Error::BadLink)
+            })
+            .await?;
         self.mail.wake();
         tracing::info!(event = "password.reset", user_id = %user_id, "password set through a reset link");
         tracing::info!(event = "session.revoked", user_id = %user_id, session_id = "*",
