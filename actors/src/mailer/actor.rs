@@ -97,7 +97,10 @@ impl Actor for Mailer {
         myself: ActorRef<Self::Msg>,
         args: MailerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let transport = Transport::new(&args.settings, args.smtp_password.clone())?;
+        // It may create the file transport's directory: off the runtime.
+        let (settings, password) = (Arc::clone(&args.settings), args.smtp_password.clone());
+        let transport =
+            tokio::task::spawn_blocking(move || Transport::new(&settings, password)).await??;
         myself.send_interval(POLL, || MailerMsg::Wake);
         Ok(MailerState {
             courier: Arc::new(Courier { transport, args }),

@@ -279,11 +279,15 @@ async fn write_atomically(dir: &Path, id: &str, bytes: &[u8]) -> Result<(), Send
         tokio::fs::rename(&temp, &target).await
     }
     .await;
-    written.map_err(|e| {
+    if let Err(e) = written {
         // Best effort: a leftover hidden file is harmless, only untidy.
-        let _ = std::fs::remove_file(&temp);
-        SendError::retryable(format!("cannot write {}: {e}", target.display()))
-    })
+        let _ = tokio::fs::remove_file(&temp).await;
+        return Err(SendError::retryable(format!(
+            "cannot write {}: {e}",
+            target.display()
+        )));
+    }
+    Ok(())
 }
 
 /// `detail` on one line, without control characters, at most
