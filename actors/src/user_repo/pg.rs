@@ -315,16 +315,15 @@ async fn enqueue(
 }
 
 /// A new verification link for what the active user has to verify, if
-/// anything (see [`rules::to_verify`]).
+/// anything (see [`rules::to_verify`]). The caller holds the user's row
+/// lock, which orders this after (or before) anything else writing the
+/// user's links.
 async fn verification_in(
     tx: &Transaction<'_>,
     user_id: &str,
     link: &LinkMail,
     now: i64,
 ) -> std::result::Result<bool, tokio_postgres::Error> {
-    // The row lock orders this after (or before) anything else writing the user's links.
-    tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
-        .await?;
     let user = user_in(tx, user_id).await?;
     match rules::to_verify(
         &user.email,
