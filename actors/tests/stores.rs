@@ -392,7 +392,9 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
         )
         .await
         .unwrap();
-        s.touch_session("live".into(), 100_500).await.unwrap();
+        s.touch_sessions(vec![("live".into(), 100_500)])
+            .await
+            .unwrap();
         assert_eq!(s.purge(50_000).await.unwrap(), 3);
         let left = s.sessions("u1".into(), 100_001).await.unwrap();
         assert_eq!(

@@ -260,7 +260,7 @@ impl Signer {
 }
 
 /// Tokens remembered as verified at most, per verifier.
-const VERIFIED_CAPACITY: u64 = 100_000;
+const VERIFIED_CAPACITY: u64 = 250_000;
 
 /// A token whose signature and claims were checked, remembered by digest.
 struct Verified {

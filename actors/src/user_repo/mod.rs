@@ -24,7 +24,7 @@ pub mod rules;
 pub mod sqlite;
 pub mod store;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,11 +91,9 @@ enum Queued {
     /// A caller's, with its reply port (boxed: a write is far larger than
     /// the bookkeeping).
     Asked(Box<Write>),
-    /// The repository's own bookkeeping.
-    Touch {
-        session_id: String,
-        now: i64,
-    },
+    /// The repository's own bookkeeping: the session uses recorded in
+    /// [`RepoState::touches`] by the time this write runs, in one transaction.
+    Touches,
     Purge {
         now: i64,
     },
@@ -111,7 +109,14 @@ pub struct RepoState {
     polling: bool,
     queue: VecDeque<Queued>,
     writing: bool,
+    /// Session uses not yet written (the latest per session), at most
+    /// [`MAX_PENDING_TOUCHES`]; a [`Queued::Touches`] is queued while any wait.
+    touches: HashMap<String, i64>,
 }
+
+/// Session uses held for the next batch; beyond it they are dropped (they
+/// are bookkeeping: `last_used_at` in the session list).
+const MAX_PENDING_TOUCHES: usize = 100_000;
 
 /// How often the invalidation log is read.
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -149,11 +154,17 @@ impl UserRepo {
             state.writing = true;
             let (store, cache) = (Arc::clone(&state.store), Arc::clone(&state.cache));
             let myself = myself.clone();
+            // Uses recorded from now on wait for the next batch.
+            let touches = match &queued {
+                Queued::Touches => std::mem::take(&mut state.touches),
+                _ => HashMap::new(),
+            };
             tokio::spawn(async move {
                 match queued {
                     Queued::Asked(write) => write.run(store.as_ref(), &cache).await,
-                    Queued::Touch { session_id, now } => {
-                        if let Err(e) = store.touch_session(session_id, now).await {
+                    Queued::Touches => {
+                        let touches = touches.into_iter().collect();
+                        if let Err(e) = store.touch_sessions(touches).await {
                             tracing::debug!(error = %e, "could not record session use");
                         }
                     }
@@ -193,6 +204,7 @@ impl Actor for UserRepo {
             polling: false,
             queue: VecDeque::new(),
             writing: false,
+            touches: HashMap::new(),
         })
     }
 
@@ -223,7 +235,15 @@ impl Actor for UserRepo {
                 Self::next_write(&myself, state);
             }
             UserRepoMsg::Touch { session_id, now } => {
-                state.queue.push_back(Queued::Touch { session_id, now });
+                if state.touches.is_empty() {
+                    state.queue.push_back(Queued::Touches);
+                }
+                if state.touches.len() < MAX_PENDING_TOUCHES
+                    || state.touches.contains_key(&session_id)
+                {
+                    let at = state.touches.entry(session_id).or_insert(now);
+                    *at = (*at).max(now);
+                }
                 Self::next_write(&myself, state);
             }
             UserRepoMsg::Purge => {

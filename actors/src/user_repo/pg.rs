@@ -1215,12 +1215,14 @@ impl Store for PgStore {
         .await
     }
 
-    async fn touch_session(&self, session_id: String, now: i64) -> Result<()> {
+    async fn touch_sessions(&self, touches: Vec<(String, i64)>) -> Result<()> {
+        let (ids, ats): (Vec<String>, Vec<i64>) = touches.into_iter().unzip();
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE sessions SET last_used_at = GREATEST(last_used_at, $2) WHERE id = $1",
-                &[&session_id, &now],
+                "UPDATE sessions s SET last_used_at = GREATEST(s.last_used_at, t.at)
+                 FROM unnest($1::text[], $2::bigint[]) AS t(id, at) WHERE s.id = t.id",
+                &[&ids, &ats],
             )
             .await
             .map(drop)

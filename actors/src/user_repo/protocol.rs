@@ -222,8 +222,8 @@ repository! {
         /// Invalidations recorded after `cursor`, and the cursor to ask with next.
         /// A negative `cursor` means "from now on": nothing, and the current head.
         fn invalidations_since(cursor: i64) -> (Vec<Invalidation>, i64);
-        /// Records that a session was used.
-        fn touch_session(session_id: String, now: i64) -> ();
+        /// Records when sessions were used (session id, Unix ms), in one transaction.
+        fn touch_sessions(touches: Vec<(String, i64)>) -> ();
         /// Deletes expired sessions, long-revoked ones and old invalidations, by the retention rule.
         fn purge(now: i64) -> u64;
         /// Flushes everything to durable storage; called once when the repository stops.

@@ -1076,13 +1076,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn touch_session(&self, session_id: String, now: i64) -> Result<()> {
+    async fn touch_sessions(&self, touches: Vec<(String, i64)>) -> Result<()> {
         self.write(move |tx| {
-            tx.execute(
+            let mut touch = tx.prepare_cached(
                 "UPDATE sessions SET last_used_at = max(last_used_at, ?2) WHERE id = ?1",
-                params![session_id, now],
-            )
-            .map(drop)
+            )?;
+            for (session_id, at) in &touches {
+                touch.execute(params![session_id, at])?;
+            }
+            Ok(())
         })
         .await
     }
