@@ -43,6 +43,8 @@ pub struct ErrorParts<'a> {
     pub fields: Option<&'a [FieldError]>,
     pub retry_after_s: Option<u64>,
     pub allow: Option<&'a str>,
+    /// `AUTH009`: the token that continues the login.
+    pub mfa_token: Option<&'a str>,
 }
 
 impl ApiError {
@@ -57,6 +59,7 @@ impl ApiError {
             fields: None,
             retry_after_s: None,
             allow: None,
+            mfa_token: None,
         };
         match self {
             Self::Malformed(why) => parts(
@@ -170,6 +173,39 @@ fn domain_parts<'a>(
             "Email address not verified",
             Some("Follow the link sent to your email address, or ask for a new one".into()),
         ),
+        Error::SecondFactorRequired { mfa_token } => ErrorParts {
+            mfa_token: Some(secrecy::ExposeSecret::expose_secret(mfa_token)),
+            ..parts(
+                S::FORBIDDEN,
+                "AUTH009",
+                "Second factor required",
+                Some("Complete the login at /api/v1/auth/login/mfa with a code".into()),
+            )
+        },
+        Error::SecondFactorRefused => parts(
+            S::UNAUTHORIZED,
+            "AUTH010",
+            "Invalid second factor",
+            Some("The code is wrong, used or expired, or the mfa_token is not valid".into()),
+        ),
+        Error::ReauthRequired => parts(
+            S::FORBIDDEN,
+            "AUTH012",
+            "Re-authentication required",
+            Some("Confirm your password at /api/v1/auth/reauthenticate, then retry".into()),
+        ),
+        Error::MfaState { enabled } => parts(
+            S::CONFLICT,
+            "MFA001",
+            "Second factor state conflict",
+            Some(
+                match enabled {
+                    true => "A second factor is already on",
+                    false => "No second factor is on",
+                }
+                .into(),
+            ),
+        ),
         Error::BadLink => parts(
             S::BAD_REQUEST,
             "AUTH008",
@@ -261,7 +297,19 @@ pub struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Vec<FieldProblem>, required = false)]
     pub fields: Option<&'a [FieldError]>,
+    /// Present only on `AUTH009`: single use, for 300 s, at
+    /// `POST /api/v1/auth/login/mfa`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub mfa_token: Option<&'a str>,
+    /// Present only on `AUTH009`: the kinds of code that complete the login.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<String>, required = false, example = json!(["totp", "recovery_code"]))]
+    pub methods: Option<&'static [&'static str]>,
 }
+
+/// What completes a login that answered `AUTH009`.
+pub const MFA_METHODS: &[&str] = &["totp", "recovery_code"];
 
 /// A field that failed validation (the schema of [`FieldError`]).
 #[derive(utoipa::ToSchema)]
@@ -299,6 +347,14 @@ pub struct FieldProblem {
 /// * `AUTH007` (403): the right password, but the address is not verified
 ///   and `auth.email_verification = "required"`.
 /// * `AUTH008` (400): an email link's token is invalid, expired or used.
+/// * `AUTH009` (403): the right password of an account with a second
+///   factor: the error also holds `mfa_token` and `methods`.
+/// * `AUTH010` (401): a wrong, replayed or expired second-factor code, or
+///   an unusable `mfa_token`.
+/// * `AUTH012` (403): a privileged operation, and the session's last
+///   password check is older than `auth.reauth_window_s`.
+/// * `MFA001` (409): TOTP enrolment while a second factor is on, or its
+///   removal while none is.
 /// * `NOT001` (404): no such route or resource.
 /// * `USER001` (409): the email or username is taken (ignoring case).
 /// * `VAL001` (422): field validation failed; `fields` says which and why.
@@ -324,6 +380,10 @@ pub enum ErrorCode {
     Auth006,
     Auth007,
     Auth008,
+    Auth009,
+    Auth010,
+    Auth012,
+    Mfa001,
     Not001,
     User001,
     Val001,

@@ -264,11 +264,15 @@ impl Failure {
                 password and a deactivated account). `AUTH002`: missing, malformed or badly \
                 signed token; wrong `alg`, `typ`, `iss` or `aud`; `nbf` in the future; a wrong \
                 or missing monitoring token. `AUTH003`: expired token. `AUTH004`: session \
-                revoked, or refresh token reused, unknown or expired."
+                revoked, or refresh token reused, unknown or expired. `AUTH010`: a wrong, replayed \
+                or expired second-factor code, or an unusable `mfa_token`."
                 .into(),
-            Self::Forbidden => "`AUTH005`: `current_password` is wrong. `AUTH007` (login): \
-                the right password, but the address is not verified and \
-                `auth.email_verification` is `required`."
+            Self::Forbidden => "`AUTH005`: `current_password` (or `password` on \
+                re-authentication) is wrong. `AUTH007` (login): the right password, but the \
+                address is not verified and `auth.email_verification` is `required`. `AUTH009` \
+                (login): the right password of an account with a second factor; the error holds \
+                `mfa_token` and `methods`. `AUTH012`: a privileged operation, and the session's \
+                last password check is older than `auth.reauth_window_s`."
                 .into(),
             Self::NotFound => "`NOT001`: no such route or resource.".into(),
             Self::MethodNotAllowed => "`REQ004`: the path exists but not with this method; \
@@ -280,9 +284,10 @@ impl Failure {
                  ({} ms here).",
                 config.server.request_timeout_ms
             ),
-            Self::Conflict => {
-                "`USER001`: the email or username is already taken (compared ignoring case).".into()
-            }
+            Self::Conflict => "`USER001`: the email or username is already taken (compared \
+                ignoring case). `MFA001`: TOTP enrolment while a second factor is on, or its \
+                removal while none is."
+                .into(),
             Self::PayloadTooLarge => format!(
                 "`REQ001`: the body is larger than `server.max_body_bytes` ({} bytes here).",
                 config.server.max_body_bytes
@@ -326,6 +331,7 @@ impl Failure {
                 ("Invalid token", domain(Domain::InvalidToken)),
                 ("Expired token", domain(Domain::TokenExpired)),
                 ("Session revoked", domain(Domain::SessionRevoked)),
+                ("Second factor refused", domain(Domain::SecondFactorRefused)),
             ],
             Self::Forbidden => vec![
                 (
@@ -333,6 +339,13 @@ impl Failure {
                     domain(Domain::WrongCurrentPassword),
                 ),
                 ("Email not verified", domain(Domain::EmailNotVerified)),
+                (
+                    "Second factor required",
+                    domain(Domain::SecondFactorRequired {
+                        mfa_token: "Hh0cTq3lJ5x7Y2mVwB9sK4pN8rZ1dF6gA0eC3uL7iO".into(),
+                    }),
+                ),
+                ("Re-authentication required", domain(Domain::ReauthRequired)),
             ],
             Self::NotFound => vec![("Not found", ApiError::NotFound)],
             Self::MethodNotAllowed => vec![(
@@ -340,7 +353,13 @@ impl Failure {
                 ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE".into()),
             )],
             Self::RequestTimeout => vec![("Body too slow", ApiError::BodyTimeout)],
-            Self::Conflict => vec![("Taken", domain(Domain::Conflict(Taken::Username)))],
+            Self::Conflict => vec![
+                ("Taken", domain(Domain::Conflict(Taken::Username))),
+                (
+                    "Second factor on already",
+                    domain(Domain::MfaState { enabled: true }),
+                ),
+            ],
             Self::PayloadTooLarge => vec![(
                 "Too large",
                 ApiError::TooLarge(config.server.max_body_bytes),
@@ -447,6 +466,8 @@ fn envelope(failure: &ApiError) -> Value {
             correlation_id: EXAMPLE_REQUEST_ID,
             timestamp: "2026-01-01T00:00:00Z".into(),
             fields: parts.fields,
+            mfa_token: parts.mfa_token,
+            methods: parts.mfa_token.map(|_| crate::error::MFA_METHODS),
         },
     };
     serde_json::to_value(envelope).unwrap_or(Value::Null)

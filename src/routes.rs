@@ -28,6 +28,16 @@ pub const KILL_ROUTE: &str = "/api/v1/monitoring/actors/{name}/kill";
 
 const USER: Shape = Shape::of::<wire::UserBody<'static>>();
 const TOKENS: Shape = Shape::of::<wire::TokensBody<'static>>();
+const RECOVERY_CODES: Shape = Shape::of::<wire::RecoveryCodesBody>();
+
+/// Said of every privileged route.
+macro_rules! privileged {
+    () => {
+        "Privileged: the session's last password check must be within \
+         `auth.reauth_window_s`, else 403 `AUTH012` (renew it at \
+         `POST /api/v1/auth/reauthenticate`)."
+    };
+}
 
 /// Every route. Monitoring routes, `/metrics` and the document are never rate limited.
 pub static ROUTES: &[Route] = &[
@@ -68,7 +78,9 @@ pub static ROUTES: &[Route] = &[
                 failures for one account (its username and email share one count; an unknown name \
                 counts as typed), it gets 429 `AUTH006` for `auth.lockout_s`. With \
                 `auth.email_verification = \"required\"`, the right password of an account whose \
-                address is not verified gets 403 `AUTH007`.",
+                address is not verified gets 403 `AUTH007`. The right password of an account with \
+                a second factor gets 403 `AUTH009` with an `mfa_token` (single use, 300 s) and \
+                the `methods` that complete the login at `POST /api/v1/auth/login/mfa`.",
             request: Some(Shape::of::<wire::LoginRequest>()),
             param: None,
             answers: &[Answer::json(
@@ -77,6 +89,60 @@ pub static ROUTES: &[Route] = &[
                 TOKENS,
             )],
             errors: &[Failure::Unauthorized, Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/login/mfa",
+        handler: handler!(auth::login_mfa),
+        rate: Some(RouteClass::Mfa),
+        guard: Guard::Open,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "loginMfa",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Complete a login with the second factor",
+            description: "With the `mfa_token` of a login that answered 403 `AUTH009` and a \
+                code from the authenticator app or a recovery code. Each code works once (a \
+                replay in the same or a neighbouring 30 s step is refused); a wrong, replayed or \
+                expired code, or an unusable `mfa_token`, answers 401 `AUTH010`. Five wrong \
+                codes kill the `mfa_token`, and each counts as a failed login for the account \
+                (429 `AUTH006` once it is locked). The tokens' `amr` is `[\"pwd\", \"mfa\"]`.",
+            request: Some(Shape::of::<wire::LoginMfaRequest>()),
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "Logged in; a new session was created.",
+                TOKENS,
+            )],
+            errors: &[Failure::Unauthorized],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/auth/reauthenticate",
+        handler: handler!(auth::reauthenticate),
+        rate: Some(RouteClass::Password),
+        guard: Guard::User,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "reauthenticate",
+        doc: Doc {
+            tag: Tag::Auth,
+            summary: "Check the password again to open the privileged window",
+            description: "The session's `auth_time` becomes now: for `auth.reauth_window_s` \
+                the privileged operations (email change, deactivation, TOTP enrolment, MFA \
+                removal, new recovery codes) are allowed. While a second factor is on, `code` \
+                is required (422 when missing; 401 `AUTH010` when wrong). A wrong password \
+                answers 403 `AUTH005` and counts as a failed login for the account.",
+            request: Some(Shape::of::<wire::ReauthenticateRequest>()),
+            param: None,
+            answers: &[Answer::empty(
+                204,
+                "Re-authenticated; tokens refreshed from now on carry the new `auth_time`.",
+            )],
+            errors: &[Failure::Forbidden],
         },
     },
     Route {
@@ -279,11 +345,13 @@ pub static ROUTES: &[Route] = &[
             description: "Fields left out are not changed. A new email is announced to the old \
                 address. With `auth.email_verification` `off` it applies at once; otherwise it \
                 becomes `pending_email`, a verification link goes to it, and `email` changes \
-                when the link is followed.",
+                when the link is followed. A new email is privileged: the session's last \
+                password check must be within `auth.reauth_window_s`, else 403 `AUTH012` \
+                (renew it at `POST /api/v1/auth/reauthenticate`).",
             request: Some(Shape::of::<wire::UpdateProfileRequest>()),
             param: None,
             answers: &[Answer::json(200, "The updated account.", USER)],
-            errors: &[Failure::Conflict],
+            errors: &[Failure::Conflict, Failure::Forbidden],
         },
     },
     Route {
@@ -298,7 +366,7 @@ pub static ROUTES: &[Route] = &[
         doc: Doc {
             tag: Tag::Users,
             summary: "Deactivate the caller's account",
-            description: "",
+            description: privileged!(),
             request: None,
             param: None,
             answers: &[Answer::empty(
@@ -306,7 +374,7 @@ pub static ROUTES: &[Route] = &[
                 "Soft delete: `is_active` becomes false, every session is revoked and later \
                  logins fail with `AUTH001`.",
             )],
-            errors: &[],
+            errors: &[Failure::Forbidden],
         },
     },
     Route {
@@ -330,6 +398,113 @@ pub static ROUTES: &[Route] = &[
                 "Password changed; every other session of the user is revoked.",
             )],
             errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/users/me/mfa/totp",
+        handler: handler!(users::enrol_totp),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "enrolTotp",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "Start TOTP enrolment",
+            description: concat!(
+                "A new key (160 bits) for an authenticator app; it is not used until a code \
+                 from it confirms it (`POST /api/v1/users/me/mfa/totp/confirm`). Asking again \
+                 replaces a pending key. 409 `MFA001` while a second factor is on. ",
+                privileged!()
+            ),
+            request: None,
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "The pending key, for the app.",
+                Shape::of::<wire::TotpEnrolmentBody<'static>>(),
+            )],
+            errors: &[Failure::Forbidden, Failure::Conflict],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/users/me/mfa/totp/confirm",
+        handler: handler!(users::confirm_totp),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "confirmTotp",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "Confirm TOTP enrolment with a code from the app",
+            description: "The second factor is on from now: logins need a code. A wrong code \
+                answers 422 (field `code`) and counts as a failed login for the account; 409 \
+                `MFA001` when a second factor is on already or no enrolment is pending. Not \
+                privileged.",
+            request: Some(Shape::of::<wire::CodeRequest>()),
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "Ten recovery codes, shown this once.",
+                RECOVERY_CODES,
+            )],
+            errors: &[Failure::Conflict],
+        },
+    },
+    Route {
+        method: Method::DELETE,
+        template: "/api/v1/users/me/mfa",
+        handler: handler!(users::disable_mfa),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "disableMfa",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "Turn the second factor off",
+            description: concat!(
+                "With an app code or a recovery code; a wrong one answers 422 (field `code`) \
+                 and counts as a failed login for the account. The key and the recovery codes \
+                 are deleted, and a notice goes to the account's address. 409 `MFA001` when no \
+                 second factor is on. ",
+                privileged!()
+            ),
+            request: Some(Shape::of::<wire::CodeRequest>()),
+            param: None,
+            answers: &[Answer::empty(204, "The second factor is off.")],
+            errors: &[Failure::Forbidden, Failure::Conflict],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/users/me/mfa/recovery-codes",
+        handler: handler!(users::recovery_codes),
+        rate: Some(RouteClass::Default),
+        guard: Guard::User,
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "regenerateRecoveryCodes",
+        doc: Doc {
+            tag: Tag::Users,
+            summary: "Replace the recovery codes",
+            description: concat!(
+                "With an app code or a recovery code; a wrong one answers 422 (field `code`) \
+                 and counts as a failed login for the account. The old codes stop working. 409 \
+                 `MFA001` when no second factor is on. ",
+                privileged!()
+            ),
+            request: Some(Shape::of::<wire::CodeRequest>()),
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "Ten new recovery codes, shown this once.",
+                RECOVERY_CODES,
+            )],
+            errors: &[Failure::Forbidden, Failure::Conflict],
         },
     },
     Route {

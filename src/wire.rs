@@ -100,6 +100,67 @@ pub struct RefreshRequest {
     pub refresh_token: Option<SecretString>,
 }
 
+/// The second step of a login that answered 403 `AUTH009`. A missing field
+/// is a validation failure (422).
+#[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"mfa_token": "Hh0cTq3lJ5x7Y2mVwB9sK4pN8rZ1dF6gA0eC3uL7iO", "code": "492039"})))]
+pub struct LoginMfaRequest {
+    /// From the `AUTH009` error: single use, valid for 300 s.
+    #[schema(value_type = String, format = Password)]
+    pub mfa_token: Option<SecretString>,
+    /// A code from the authenticator app (6 digits; RFC 6238, SHA-1, 30 s
+    /// steps, one step of clock skew forgiven), or a recovery code
+    /// (`xxxxx-xxxxx`; case, spaces and the dash ignored). Each works once.
+    #[schema(value_type = String, max_length = 64, examples("492039"))]
+    pub code: Option<SecretString>,
+}
+
+/// A password check that renews the session's privileged window.
+#[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"password": "correct horse battery staple", "code": "492039"})))]
+pub struct ReauthenticateRequest {
+    #[schema(value_type = String, format = Password)]
+    pub password: Option<SecretString>,
+    /// Required while a second factor is on: an app code (6 digits) or a
+    /// recovery code. Each works once.
+    #[schema(value_type = Option<String>, max_length = 64, examples("492039"))]
+    pub code: Option<SecretString>,
+}
+
+/// A second-factor code. A missing one is a validation failure (422).
+#[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"code": "492039"})))]
+pub struct CodeRequest {
+    /// A code from the authenticator app (6 digits); where the route says
+    /// so, a recovery code too. Each works once.
+    #[schema(value_type = String, max_length = 64, examples("492039"))]
+    pub code: Option<SecretString>,
+}
+
+/// A pending TOTP enrolment: put it in the authenticator app, then confirm
+/// it with a code from the app.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TotpEnrolment, examples(json!({
+    "secret": "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
+    "otpauth_uri": "otpauth://totp/Gatehouse:ada%40example.com?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=Gatehouse"
+})))]
+pub struct TotpEnrolmentBody<'a> {
+    /// The key, base32 without padding (160 bits), for typing into an app.
+    pub secret: &'a str,
+    /// The same key as an `otpauth://totp/` URI (SHA-1, 6 digits, 30 s),
+    /// for a QR code an app scans.
+    pub otpauth_uri: &'a str,
+}
+
+/// Recovery codes, shown this once: each completes one login (or one
+/// re-authentication) in place of an app code.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RecoveryCodes)]
+pub struct RecoveryCodesBody {
+    #[schema(min_items = 10, max_items = 10, examples(json!(["k7m2q-x9rfa", "b3hzw-4ncpe"])))]
+    pub recovery_codes: Vec<String>,
+}
+
 /// A change of email and/or username. Fields left out (or null) are not
 /// changed. Unknown fields are ignored.
 #[derive(Deserialize, ToSchema)]
@@ -193,6 +254,7 @@ impl ToSchema for NewPassword {}
     "is_active": true,
     "email_verified": true,
     "pending_email": null,
+    "mfa_enabled": false,
     "created_at": "2026-01-01T00:00:00Z",
     "updated_at": "2026-01-01T00:00:00Z"
 })))]
@@ -213,6 +275,8 @@ pub struct UserBody<'a> {
     /// unless an email change awaits verification.
     #[schema(format = Email)]
     pub pending_email: Option<&'a str>,
+    /// Whether logging in needs a second factor (TOTP or a recovery code).
+    pub mfa_enabled: bool,
     /// RFC 3339, UTC.
     #[serde(serialize_with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -232,6 +296,7 @@ impl<'a> From<&'a User> for UserBody<'a> {
             is_active: u.is_active,
             email_verified: u.email_verified,
             pending_email: u.pending_email.as_deref(),
+            mfa_enabled: u.mfa_enabled,
             created_at: u.created_at,
             updated_at: u.updated_at,
         }

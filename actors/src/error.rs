@@ -67,6 +67,25 @@ pub enum Error {
     #[error("email not verified")]
     EmailNotVerified,
 
+    /// The right password of an account with a second factor: the login
+    /// goes on at `POST /auth/login/mfa` with this single-use token.
+    #[error("second factor required")]
+    SecondFactorRequired { mfa_token: secrecy::SecretString },
+
+    /// A wrong, replayed or expired second-factor code, or an unusable
+    /// `mfa_token`.
+    #[error("second factor refused")]
+    SecondFactorRefused,
+
+    /// A privileged operation, and the session's last password check is
+    /// older than `auth.reauth_window_s`.
+    #[error("re-authentication required")]
+    ReauthRequired,
+
+    /// TOTP enrolment while a second factor is on, or removal while it is off.
+    #[error("second factor is {}", if *.enabled { "on already" } else { "off" })]
+    MfaState { enabled: bool },
+
     /// An email link's token is unknown, expired or used up.
     #[error("email link not usable")]
     BadLink,

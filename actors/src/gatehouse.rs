@@ -23,6 +23,7 @@ use crate::services::accounts::Accounts;
 use crate::services::auth::Auth;
 use crate::services::edge::Edge;
 use crate::services::email::{Composer, MailPolicy};
+use crate::services::mfa::{Mfa, SecondFactors};
 use crate::services::operations::Operations;
 use crate::services::recovery::Recovery;
 use crate::services::sessions::Sessions;
@@ -66,6 +67,7 @@ pub struct Gatehouse {
     pub auth: Auth,
     pub accounts: Accounts,
     pub recovery: Recovery,
+    pub mfa: Mfa,
     pub sessions: Sessions,
     pub edge: Edge,
     pub operations: Operations,
@@ -147,6 +149,10 @@ impl Gatehouse {
             .ok()
             .and_then(|m| m.name)
             .unwrap_or_else(|| "Gatehouse".into());
+        let factors = SecondFactors {
+            sealer: Arc::new(Sealer::new(&settings.key_encryption_secret, "totp")?),
+            product: product.clone(),
+        };
         let composer = Composer {
             policy: Arc::new(MailPolicy {
                 product,
@@ -244,24 +250,35 @@ impl Gatehouse {
         let policy = LimiterPolicy::new(rate.on_backend_failure, Arc::clone(&clock));
         let tokens = Tokens::new(Arc::clone(&names), call_timeout, verifier);
         let metrics = MetricsHandle::new(Arc::clone(&names), call_timeout);
+        let reauth_window_s = settings.auth.reauth_window_s;
+        let auth = Auth {
+            db: database.clone(),
+            limits: limits.clone(),
+            policy: policy.clone(),
+            passwords: passwords.clone(),
+            tokens: tokens.clone(),
+            metrics: metrics.clone(),
+            mail: composer.clone(),
+            factors: factors.clone(),
+            clock: Arc::clone(&clock),
+            settings: settings.auth,
+        };
         Ok(Self {
-            auth: Auth {
+            mfa: Mfa {
                 db: database.clone(),
-                limits: limits.clone(),
-                policy: policy.clone(),
-                passwords: passwords.clone(),
-                tokens: tokens.clone(),
-                metrics: metrics.clone(),
+                auth: auth.clone(),
+                factors,
                 mail: composer.clone(),
                 clock: Arc::clone(&clock),
-                settings: settings.auth,
             },
+            auth,
             accounts: Accounts {
                 db: database.clone(),
                 passwords: passwords.clone(),
                 metrics: metrics.clone(),
                 mail: composer.clone(),
                 clock: Arc::clone(&clock),
+                reauth_window_s,
             },
             recovery: Recovery {
                 db: database.clone(),

@@ -47,6 +47,7 @@ pub mod error;
 pub mod gatehouse;
 pub mod mailer;
 pub mod metrics;
+pub mod mfa;
 pub mod model;
 pub mod names;
 pub mod passwords;

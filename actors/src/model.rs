@@ -16,6 +16,8 @@ pub struct User {
     pub email_verified: bool,
     /// An address waiting for its link to be followed before it replaces `email`.
     pub pending_email: Option<String>,
+    /// Whether logins need a second factor (a confirmed TOTP key).
+    pub mfa_enabled: bool,
     /// Carried in the `roles` claim of the tokens issued to the user.
     pub roles: Vec<String>,
     pub created_at: i64,
@@ -109,6 +111,72 @@ pub struct ActiveSession {
 pub struct Principal {
     pub user_id: String,
     pub session_id: String,
+    /// For a privileged operation: the session's last password check must be
+    /// at or after this time (Unix ms), checked in the same transaction.
+    pub fresh_since: Option<i64>,
+}
+
+impl Principal {
+    /// The same caller, for a privileged operation at `now`: its session's
+    /// password check must be no older than `window_ms`.
+    pub fn privileged(&self, now: i64, window_ms: i64) -> Self {
+        Self {
+            fresh_since: Some(now.saturating_sub(window_ms)),
+            ..self.clone()
+        }
+    }
+}
+
+/// A second-factor code, as the write that spends it needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// A TOTP code valid for this time step, later than the last accepted.
+    Totp { step: i64 },
+    /// A recovery code, by digest; it is used up.
+    Recovery { digest: String },
+}
+
+/// A user's second factor as stored: the sealed TOTP secret (pending until
+/// `enabled`) and the last step a code was accepted for.
+#[derive(Clone)]
+pub struct SecondFactor {
+    pub user: User,
+    pub secret: Option<Vec<u8>>,
+    pub last_step: Option<i64>,
+}
+
+impl std::fmt::Debug for SecondFactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecondFactor")
+            .field("user", &self.user)
+            .field("last_step", &self.last_step)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The second step of a login, opened by the right password.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    /// SHA-256 of the `mfa_token`, hex.
+    pub digest: String,
+    pub user_id: String,
+    /// SHA-256 of the password hash the password was checked against.
+    pub password_digest: String,
+    /// When the password was checked (Unix ms).
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+/// What a code presented for a login challenge did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChallengeOutcome {
+    /// The code was right: the session exists.
+    Completed(Session),
+    /// A wrong or spent code; the challenge died when this was its last try.
+    WrongCode { killed: bool },
+    /// The challenge is unknown, expired, used or dead, or the account
+    /// changed (password, deactivation, MFA off) since it was opened.
+    Unusable,
 }
 
 /// A change another request (or another process) made that cached views must drop.

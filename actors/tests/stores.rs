@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use gatehouse_actors::model::{
-    EmailChangeMail, Invalidation, LinkMail, LinkPurpose, MailOutcome, NewSession, NewUser,
-    Outgoing, Principal, ProfileChange, Revoke, Rotation,
+    Challenge, ChallengeOutcome, EmailChangeMail, Invalidation, LinkMail, LinkPurpose, MailOutcome,
+    NewSession, NewUser, Outgoing, Principal, ProfileChange, Proof, Revoke, Rotation,
 };
+use gatehouse_actors::token_issuer::token_digest;
 use gatehouse_actors::user_repo::pg::PgStore;
 use gatehouse_actors::user_repo::sqlite::SqliteStore;
 use gatehouse_actors::user_repo::{DatabaseSettings, Store};
@@ -59,6 +60,7 @@ fn new_user(id: &str, email: &str, username: &str) -> NewUser {
 
 fn by(user: &str, session: &str) -> Principal {
     Principal {
+        fresh_since: None,
         user_id: user.into(),
         session_id: session.into(),
     }
@@ -1217,6 +1219,185 @@ async fn a_reset_link_opens_nothing_once_the_email_changed() {
         );
         let kept = s.credentials("alice".into()).await.unwrap().unwrap();
         assert_eq!(kept.password_hash, "$scrypt$x");
+    })
+    .await;
+}
+
+/// The second factor's rules as both stores keep them: a TOTP step spends
+/// once and never before the last, a recovery code once; privileged writes
+/// need a fresh password check; a challenge takes five wrong codes, and
+/// opens a session only for the password it was opened with.
+#[tokio::test]
+async fn second_factor_codes_spend_once_and_challenges_die_after_five_wrong_ones() {
+    on_both(|s| async move {
+        let s = s.as_ref();
+        let who = user_with_session(s, new_user("u1", "m@example.com", "m"), "s1", "r1").await;
+        // Privileged: the session's password check (at 1 000) must be no older than asked.
+        let stale = Principal {
+            fresh_since: Some(1_001),
+            ..who.clone()
+        };
+        assert!(matches!(
+            s.begin_totp(stale, b"sealed".to_vec(), 2_000).await,
+            Err(Error::ReauthRequired)
+        ));
+        let fresh = Principal {
+            fresh_since: Some(1_000),
+            ..who.clone()
+        };
+        s.begin_totp(fresh.clone(), b"sealed".to_vec(), 2_000)
+            .await
+            .unwrap();
+        // Confirming needs the pending key itself.
+        assert!(matches!(
+            s.confirm_totp(who.clone(), b"other".to_vec(), 10, vec![], 2_000)
+                .await,
+            Err(Error::SecondFactorRefused)
+        ));
+        let codes = vec![token_digest("a"), token_digest("b")];
+        let changes = s
+            .confirm_totp(who.clone(), b"sealed".to_vec(), 10, codes, 2_000)
+            .await
+            .unwrap();
+        assert_eq!(changes, whole("u1"));
+        let factor = s.second_factor("u1".into()).await.unwrap().unwrap();
+        assert!(factor.user.mfa_enabled);
+        assert_eq!(factor.secret.as_deref(), Some(&b"sealed"[..]));
+        assert_eq!(factor.last_step, Some(10));
+        assert!(matches!(
+            s.begin_totp(fresh.clone(), b"again".to_vec(), 2_000).await,
+            Err(Error::MfaState { enabled: true })
+        ));
+
+        // A challenge: replayed and older steps are wrong codes, the fifth kills it.
+        let challenge = |digest: &str| Challenge {
+            digest: digest.into(),
+            user_id: "u1".into(),
+            password_digest: token_digest("$scrypt$x"),
+            auth_time: 3_000,
+            expires_at: 300_000,
+        };
+        s.open_challenge(challenge("c1")).await.unwrap();
+        assert!(s.challenge("c1".into(), 4_000).await.unwrap().is_some());
+        assert!(s.challenge("c1".into(), 300_000).await.unwrap().is_none());
+        let mut session = new_session("s2", "u1", "r2", 4_000);
+        for (i, proof) in [
+            Some(Proof::Totp { step: 10 }),
+            Some(Proof::Totp { step: 9 }),
+            Some(Proof::Recovery {
+                digest: token_digest("nope"),
+            }),
+            None,
+            Some(Proof::Totp { step: 10 }),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let outcome = s
+                .complete_challenge("c1".into(), proof, session.clone())
+                .await
+                .unwrap();
+            assert_eq!(outcome, ChallengeOutcome::WrongCode { killed: i == 4 });
+        }
+        let outcome = s
+            .complete_challenge("c1".into(), Some(Proof::Totp { step: 11 }), session.clone())
+            .await
+            .unwrap();
+        assert_eq!(outcome, ChallengeOutcome::Unusable, "dead after five");
+
+        // A right code completes a challenge once, and is then spent.
+        s.open_challenge(challenge("c2")).await.unwrap();
+        let outcome = s
+            .complete_challenge("c2".into(), Some(Proof::Totp { step: 11 }), session.clone())
+            .await
+            .unwrap();
+        assert!(matches!(outcome, ChallengeOutcome::Completed(ref s) if s.id == "s2"));
+        session.id = "s3".into();
+        session.refresh_digest = "r3".into();
+        let outcome = s
+            .complete_challenge("c2".into(), Some(Proof::Totp { step: 12 }), session.clone())
+            .await
+            .unwrap();
+        assert_eq!(outcome, ChallengeOutcome::Unusable, "used");
+        s.open_challenge(challenge("c3")).await.unwrap();
+        let recovery = Proof::Recovery {
+            digest: token_digest("a"),
+        };
+        let outcome = s
+            .complete_challenge("c3".into(), Some(recovery.clone()), session.clone())
+            .await
+            .unwrap();
+        assert!(matches!(outcome, ChallengeOutcome::Completed(_)));
+
+        // A challenge opened for another password opens nothing.
+        s.open_challenge(Challenge {
+            password_digest: token_digest("$scrypt$old"),
+            ..challenge("c4")
+        })
+        .await
+        .unwrap();
+        session.id = "s4".into();
+        session.refresh_digest = "r4".into();
+        let outcome = s
+            .complete_challenge(
+                "c4".into(),
+                Some(Proof::Recovery {
+                    digest: token_digest("b"),
+                }),
+                session.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, ChallengeOutcome::Unusable);
+
+        // Re-authentication spends a code too; a used one is refused.
+        assert!(matches!(
+            s.reauthenticate(who.clone(), "$scrypt$x".into(), Some(recovery), 5_000)
+                .await,
+            Err(Error::SecondFactorRefused)
+        ));
+        assert!(matches!(
+            s.reauthenticate(who.clone(), "$scrypt$other".into(), None, 5_000)
+                .await,
+            Err(Error::WrongCurrentPassword)
+        ));
+        s.reauthenticate(
+            who.clone(),
+            "$scrypt$x".into(),
+            Some(Proof::Totp { step: 13 }),
+            5_000,
+        )
+        .await
+        .unwrap();
+        let renewed = Principal {
+            fresh_since: Some(5_000),
+            ..who.clone()
+        };
+        // Turning it off takes the key, the codes and open challenges with it.
+        s.open_challenge(challenge("c5")).await.unwrap();
+        assert!(matches!(
+            s.disable_mfa(renewed.clone(), None, notice("n1"), 6_000)
+                .await,
+            Err(Error::SecondFactorRefused)
+        ));
+        s.disable_mfa(
+            renewed.clone(),
+            Some(Proof::Totp { step: 14 }),
+            notice("n2"),
+            6_000,
+        )
+        .await
+        .unwrap();
+        let factor = s.second_factor("u1".into()).await.unwrap().unwrap();
+        assert!(!factor.user.mfa_enabled);
+        assert_eq!(factor.secret, None);
+        assert!(s.challenge("c5".into(), 6_000).await.unwrap().is_none());
+        assert!(matches!(
+            s.disable_mfa(renewed, Some(Proof::Totp { step: 15 }), notice("n3"), 6_000)
+                .await,
+            Err(Error::MfaState { enabled: false })
+        ));
+        assert_eq!(s.outbox_pending().await.unwrap(), 1, "one notice");
     })
     .await;
 }

@@ -1,7 +1,8 @@
-//! `/api/v1/auth/*`: registration, login, refresh, logout.
+//! `/api/v1/auth/*`: registration, login (and its second step), refresh,
+//! re-authentication, logout.
 
 use gatehouse_actors::services::accounts::Registration;
-use gatehouse_actors::services::auth::LoginRequest;
+use gatehouse_actors::services::auth::{LoginRequest, SecondStep};
 use hyper::StatusCode;
 use hyper::header::USER_AGENT;
 use secrecy::ExposeSecret;
@@ -72,11 +73,6 @@ pub async fn login(state: &AppState, req: ReadRequest, ctx: Ctx) -> Result<HttpR
         }
     }
     let (login, password) = body::both((username, "username"), (password, "password"))?;
-    let user_agent = req
-        .headers()
-        .get(USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
     let issued = state
         .gatehouse
         .auth
@@ -84,10 +80,57 @@ pub async fn login(state: &AppState, req: ReadRequest, ctx: Ctx) -> Result<HttpR
             login,
             password,
             ip: ctx.client,
-            user_agent,
+            user_agent: user_agent(&req),
         })
         .await?;
     json(StatusCode::OK, &TokensBody::from(&issued))
+}
+
+/// The client's `User-Agent`, as kept with a session.
+fn user_agent(req: &ReadRequest) -> Option<String> {
+    req.headers()
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect())
+}
+
+/// The second step of a login that answered `AUTH009`.
+pub async fn login_mfa(
+    state: &AppState,
+    req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let wire::LoginMfaRequest { mfa_token, code } = body::decode(&req)?;
+    let (mfa_token, code) = body::both((mfa_token, "mfa_token"), (code, "code"))?;
+    let issued = state
+        .gatehouse
+        .auth
+        .login_mfa(SecondStep {
+            mfa_token,
+            code: code.expose_secret().to_owned(),
+            ip: ctx.client,
+            user_agent: user_agent(&req),
+        })
+        .await?;
+    json(StatusCode::OK, &TokensBody::from(&issued))
+}
+
+pub async fn reauthenticate(
+    state: &AppState,
+    req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let wire::ReauthenticateRequest { password, code } = body::decode(&req)?;
+    let Some(password) = password else {
+        return Err(body::missing(&[("password", true)]));
+    };
+    let code = code.map(|c| c.expose_secret().to_owned());
+    state
+        .gatehouse
+        .auth
+        .reauthenticate(ctx.principal()?, password, code, ctx.client)
+        .await?;
+    Ok(empty(StatusCode::NO_CONTENT))
 }
 
 pub async fn refresh(

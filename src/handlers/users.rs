@@ -1,4 +1,4 @@
-//! `/api/v1/users/me*`: the caller's own account and sessions.
+//! `/api/v1/users/me*`: the caller's own account, sessions and second factor.
 
 use gatehouse_actors::model::ProfileChange;
 use hyper::StatusCode;
@@ -6,7 +6,69 @@ use hyper::StatusCode;
 use crate::error::ApiError;
 use crate::http::body;
 use crate::http::{AppState, Ctx, HttpResponse, ReadRequest, empty, json};
-use crate::wire::{self, SessionBody, SessionList, UserBody};
+use crate::wire::{self, RecoveryCodesBody, SessionBody, SessionList, TotpEnrolmentBody, UserBody};
+use secrecy::{ExposeSecret, SecretString};
+
+/// The `code` of a body, or the 422 that says it is missing.
+fn code(req: &ReadRequest) -> Result<SecretString, ApiError> {
+    let wire::CodeRequest { code } = body::decode(req)?;
+    code.ok_or_else(|| body::missing(&[("code", true)]))
+}
+
+pub async fn enrol_totp(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let enrolment = state.gatehouse.mfa.enrol(ctx.principal()?).await?;
+    let body = TotpEnrolmentBody {
+        secret: enrolment.secret.expose_secret(),
+        otpauth_uri: enrolment.otpauth_uri.expose_secret(),
+    };
+    json(StatusCode::OK, &body)
+}
+
+pub async fn confirm_totp(
+    state: &AppState,
+    req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let code = code(&req)?;
+    let recovery_codes = state
+        .gatehouse
+        .mfa
+        .confirm(ctx.principal()?, code.expose_secret(), ctx.client)
+        .await?;
+    json(StatusCode::OK, &RecoveryCodesBody { recovery_codes })
+}
+
+pub async fn disable_mfa(
+    state: &AppState,
+    req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let code = code(&req)?;
+    state
+        .gatehouse
+        .mfa
+        .disable(ctx.principal()?, code.expose_secret(), ctx.client)
+        .await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+pub async fn recovery_codes(
+    state: &AppState,
+    req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let code = code(&req)?;
+    let recovery_codes = state
+        .gatehouse
+        .mfa
+        .regenerate(ctx.principal()?, code.expose_secret(), ctx.client)
+        .await?;
+    json(StatusCode::OK, &RecoveryCodesBody { recovery_codes })
+}
 
 pub async fn me(state: &AppState, _req: ReadRequest, ctx: Ctx) -> Result<HttpResponse, ApiError> {
     let user = state.gatehouse.accounts.me(ctx.principal()?).await?;

@@ -384,6 +384,8 @@ fn error_response(
             correlation_id: request_id,
             timestamp: rfc3339(now_ms),
             fields: parts.fields,
+            mfa_token: parts.mfa_token,
+            methods: parts.mfa_token.map(|_| crate::error::MFA_METHODS),
         },
     };
     let body = serde_json::to_vec(&envelope).unwrap_or_else(|_| {

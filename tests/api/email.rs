@@ -104,7 +104,7 @@ impl Inbox<'_> {
 }
 
 /// The `.eml` files the `file` transport wrote, by outbox id (the file stem).
-fn file_mails(dir: &DataDir) -> Vec<(String, Mail)> {
+pub(crate) fn file_mails(dir: &DataDir) -> Vec<(String, Mail)> {
     let Ok(entries) = std::fs::read_dir(dir.mail_dir()) else {
         return Vec::new();
     };
@@ -156,7 +156,7 @@ fn outbox_id(mail: &Mail) -> String {
 
 /// The token of the `{base}/{page}?token=…` link in the text part, after
 /// checking that the HTML part carries the same link.
-fn link_token(mail: &Mail, base: &str, page: &str) -> String {
+pub(crate) fn link_token(mail: &Mail, base: &str, page: &str) -> String {
     let text = mail.text.as_deref().expect("a text/plain part");
     let html = mail.html.as_deref().expect("a text/html part");
     let prefix = format!("{base}/{page}?token=");

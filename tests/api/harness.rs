@@ -52,7 +52,7 @@ pub fn shipped_config() -> PathBuf {
 
 /// The configuration every test server starts from: the shipped file, plus
 /// fast hashing and limits high enough not to interfere unless a test lowers them.
-const BASE_ENV: [(&str, &str); 10] = [
+const BASE_ENV: [(&str, &str); 11] = [
     ("GATEHOUSE__SERVER__LISTEN", "127.0.0.1:0"),
     // Retries a second apart, not half a minute: the relay tests watch them.
     ("GATEHOUSE__EMAIL__FIRST_RETRY_S", "1"),
@@ -62,6 +62,7 @@ const BASE_ENV: [(&str, &str); 10] = [
     ("GATEHOUSE__RATE_LIMIT__ROUTES__REGISTER__LIMIT", "10000"),
     ("GATEHOUSE__RATE_LIMIT__ROUTES__REFRESH__LIMIT", "10000"),
     ("GATEHOUSE__RATE_LIMIT__ROUTES__PASSWORD__LIMIT", "10000"),
+    ("GATEHOUSE__RATE_LIMIT__ROUTES__MFA__LIMIT", "10000"),
     ("GATEHOUSE__RATE_LIMIT__ROUTES__DEFAULT__LIMIT", "100000"),
     ("GATEHOUSE__AUTH__MAX_FAILED_LOGINS", "10000"),
 ];

@@ -14,6 +14,7 @@ mod edges;
 mod email;
 mod hardening;
 mod harness;
+mod mfa;
 mod monitoring;
 mod pages;
 mod postgres;

@@ -24,16 +24,19 @@ pub enum RouteClass {
     Password,
     /// Routes that send mail: asking for a verification or reset link.
     Email,
+    /// The second step of a login.
+    Mfa,
     Default,
 }
 
 impl RouteClass {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Login,
         Self::Register,
         Self::Refresh,
         Self::Password,
         Self::Email,
+        Self::Mfa,
         Self::Default,
     ];
 
@@ -44,6 +47,7 @@ impl RouteClass {
             Self::Refresh => "refresh",
             Self::Password => "password",
             Self::Email => "email",
+            Self::Mfa => "mfa",
             Self::Default => "default",
         }
     }
@@ -68,6 +72,7 @@ pub struct RouteLimits {
     pub refresh: RouteLimit,
     pub password: RouteLimit,
     pub email: RouteLimit,
+    pub mfa: RouteLimit,
     pub default: RouteLimit,
 }
 
@@ -78,6 +83,7 @@ impl RouteLimits {
             RouteClass::Register => (self.register, 3, 60),
             RouteClass::Refresh => (self.refresh, 30, 60),
             RouteClass::Password => (self.password, 5, 60),
+            RouteClass::Mfa => (self.mfa, 10, 60),
             RouteClass::Email => (self.email, 5, 3_600),
             RouteClass::Default => (self.default, 300, 60),
         };

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::Database;
 use super::email::Composer;
 use crate::breaker::BreakerId;
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, FieldError, Result};
 use crate::mailer::MailKind;
 use crate::metrics::MetricsHandle;
@@ -29,6 +29,8 @@ pub struct Accounts {
     pub metrics: MetricsHandle,
     pub mail: Composer,
     pub clock: SharedClock,
+    /// Email changes and deactivation need a password check this recent.
+    pub reauth_window_s: u64,
 }
 
 impl Accounts {
@@ -122,9 +124,14 @@ impl Accounts {
             mail,
         };
         let mailed = change.mail.is_some();
+        // A new address is where recovery links go: privileged.
+        let by = match mailed {
+            true => who.privileged(now, secs_to_ms(self.reauth_window_s)),
+            false => who.clone(),
+        };
         let (user, _) = self
             .db
-            .call(self.db.repo.update_profile(who.clone(), change, now))
+            .call(self.db.repo.update_profile(by, change, now))
             .await?;
         if mailed {
             self.mail.wake();
@@ -200,9 +207,8 @@ impl Accounts {
     /// Deactivates the caller's account and revokes all its sessions.
     pub async fn deactivate(&self, who: &Principal) -> Result<()> {
         let now = self.clock.now_ms();
-        self.db
-            .call(self.db.repo.deactivate(who.clone(), now))
-            .await?;
+        let by = who.privileged(now, secs_to_ms(self.reauth_window_s));
+        self.db.call(self.db.repo.deactivate(by, now)).await?;
         tracing::warn!(event = "account.deactivated", user_id = %who.user_id, "account deactivated");
         tracing::info!(event = "session.revoked", user_id = %who.user_id, session_id = "*",
             reason = "deactivation", "all sessions revoked");

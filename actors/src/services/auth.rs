@@ -1,29 +1,48 @@
-//! Logging in (password → session and tokens) and exchanging a refresh token
-//! for a new pair.
+//! Logging in (password, then a second factor when the account has one →
+//! session and tokens), re-authenticating a session, and exchanging a
+//! refresh token for a new pair.
 
 use std::net::IpAddr;
 
 use secrecy::SecretString;
 
 use super::email::Composer;
+use super::mfa::SecondFactors;
 use super::{Database, LimiterPolicy};
 use crate::breaker::BreakerId;
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, Result};
 use crate::metrics::MetricsHandle;
-use crate::model::{LinkPurpose, NewSession, Rotation};
+use crate::model::{Challenge, ChallengeOutcome, LinkPurpose, NewSession, Principal, Rotation};
 use crate::names::{MAX_LOGIN_CHARS, loggable, normalize_login};
 use crate::passwords::Passwords;
 use crate::rate_limiter::{
     AttemptDecision, RateLimits, SUSPICION_WINDOW_MS, Settlement, ThrottleKey,
 };
-use crate::token_issuer::{AuthSettings, Grant, MAX_TOKEN_BYTES, Tokens, token_digest};
+use crate::token_issuer::{
+    AuthSettings, Grant, MAX_TOKEN_BYTES, OpaqueToken, Tokens, token_digest,
+};
+
+/// How long an `mfa_token` may be used (ms).
+const CHALLENGE_TTL_MS: i64 = 300_000;
+
+/// What `amr` says of a login with the password alone, and with a second factor.
+const PASSWORD: &[&str] = &["pwd"];
+const PASSWORD_AND_MFA: &[&str] = &["pwd", "mfa"];
 
 /// A login attempt as the front end received it.
 pub struct LoginRequest {
     /// Username or email, as typed.
     pub login: String,
     pub password: SecretString,
+    pub ip: IpAddr,
+    pub user_agent: Option<String>,
+}
+
+/// The second step of a login, as the front end received it.
+pub struct SecondStep {
+    pub mfa_token: SecretString,
+    pub code: String,
     pub ip: IpAddr,
     pub user_agent: Option<String>,
 }
@@ -44,6 +63,7 @@ pub struct Auth {
     pub tokens: Tokens,
     pub metrics: MetricsHandle,
     pub mail: Composer,
+    pub factors: SecondFactors,
     pub clock: SharedClock,
     pub settings: AuthSettings,
 }
@@ -64,7 +84,7 @@ impl Auth {
             Some(c) => ThrottleKey::account(&c.user.id),
             None => ThrottleKey::name(&name),
         };
-        let mut attempt = match self.attempt(&req, key).await {
+        let mut attempt = match self.attempt(key, &req.login, req.ip).await {
             Ok(attempt) => attempt,
             Err(e) => {
                 call.finish().await;
@@ -119,39 +139,37 @@ impl Auth {
             });
             return Err(Error::EmailNotVerified);
         }
+        if user.mfa_enabled {
+            // The password is right but proves nothing alone: the attempt is
+            // given back (not forgiven), and the second step is counted.
+            let now = self.clock.now_ms();
+            let token = OpaqueToken::generate()?;
+            let challenge = Challenge {
+                digest: token.digest,
+                user_id: user.id.clone(),
+                password_digest: token_digest(&verified_hash),
+                auth_time: now,
+                expires_at: now.saturating_add(CHALLENGE_TTL_MS),
+            };
+            call.track(self.db.repo.open_challenge(challenge).await)?;
+            call.finish().await;
+            tracing::info!(user_id = %user.id, ip = %req.ip,
+                "password accepted; the second factor is needed");
+            return Err(Error::SecondFactorRequired {
+                mfa_token: token.token,
+            });
+        }
 
         // Tokens are made before the session is written: if that write fails
         // they are simply never handed out, and nothing is left half done.
         let now = self.clock.now_ms();
-        let session_id = uuid::Uuid::now_v7().to_string();
-        let amr = vec!["pwd".to_owned()];
-        let grant = Grant {
-            user_id: user.id.clone(),
-            session_id: session_id.clone(),
-            auth_time: now.div_euclid(1000),
-            amr: amr.clone(),
-            roles: user.roles.clone(),
-        };
-        let issued = self.tokens.issue(grant, now.div_euclid(1000)).await?;
+        let (issued, session) = self
+            .open(&user, now, PASSWORD, &req.ip, req.user_agent.clone())
+            .await?;
         let rehash = if verdict.needs_rehash {
             Some(self.passwords.hash(req.password.clone()).await?)
         } else {
             None
-        };
-        let absolute = now.saturating_add(secs_to_ms(self.settings.session_max_lifetime_s));
-        let session = NewSession {
-            id: session_id,
-            user_id: user.id.clone(),
-            refresh_digest: issued.refresh.digest.clone(),
-            ip: Some(req.ip.to_string()),
-            user_agent: req.user_agent.clone(),
-            now,
-            expires_at: now
-                .saturating_add(secs_to_ms(self.settings.refresh_token_ttl_s))
-                .min(absolute),
-            absolute_expires_at: absolute,
-            auth_time: now,
-            amr,
         };
         let created = call.track(
             self.db
@@ -178,8 +196,184 @@ impl Auth {
         })
     }
 
-    /// Starts a throttled attempt against `key`; refuses it while that is locked.
-    async fn attempt(&self, req: &LoginRequest, key: ThrottleKey) -> Result<Attempt> {
+    /// The tokens and the session row of a login by `user` at `now` whose
+    /// password was checked at `auth_time`, authenticated by `amr`.
+    async fn open(
+        &self,
+        user: &crate::model::User,
+        auth_time: i64,
+        amr: &[&str],
+        ip: &IpAddr,
+        user_agent: Option<String>,
+    ) -> Result<(crate::token_issuer::Issued, NewSession)> {
+        let now = self.clock.now_ms();
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let amr: Vec<String> = amr.iter().map(|m| (*m).to_owned()).collect();
+        let grant = Grant {
+            user_id: user.id.clone(),
+            session_id: session_id.clone(),
+            auth_time: auth_time.div_euclid(1000),
+            amr: amr.clone(),
+            roles: user.roles.clone(),
+        };
+        let issued = self.tokens.issue(grant, now.div_euclid(1000)).await?;
+        let absolute = now.saturating_add(secs_to_ms(self.settings.session_max_lifetime_s));
+        let session = NewSession {
+            id: session_id,
+            user_id: user.id.clone(),
+            refresh_digest: issued.refresh.digest.clone(),
+            ip: Some(ip.to_string()),
+            user_agent,
+            now,
+            expires_at: now
+                .saturating_add(secs_to_ms(self.settings.refresh_token_ttl_s))
+                .min(absolute),
+            absolute_expires_at: absolute,
+            auth_time,
+            amr,
+        };
+        Ok((issued, session))
+    }
+
+    /// Completes a login with the second factor: a TOTP code or a recovery
+    /// code against the `mfa_token` the password step handed out.
+    pub async fn login_mfa(&self, step: SecondStep) -> Result<Issued> {
+        let token = secrecy::ExposeSecret::expose_secret(&step.mfa_token);
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(Error::SecondFactorRefused);
+        }
+        let digest = token_digest(token);
+        let now = self.clock.now_ms();
+        let challenge = self
+            .db
+            .call(self.db.repo.challenge(digest.clone(), now))
+            .await?
+            .ok_or(Error::SecondFactorRefused)?;
+        let user_id = challenge.user_id.clone();
+        let mut attempt = self
+            .attempt(ThrottleKey::account(&user_id), &user_id, step.ip)
+            .await?;
+        let factor = self
+            .db
+            .call(self.db.repo.second_factor(user_id.clone()))
+            .await?
+            .filter(|f| f.user.is_active && f.user.mfa_enabled)
+            .ok_or(Error::SecondFactorRefused)?;
+        let proof = self.factors.proof(&factor, &step.code, now)?;
+        let (issued, session) = self
+            .open(
+                &factor.user,
+                challenge.auth_time,
+                PASSWORD_AND_MFA,
+                &step.ip,
+                step.user_agent,
+            )
+            .await?;
+        let outcome = self
+            .db
+            .call(self.db.repo.complete_challenge(digest, proof, session))
+            .await?;
+        match outcome {
+            ChallengeOutcome::Completed(session) => {
+                attempt.settle();
+                attempt.forgive();
+                self.metrics.login(true);
+                tracing::info!(event = "login.success", user_id = %user_id, ip = %step.ip,
+                    amr = "pwd,mfa", "login accepted");
+                tracing::info!(event = "session.created", user_id = %user_id,
+                    session_id = %session.id, "session opened");
+                Ok(Issued {
+                    access_token: issued.access.token,
+                    expires_in: issued.access.expires_in,
+                    refresh_token: issued.refresh.token,
+                })
+            }
+            ChallengeOutcome::WrongCode { killed } => {
+                attempt.settle();
+                self.metrics.login(false);
+                tracing::warn!(event = "mfa.failure", user_id = %user_id, ip = %step.ip,
+                    challenge_killed = killed, "wrong second-factor code at login");
+                Err(Error::SecondFactorRefused)
+            }
+            ChallengeOutcome::Unusable => Err(Error::SecondFactorRefused),
+        }
+    }
+
+    /// Checks the password again (and the second factor, when on): the
+    /// session's `auth_time` becomes now, opening the privileged window.
+    pub async fn reauthenticate(
+        &self,
+        who: &Principal,
+        password: SecretString,
+        code: Option<String>,
+        ip: IpAddr,
+    ) -> Result<()> {
+        let mut attempt = self
+            .attempt(ThrottleKey::account(&who.user_id), &who.user_id, ip)
+            .await?;
+        let credentials = self
+            .db
+            .call(self.db.repo.credentials_by_id(who.user_id.clone()))
+            .await?
+            .filter(|c| c.user.is_active)
+            .ok_or(Error::SessionRevoked)?;
+        let proof = match (credentials.user.mfa_enabled, code.as_deref()) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(Error::validation(
+                    "code",
+                    "is required while the second factor is on",
+                ));
+            }
+            (true, Some(code)) => {
+                let factor = self
+                    .db
+                    .call(self.db.repo.second_factor(who.user_id.clone()))
+                    .await?
+                    .ok_or(Error::SessionRevoked)?;
+                self.factors.proof(&factor, code, self.clock.now_ms())?
+            }
+        };
+        let verdict = self
+            .passwords
+            .verify(password, Some(credentials.password_hash.clone()))
+            .await?;
+        if !verdict.matches {
+            attempt.settle();
+            tracing::warn!(event = "login.failure", user_id = %who.user_id, ip = %ip,
+                reason = "wrong_password", "re-authentication refused");
+            return Err(Error::WrongCurrentPassword);
+        }
+        let now = self.clock.now_ms();
+        let done = self
+            .db
+            .call(
+                self.db
+                    .repo
+                    .reauthenticate(who.clone(), credentials.password_hash, proof, now),
+            )
+            .await;
+        if let Err(Error::SecondFactorRefused) = &done {
+            attempt.settle();
+            tracing::warn!(event = "mfa.failure", user_id = %who.user_id, ip = %ip,
+                "wrong second-factor code at re-authentication");
+        }
+        done?;
+        attempt.settle();
+        attempt.forgive();
+        tracing::info!(user_id = %who.user_id, session_id = %who.session_id,
+            "session re-authenticated");
+        Ok(())
+    }
+
+    /// Starts a throttled attempt against `key` (`login`, for the log: the
+    /// name typed, or a user id); refuses it while that is locked.
+    pub(super) async fn attempt(
+        &self,
+        key: ThrottleKey,
+        login: &str,
+        ip: IpAddr,
+    ) -> Result<Attempt> {
         let now = self.clock.now_ms();
         let (decision, shared) = match self.limits.attempt(key.clone(), now).await? {
             Ok(decision) => (decision, self.limits.is_shared()),
@@ -202,8 +396,8 @@ impl Auth {
                 first,
             } => {
                 if first {
-                    tracing::warn!(event = "account.throttled", login = %loggable(&req.login),
-                        ip = %req.ip, retry_after_s, "login name locked after repeated failures");
+                    tracing::warn!(event = "account.throttled", login = %loggable(login),
+                        ip = %ip, retry_after_s, "login name locked after repeated failures");
                 }
                 Err(Error::AccountThrottled { retry_after_s })
             }
@@ -315,7 +509,7 @@ impl Auth {
 /// A counted login attempt. One that ends without a verdict on the password
 /// (the database failed, the client went away) is given back on drop, so
 /// outages do not lock accounts.
-struct Attempt {
+pub(super) struct Attempt {
     limits: RateLimits,
     key: ThrottleKey,
     /// Redis counted it too.
@@ -325,12 +519,12 @@ struct Attempt {
 
 impl Attempt {
     /// The password was judged: the attempt stays counted (or is forgiven by a success).
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         self.settled = true;
     }
 
     /// The login succeeded: the account's failures are forgiven.
-    fn forgive(&self) {
+    pub(super) fn forgive(&self) {
         self.limits
             .settle(self.key.clone(), Settlement::Succeeded, self.shared);
     }

@@ -6,6 +6,7 @@
 //! * [`accounts`]: registering, the profile, the password, deactivation.
 //! * [`recovery`]: verification and password-reset links.
 //! * [`email`]: the messages the others queue in the outbox.
+//! * [`mfa`]: the second factor (TOTP and recovery codes).
 //! * [`sessions`]: authenticating a bearer token, listing and ending sessions.
 //! * [`edge`]: the per-client rate limits every route passes.
 //! * [`operations`]: health, breakers, actors, metrics, chaos.
@@ -16,6 +17,7 @@ pub mod accounts;
 pub mod auth;
 pub mod edge;
 pub mod email;
+pub mod mfa;
 pub mod operations;
 pub mod recovery;
 pub mod sessions;

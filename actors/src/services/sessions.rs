@@ -44,6 +44,7 @@ impl Sessions {
         Ok(Principal {
             user_id: claims.sub,
             session_id: claims.sid,
+            fresh_since: None,
         })
     }
 

@@ -91,6 +91,8 @@ pub struct AuthSettings {
     pub verification_ttl_s: u64,
     /// Lifetime of a password-reset link.
     pub reset_ttl_s: u64,
+    /// Privileged operations need a password check within this many seconds.
+    pub reauth_window_s: u64,
 }
 
 impl Default for AuthSettings {
@@ -114,6 +116,7 @@ impl Default for AuthSettings {
             email_verification: EmailVerification::Optional,
             verification_ttl_s: 86_400,
             reset_ttl_s: 3_600,
+            reauth_window_s: 900,
         }
     }
 }

@@ -228,6 +228,7 @@ mod tests {
             is_active: true,
             email_verified: false,
             pending_email: None,
+            mfa_enabled: false,
             roles: Vec::new(),
             created_at: 0,
             updated_at: 0,

@@ -25,18 +25,21 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row, Transaction};
 
 use super::protocol::Store;
-use super::rules::{self, Confirm, EmailChange, Exchange, LinkState, Presented, SessionState};
+use super::rules::{
+    self, ChallengeState, Confirm, EmailChange, Exchange, LinkState, Presented, SessionState,
+};
 use super::store::{
     AFTER_USER, DatabaseSettings, HOUR_MS, USER_COLUMNS, cap_allows, json_list, roles_from,
 };
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, Claimed, Credentials, Invalidation, LinkMail, LinkPurpose, MailOutcome,
-    NewSession, NewUser, Outgoing, Principal, ProfileChange, RefreshOwner, Revoke, Rotation,
-    Session, User,
+    ActiveSession, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation, LinkMail,
+    LinkPurpose, MailOutcome, NewSession, NewUser, Outgoing, Principal, ProfileChange, Proof,
+    RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
+use crate::token_issuer::token_digest;
 
 /// The schema, one entry per version; never edit a released entry, append.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -52,6 +55,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V3__email",
         include_str!("migrations/postgres/V3__email.sql"),
     ),
+    ("V4__mfa", include_str!("migrations/postgres/V4__mfa.sql")),
 ];
 
 /// Key of the advisory lock held while changing the key ring ("gh-keys\0").
@@ -195,8 +199,9 @@ impl PgStore {
         Ok(out)
     }
 
-    /// Runs `work` in a transaction, if `by`'s session is active inside it;
-    /// `SessionRevoked`, writing nothing, if not. The user's row is locked
+    /// Runs `work` in a transaction, if `by`'s session is active (and, for a
+    /// privileged write, fresh) inside it; `SessionRevoked` (or
+    /// `ReauthRequired`), writing nothing, if not. The user's row is locked
     /// first and the session's second, the order every writer of both takes,
     /// so that a revocation waits for this write or this write sees it.
     async fn write_as<T>(
@@ -216,22 +221,25 @@ impl PgStore {
                 .await?;
             let session = tx
                 .query_opt(
-                    "SELECT revoked_at, expires_at FROM sessions WHERE id = $1 AND user_id = $2
-                     FOR SHARE",
+                    "SELECT revoked_at, expires_at, auth_time FROM sessions
+                     WHERE id = $1 AND user_id = $2 FOR SHARE",
                     &[&by.session_id, &by.user_id],
                 )
                 .await?;
             let user_active = user.map(|row| row.try_get::<_, bool>(0)).transpose()?;
             let state = match (session, user_active) {
-                (Some(row), Some(user_active)) => Some(SessionState {
-                    revoked_at: row.try_get(0)?,
-                    expires_at: row.try_get(1)?,
-                    user_active,
-                }),
+                (Some(row), Some(user_active)) => {
+                    let state = SessionState {
+                        revoked_at: row.try_get(0)?,
+                        expires_at: row.try_get(1)?,
+                        user_active,
+                    };
+                    Some((state, row.try_get(2)?))
+                }
                 _ => None,
             };
-            if !rules::session_active(state, now) {
-                return Ok(Err(Error::SessionRevoked));
+            if let Err(refused) = rules::may_write_as(state, by.fresh_since, now) {
+                return Ok(Err(refused));
             }
             work(tx).await
         })
@@ -250,6 +258,7 @@ fn user_from(row: &Row) -> std::result::Result<User, tokio_postgres::Error> {
         roles: roles_from(row.try_get(6)?),
         email_verified: row.try_get(7)?,
         pending_email: row.try_get(8)?,
+        mfa_enabled: row.try_get(9)?,
     })
 }
 
@@ -258,6 +267,112 @@ fn credentials_from(row: &Row) -> std::result::Result<Credentials, tokio_postgre
         user: user_from(row)?,
         password_hash: row.try_get(AFTER_USER)?,
     })
+}
+
+/// Inserts a session inside `tx`, if a login checked against `verified_hash`
+/// may open it (the rule of [`rules::may_open_session`]); whether it did.
+async fn insert_session(
+    tx: &Transaction<'_>,
+    s: &NewSession,
+    verified_hash: &str,
+    rehash: Option<&str>,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    // The row lock orders this login after (or before) a password change.
+    let current = tx
+        .query_opt(
+            "SELECT password_hash, is_active FROM users WHERE id = $1 FOR UPDATE",
+            &[&s.user_id],
+        )
+        .await?
+        .map(|row| {
+            Ok::<_, tokio_postgres::Error>((
+                row.try_get::<_, String>(0)?,
+                row.try_get::<_, bool>(1)?,
+            ))
+        })
+        .transpose()?;
+    let current = current
+        .as_ref()
+        .map(|(hash, active)| (hash.as_str(), *active));
+    if !rules::may_open_session(current, verified_hash) {
+        return Ok(false);
+    }
+    if let Some(hash) = rehash {
+        tx.execute(
+            "UPDATE users SET password_hash = $2 WHERE id = $1",
+            &[&s.user_id, &hash],
+        )
+        .await?;
+    }
+    tx.execute(
+        "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
+                               expires_at, absolute_expires_at, ip, user_agent,
+                               auth_time, amr)
+         VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &s.id,
+            &s.user_id,
+            &s.refresh_digest,
+            &s.now,
+            &s.expires_at,
+            &s.absolute_expires_at,
+            &s.ip,
+            &s.user_agent,
+            &s.auth_time,
+            &json_list(&s.amr),
+        ],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Spends a second-factor proof of `user_id` inside `tx` (whose user row is
+/// locked): a TOTP step later than the last accepted one becomes the last,
+/// a recovery code is used up. `false`, changing nothing, when it does not
+/// spend (no proof: a code that was plainly wrong; a replay, a code used
+/// meanwhile, MFA off).
+async fn spend_proof(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    proof: Option<&Proof>,
+    now: i64,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let spent = match proof {
+        None => 0,
+        Some(Proof::Totp { step }) => {
+            tx.execute(
+                "UPDATE users SET totp_last_step = $2, updated_at = $3
+                 WHERE id = $1 AND mfa_enabled AND coalesce(totp_last_step < $2, TRUE)",
+                &[&user_id, step, &now],
+            )
+            .await?
+        }
+        Some(Proof::Recovery { digest }) => {
+            tx.execute(
+                "DELETE FROM recovery_codes WHERE user_id = $1 AND digest = $2
+                 AND EXISTS (SELECT 1 FROM users WHERE id = $1 AND mfa_enabled)",
+                &[&user_id, digest],
+            )
+            .await?
+        }
+    };
+    Ok(spent == 1)
+}
+
+/// Replaces `user_id`'s recovery codes by `digests` inside `tx`.
+async fn store_recovery_codes(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    digests: &[String],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user_id])
+        .await?;
+    tx.execute(
+        "INSERT INTO recovery_codes (user_id, digest) SELECT $1, unnest($2::text[])",
+        &[&user_id, &digests],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The user inside `tx` (whose row the caller knows exists).
@@ -594,55 +709,7 @@ impl Store for PgStore {
         rehash: Option<String>,
     ) -> Result<Option<Session>> {
         let created = self
-            .write(async |tx| {
-                // The row lock orders this login after (or before) a password change.
-                let current = tx
-                    .query_opt(
-                        "SELECT password_hash, is_active FROM users WHERE id = $1 FOR UPDATE",
-                        &[&s.user_id],
-                    )
-                    .await?
-                    .map(|row| {
-                        Ok::<_, tokio_postgres::Error>((
-                            row.try_get::<_, String>(0)?,
-                            row.try_get::<_, bool>(1)?,
-                        ))
-                    })
-                    .transpose()?;
-                let current = current
-                    .as_ref()
-                    .map(|(hash, active)| (hash.as_str(), *active));
-                if !rules::may_open_session(current, &verified_hash) {
-                    return Ok(false);
-                }
-                if let Some(hash) = &rehash {
-                    tx.execute(
-                        "UPDATE users SET password_hash = $2 WHERE id = $1",
-                        &[&s.user_id, hash],
-                    )
-                    .await?;
-                }
-                tx.execute(
-                    "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
-                                           expires_at, absolute_expires_at, ip, user_agent,
-                                           auth_time, amr)
-                     VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10)",
-                    &[
-                        &s.id,
-                        &s.user_id,
-                        &s.refresh_digest,
-                        &s.now,
-                        &s.expires_at,
-                        &s.absolute_expires_at,
-                        &s.ip,
-                        &s.user_agent,
-                        &s.auth_time,
-                        &json_list(&s.amr),
-                    ],
-                )
-                .await?;
-                Ok(true)
-            })
+            .write(async |tx| insert_session(tx, &s, &verified_hash, rehash.as_deref()).await)
             .await?;
         Ok(created.then_some(Session {
             id: s.id,
@@ -1193,6 +1260,292 @@ impl Store for PgStore {
         Ok(changed == 1)
     }
 
+    async fn second_factor(&self, user_id: String) -> Result<Option<SecondFactor>> {
+        let client = self.client().await?;
+        let sql =
+            format!("SELECT {USER_COLUMNS}, totp_secret, totp_last_step FROM users WHERE id = $1");
+        let row = client
+            .query_opt(&sql, &[&user_id])
+            .await
+            .map_err(classify)?;
+        row.map(|row| {
+            Ok(SecondFactor {
+                user: user_from(&row)?,
+                secret: row.try_get(AFTER_USER)?,
+                last_step: row.try_get(AFTER_USER + 1)?,
+            })
+        })
+        .transpose()
+        .map_err(classify)
+    }
+
+    async fn challenge(&self, digest: String, now: i64) -> Result<Option<Challenge>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT user_id, password_digest, auth_time, expires_at, failures, used_at
+                 FROM mfa_challenges WHERE digest = $1",
+                &[&digest],
+            )
+            .await
+            .map_err(classify)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let read = || -> std::result::Result<_, tokio_postgres::Error> {
+            let state = ChallengeState {
+                expires_at: row.try_get(3)?,
+                failures: i64::from(row.try_get::<_, i32>(4)?),
+                used: row.try_get::<_, Option<i64>>(5)?.is_some(),
+            };
+            let challenge = Challenge {
+                digest: digest.clone(),
+                user_id: row.try_get(0)?,
+                password_digest: row.try_get(1)?,
+                auth_time: row.try_get(2)?,
+                expires_at: state.expires_at,
+            };
+            Ok((challenge, state))
+        };
+        let (challenge, state) = read().map_err(classify)?;
+        Ok(rules::challenge_usable(Some(state), now).then_some(challenge))
+    }
+
+    async fn open_challenge(&self, c: Challenge) -> Result<()> {
+        self.write(async |tx| {
+            tx.execute(
+                "INSERT INTO mfa_challenges (digest, user_id, password_digest, auth_time, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&c.digest, &c.user_id, &c.password_digest, &c.auth_time, &c.expires_at],
+            )
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn complete_challenge(
+        &self,
+        digest: String,
+        proof: Option<Proof>,
+        session: NewSession,
+    ) -> Result<ChallengeOutcome> {
+        let now = session.now;
+        self.write(async |tx| {
+            // The user's row first, as every writer of both takes them.
+            let user = tx
+                .query_opt(
+                    "SELECT password_hash FROM users WHERE id = $1 AND mfa_enabled FOR UPDATE",
+                    &[&session.user_id],
+                )
+                .await?;
+            let found = tx
+                .query_opt(
+                    "SELECT password_digest, expires_at, failures, used_at FROM mfa_challenges
+                     WHERE digest = $1 AND user_id = $2 FOR UPDATE",
+                    &[&digest, &session.user_id],
+                )
+                .await?;
+            let (Some(user), Some(found)) = (user, found) else {
+                return Ok(ChallengeOutcome::Unusable);
+            };
+            let hash: String = user.try_get(0)?;
+            let password_digest: String = found.try_get(0)?;
+            let state = ChallengeState {
+                expires_at: found.try_get(1)?,
+                failures: i64::from(found.try_get::<_, i32>(2)?),
+                used: found.try_get::<_, Option<i64>>(3)?.is_some(),
+            };
+            if !rules::challenge_usable(Some(state), now) {
+                return Ok(ChallengeOutcome::Unusable);
+            }
+            let spent = spend_proof(tx, &session.user_id, proof.as_ref(), now).await?;
+            if !spent {
+                tx.execute(
+                    "UPDATE mfa_challenges SET failures = failures + 1 WHERE digest = $1",
+                    &[&digest],
+                )
+                .await?;
+                let killed = !rules::challenge_usable(
+                    Some(ChallengeState {
+                        failures: state.failures + 1,
+                        ..state
+                    }),
+                    now,
+                );
+                return Ok(ChallengeOutcome::WrongCode { killed });
+            }
+            tx.execute(
+                "UPDATE mfa_challenges SET used_at = $2 WHERE digest = $1",
+                &[&digest, &now],
+            )
+            .await?;
+            // The session opens only for the password the challenge was opened with.
+            let opened = token_digest(&hash) == password_digest
+                && insert_session(tx, &session, &hash, None).await?;
+            Ok(if opened {
+                ChallengeOutcome::Completed(Session {
+                    id: session.id.clone(),
+                    user_id: session.user_id.clone(),
+                    created_at: now,
+                    last_used_at: now,
+                    expires_at: session.expires_at,
+                    ip: session.ip.clone(),
+                    user_agent: session.user_agent.clone(),
+                })
+            } else {
+                ChallengeOutcome::Unusable
+            })
+        })
+        .await
+    }
+
+    async fn begin_totp(&self, by: Principal, sealed: Vec<u8>, now: i64) -> Result<()> {
+        self.write_as(&by, now, async |tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE users SET totp_secret = $2, totp_last_step = NULL, updated_at = $3
+                     WHERE id = $1 AND NOT mfa_enabled",
+                    &[&by.user_id, &sealed, &now],
+                )
+                .await?;
+            Ok(if changed == 1 {
+                Ok(())
+            } else {
+                Err(Error::MfaState { enabled: true })
+            })
+        })
+        .await
+    }
+
+    async fn confirm_totp(
+        &self,
+        by: Principal,
+        sealed: Vec<u8>,
+        step: i64,
+        codes: Vec<String>,
+        now: i64,
+    ) -> Result<Vec<Invalidation>> {
+        self.write_as(&by, now, async |tx| {
+            let row = tx
+                .query_one(
+                    "SELECT totp_secret, mfa_enabled FROM users WHERE id = $1",
+                    &[&by.user_id],
+                )
+                .await?;
+            let pending: Option<Vec<u8>> = row.try_get(0)?;
+            if row.try_get::<_, bool>(1)? {
+                return Ok(Err(Error::MfaState { enabled: true }));
+            }
+            if pending.as_deref() != Some(sealed.as_slice()) {
+                return Ok(Err(Error::SecondFactorRefused));
+            }
+            tx.execute(
+                "UPDATE users SET mfa_enabled = TRUE, totp_last_step = $2, updated_at = $3
+                 WHERE id = $1",
+                &[&by.user_id, &step, &now],
+            )
+            .await?;
+            store_recovery_codes(tx, &by.user_id, &codes).await?;
+            log_invalidations(tx, &by.user_id, vec![None], now)
+                .await
+                .map(Ok)
+        })
+        .await
+    }
+
+    async fn disable_mfa(
+        &self,
+        by: Principal,
+        proof: Option<Proof>,
+        notice: Outgoing,
+        now: i64,
+    ) -> Result<Vec<Invalidation>> {
+        self.write_as(&by, now, async |tx| {
+            let user = user_in(tx, &by.user_id).await?;
+            if !user.mfa_enabled {
+                return Ok(Err(Error::MfaState { enabled: false }));
+            }
+            if !spend_proof(tx, &by.user_id, proof.as_ref(), now).await? {
+                return Ok(Err(Error::SecondFactorRefused));
+            }
+            tx.execute(
+                "UPDATE users SET mfa_enabled = FALSE, totp_secret = NULL, totp_last_step = NULL,
+                                  updated_at = $2
+                 WHERE id = $1",
+                &[&by.user_id, &now],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM recovery_codes WHERE user_id = $1",
+                &[&by.user_id],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM mfa_challenges WHERE user_id = $1",
+                &[&by.user_id],
+            )
+            .await?;
+            enqueue(tx, &notice, &user.email, now).await?;
+            log_invalidations(tx, &by.user_id, vec![None], now)
+                .await
+                .map(Ok)
+        })
+        .await
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        by: Principal,
+        proof: Option<Proof>,
+        codes: Vec<String>,
+        now: i64,
+    ) -> Result<()> {
+        self.write_as(&by, now, async |tx| {
+            if !user_in(tx, &by.user_id).await?.mfa_enabled {
+                return Ok(Err(Error::MfaState { enabled: false }));
+            }
+            if !spend_proof(tx, &by.user_id, proof.as_ref(), now).await? {
+                return Ok(Err(Error::SecondFactorRefused));
+            }
+            store_recovery_codes(tx, &by.user_id, &codes).await.map(Ok)
+        })
+        .await
+    }
+
+    async fn reauthenticate(
+        &self,
+        by: Principal,
+        verified_hash: String,
+        proof: Option<Proof>,
+        now: i64,
+    ) -> Result<()> {
+        self.write_as(&by, now, async |tx| {
+            let row = tx
+                .query_one(
+                    "SELECT password_hash, mfa_enabled FROM users WHERE id = $1",
+                    &[&by.user_id],
+                )
+                .await?;
+            if row.try_get::<_, String>(0)? != verified_hash {
+                return Ok(Err(Error::WrongCurrentPassword));
+            }
+            if row.try_get::<_, bool>(1)? {
+                let spent = spend_proof(tx, &by.user_id, proof.as_ref(), now).await?;
+                if !spent {
+                    return Ok(Err(Error::SecondFactorRefused));
+                }
+            }
+            tx.execute(
+                "UPDATE sessions SET auth_time = $2 WHERE id = $1",
+                &[&by.session_id, &now],
+            )
+            .await?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
     async fn outbox_pending(&self) -> Result<u64> {
         let client = self.client().await?;
         let pending: i64 = client
@@ -1246,6 +1599,11 @@ impl Store for PgStore {
             tx.execute(
                 "DELETE FROM email_links WHERE expires_at <= $1 OR used_at <= $1",
                 &[&keep.mail_before],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM mfa_challenges WHERE expires_at <= $1",
+                &[&keep.expired_before],
             )
             .await?;
             tx.execute(

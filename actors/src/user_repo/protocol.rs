@@ -6,9 +6,9 @@
 
 use crate::error::Result;
 use crate::model::{
-    ActiveSession, Claimed, Credentials, Invalidation, LinkMail, LinkPurpose, MailOutcome,
-    NewSession, NewUser, Outgoing, Principal, ProfileChange, RefreshOwner, Revoke, Rotation,
-    Session, User,
+    ActiveSession, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation, LinkMail,
+    LinkPurpose, MailOutcome, NewSession, NewUser, Outgoing, Principal, ProfileChange, Proof,
+    RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyOp, RingPolicy};
@@ -28,6 +28,8 @@ impl Invalidates for Vec<Claimed> {}
 impl Invalidates for Option<Session> {}
 
 impl Invalidates for Vec<Change> {}
+
+impl Invalidates for ChallengeOutcome {}
 
 impl Invalidates for Vec<Invalidation> {
     fn invalidations(&self) -> &[Invalidation] {
@@ -152,6 +154,10 @@ repository! {
         LinkOwner => fn link_owner(digest: String, purpose: LinkPurpose, now: i64) -> Option<User>;
         /// Messages waiting to be sent.
         OutboxPending => fn outbox_pending() -> u64;
+        /// A user's second factor (the sealed TOTP secret, pending or on).
+        SecondFactor => fn second_factor(user_id: String) -> Option<SecondFactor>;
+        /// A login challenge (by digest) a code may still be tried against.
+        Challenge => fn challenge(digest: String, now: i64) -> Option<Challenge>;
     }
     writes {
         /// Inserts a user, and its verification link and message when given;
@@ -209,6 +215,31 @@ repository! {
         FinishMail => fn finish_mail(id: String, owner: String, outcome: MailOutcome, now: i64) -> bool;
         /// Soft-deletes the user and revokes all their sessions.
         Deactivate => fn deactivate(by: Principal, now: i64) -> Vec<Invalidation>;
+        /// Records the second step of a login whose password was right.
+        OpenChallenge => fn open_challenge(challenge: Challenge) -> ();
+        /// Tries `proof` (`None`: a code that was plainly wrong) against a
+        /// usable challenge: spends it and the code, and creates `session`,
+        /// if both are good and the account is as it was when the challenge
+        /// was opened; else counts a failure (the fifth kills it).
+        CompleteChallenge => fn complete_challenge(digest: String, proof: Option<Proof>, session: NewSession) -> ChallengeOutcome;
+        /// Starts (or restarts) a TOTP enrolment with the sealed secret;
+        /// `MfaState` when a second factor is on already.
+        BeginTotp => fn begin_totp(by: Principal, sealed: Vec<u8>, now: i64) -> ();
+        /// Turns the pending enrolment `sealed` on, with the first code's
+        /// step and the recovery codes' digests; `SecondFactorRefused` when
+        /// that enrolment is no longer the pending one, `MfaState` when on.
+        ConfirmTotp => fn confirm_totp(by: Principal, sealed: Vec<u8>, step: i64, codes: Vec<String>, now: i64) -> Vec<Invalidation>;
+        /// Turns the second factor off (secret and recovery codes go, open
+        /// challenges die), spending `proof` and queueing `notice`. `MfaState`
+        /// when off, `SecondFactorRefused` when the proof does not spend
+        /// (`None`: the code was plainly wrong).
+        DisableMfa => fn disable_mfa(by: Principal, proof: Option<Proof>, notice: Outgoing, now: i64) -> Vec<Invalidation>;
+        /// Replaces the recovery codes with `codes` (digests), spending `proof`.
+        ReplaceRecoveryCodes => fn replace_recovery_codes(by: Principal, proof: Option<Proof>, codes: Vec<String>, now: i64) -> ();
+        /// Renews `by`'s session's password check to `now`, if the hash is
+        /// still `verified_hash` (else `WrongCurrentPassword`) and, with a
+        /// second factor on, `proof` spends (else `SecondFactorRefused`).
+        Reauthenticate => fn reauthenticate(by: Principal, verified_hash: String, proof: Option<Proof>, now: i64) -> ();
         /// Changes the key ring as `op` plans it, under a lock that makes
         /// concurrent instances take turns; `fresh` is the key to add if the
         /// plan creates one. What was changed (nothing, often).

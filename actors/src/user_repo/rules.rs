@@ -2,6 +2,7 @@
 //! own SQL, asks these functions what the rows mean, and writes the answer
 //! with its own SQL. Nothing here touches a database or a clock.
 
+use crate::error::Error;
 use crate::model::{LinkPurpose, MailOutcome, Revoke};
 
 /// How long revoked sessions (and the invalidation log) are kept before purging.
@@ -20,6 +21,41 @@ pub struct SessionState {
 /// revoked, not expired, its user active. A missing row may not.
 pub fn session_active(session: Option<SessionState>, now: i64) -> bool {
     session.is_some_and(|s| s.revoked_at.is_none() && s.expires_at > now && s.user_active)
+}
+
+/// Whether a write may be made for a caller whose session is `session`
+/// (with its last password check, Unix ms): it must be active, and for a
+/// privileged write (`fresh_since`) that check no older than `fresh_since`
+/// (no leeway).
+pub fn may_write_as(
+    session: Option<(SessionState, i64)>,
+    fresh_since: Option<i64>,
+    now: i64,
+) -> Result<(), Error> {
+    let auth_time = match session {
+        Some((s, auth_time)) if session_active(Some(s), now) => auth_time,
+        _ => return Err(Error::SessionRevoked),
+    };
+    match fresh_since {
+        Some(since) if auth_time < since => Err(Error::ReauthRequired),
+        _ => Ok(()),
+    }
+}
+
+/// Wrong codes a login challenge survives; the one after kills it.
+pub const CHALLENGE_TRIES: i64 = 5;
+
+/// A login challenge as stored, for [`challenge_usable`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChallengeState {
+    pub expires_at: i64,
+    pub failures: i64,
+    pub used: bool,
+}
+
+/// Whether a code may still be tried against a login challenge at `now`.
+pub fn challenge_usable(challenge: Option<ChallengeState>, now: i64) -> bool {
+    challenge.is_some_and(|c| !c.used && c.expires_at > now && c.failures < CHALLENGE_TRIES)
 }
 
 /// Whether a login whose password was checked against `verified_hash` may
@@ -275,6 +311,57 @@ mod tests {
         };
         assert!(!session_active(Some(deactivated), 0));
         assert!(!session_active(None, 0));
+    }
+
+    #[test]
+    fn privileged_writes_need_a_password_check_no_older_than_the_window() {
+        let checked_at = 4_000;
+        let session = Some((LIVE, checked_at));
+        assert!(may_write_as(session, None, 9_000).is_ok(), "not privileged");
+        assert!(
+            may_write_as(session, Some(4_000), 9_000).is_ok(),
+            "just fresh"
+        );
+        assert!(matches!(
+            may_write_as(session, Some(4_001), 9_000),
+            Err(Error::ReauthRequired)
+        ));
+        // A dead session is refused as such, however fresh.
+        assert!(matches!(
+            may_write_as(session, Some(0), 10_000),
+            Err(Error::SessionRevoked)
+        ));
+        assert!(matches!(
+            may_write_as(None, None, 0),
+            Err(Error::SessionRevoked)
+        ));
+    }
+
+    #[test]
+    fn a_challenge_takes_five_wrong_codes_and_one_right_one() {
+        let fresh = ChallengeState {
+            expires_at: 300_000,
+            failures: 0,
+            used: false,
+        };
+        assert!(challenge_usable(Some(fresh), 299_999));
+        assert!(!challenge_usable(Some(fresh), 300_000), "expired");
+        let tried = ChallengeState {
+            failures: CHALLENGE_TRIES - 1,
+            ..fresh
+        };
+        assert!(challenge_usable(Some(tried), 0), "a fifth try");
+        let dead = ChallengeState {
+            failures: CHALLENGE_TRIES,
+            ..fresh
+        };
+        assert!(!challenge_usable(Some(dead), 0));
+        let used = ChallengeState {
+            used: true,
+            ..fresh
+        };
+        assert!(!challenge_usable(Some(used), 0));
+        assert!(!challenge_usable(None, 0));
     }
 
     #[test]

@@ -19,24 +19,28 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavio
 use rusqlite_migration::{M, Migrations};
 
 use super::protocol::Store;
-use super::rules::{self, Confirm, EmailChange, Exchange, LinkState, Presented, SessionState};
+use super::rules::{
+    self, ChallengeState, Confirm, EmailChange, Exchange, LinkState, Presented, SessionState,
+};
 use super::store::{
     AFTER_USER, DatabaseSettings, HOUR_MS, USER_COLUMNS, cap_allows, json_list, roles_from,
 };
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, Claimed, Credentials, Invalidation, LinkMail, LinkPurpose, MailOutcome,
-    NewSession, NewUser, Outgoing, Principal, ProfileChange, RefreshOwner, Revoke, Rotation,
-    Session, User,
+    ActiveSession, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation, LinkMail,
+    LinkPurpose, MailOutcome, NewSession, NewUser, Outgoing, Principal, ProfileChange, Proof,
+    RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
+use crate::token_issuer::token_digest;
 
 /// The schema, one entry per version; never edit a released entry, append.
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/sqlite/001_initial.sql")),
     M::up(include_str!("migrations/sqlite/002_signing_keys.sql")),
     M::up(include_str!("migrations/sqlite/003_email.sql")),
+    M::up(include_str!("migrations/sqlite/004_mfa.sql")),
 ];
 
 pub struct SqliteStore {
@@ -112,7 +116,8 @@ impl SqliteStore {
     }
 
     /// Runs `work` in an immediate transaction, if `by`'s session is active
-    /// inside it; `SessionRevoked`, writing nothing, if not. `work` may refuse
+    /// (and, for a privileged write, fresh) inside it; `SessionRevoked` (or
+    /// `ReauthRequired`), writing nothing, if not. `work` may refuse
     /// with a domain error of its own, and then writes nothing either.
     async fn write_as<T: Send + 'static>(
         &self,
@@ -123,9 +128,9 @@ impl SqliteStore {
         + 'static,
     ) -> Result<T> {
         self.write(move |tx| {
-            let state = session_state(tx, &by.session_id, Some(&by.user_id))?;
-            if !rules::session_active(state, now) {
-                return Ok(Err(Error::SessionRevoked));
+            let state = session_state(tx, &by.session_id, &by.user_id)?;
+            if let Err(refused) = rules::may_write_as(state, by.fresh_since, now) {
+                return Ok(Err(refused));
             }
             work(tx, &by)
         })
@@ -189,24 +194,124 @@ fn classify(e: rusqlite::Error) -> Error {
     Error::Internal(format!("sqlite: {e}"))
 }
 
-/// A session's state as the rules need it, read inside `conn` (of `user_id`, when given).
+/// A session of `user_id` as the rules need it, with its last password
+/// check, read inside `conn`.
 fn session_state(
     conn: &Connection,
     session_id: &str,
-    user_id: Option<&str>,
-) -> rusqlite::Result<Option<SessionState>> {
+    user_id: &str,
+) -> rusqlite::Result<Option<(SessionState, i64)>> {
     conn.prepare_cached(
-        "SELECT s.revoked_at, s.expires_at, u.is_active FROM sessions s JOIN users u ON u.id = s.user_id
-         WHERE s.id = ?1 AND (?2 IS NULL OR s.user_id = ?2)",
+        "SELECT s.revoked_at, s.expires_at, u.is_active, s.auth_time
+         FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.id = ?1 AND s.user_id = ?2",
     )?
     .query_row(params![session_id, user_id], |r| {
-        Ok(SessionState {
+        let state = SessionState {
             revoked_at: r.get(0)?,
             expires_at: r.get(1)?,
             user_active: r.get(2)?,
-        })
+        };
+        Ok((state, r.get(3)?))
     })
     .optional()
+}
+
+/// Spends a second-factor proof of `user_id` inside `tx`: a TOTP step
+/// later than the last accepted one becomes the last, a recovery code is
+/// used up. `false`, changing nothing, when it does not spend (no proof: a
+/// code that was plainly wrong; a replay, a code used meanwhile, MFA off).
+fn spend_proof(
+    tx: &rusqlite::Transaction<'_>,
+    user_id: &str,
+    proof: Option<&Proof>,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let spent = match proof {
+        None => 0,
+        Some(Proof::Totp { step }) => tx.execute(
+            "UPDATE users SET totp_last_step = ?2, updated_at = ?3
+             WHERE id = ?1 AND mfa_enabled = 1 AND coalesce(totp_last_step < ?2, 1)",
+            params![user_id, step, now],
+        )?,
+        Some(Proof::Recovery { digest }) => tx.execute(
+            "DELETE FROM recovery_codes WHERE user_id = ?1 AND digest = ?2
+             AND EXISTS (SELECT 1 FROM users WHERE id = ?1 AND mfa_enabled = 1)",
+            params![user_id, digest],
+        )?,
+    };
+    Ok(spent == 1)
+}
+
+/// Replaces `user_id`'s recovery codes by `digests` inside `tx`.
+fn store_recovery_codes(
+    tx: &rusqlite::Transaction<'_>,
+    user_id: &str,
+    digests: &[String],
+) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM recovery_codes WHERE user_id = ?1", [user_id])?;
+    let mut insert =
+        tx.prepare_cached("INSERT INTO recovery_codes (user_id, digest) VALUES (?1, ?2)")?;
+    for digest in digests {
+        insert.execute(params![user_id, digest])?;
+    }
+    Ok(())
+}
+
+/// Inserts a session inside `tx`, if a login checked against `verified_hash`
+/// may open it (the rule of [`rules::may_open_session`]).
+fn insert_session(
+    tx: &rusqlite::Transaction<'_>,
+    s: NewSession,
+    verified_hash: &str,
+    rehash: Option<String>,
+) -> rusqlite::Result<Option<Session>> {
+    let current: Option<(String, bool)> = tx
+        .query_row(
+            "SELECT password_hash, is_active FROM users WHERE id = ?1",
+            [&s.user_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let current = current
+        .as_ref()
+        .map(|(hash, active)| (hash.as_str(), *active));
+    if !rules::may_open_session(current, verified_hash) {
+        return Ok(None);
+    }
+    if let Some(hash) = rehash {
+        tx.execute(
+            "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+            params![s.user_id, hash],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
+                               expires_at, absolute_expires_at, ip, user_agent,
+                               auth_time, amr)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            s.id,
+            s.user_id,
+            s.refresh_digest,
+            s.now,
+            s.expires_at,
+            s.absolute_expires_at,
+            s.ip,
+            s.user_agent,
+            s.auth_time,
+            json_list(&s.amr)
+        ],
+    )?;
+    Ok(Some(Session {
+        id: s.id,
+        user_id: s.user_id,
+        created_at: s.now,
+        last_used_at: s.now,
+        expires_at: s.expires_at,
+        ip: s.ip,
+        user_agent: s.user_agent,
+    }))
 }
 
 /// Revokes the sessions in `scope` inside `tx` and logs what caches must drop.
@@ -286,6 +391,7 @@ fn user_from(row: &Row<'_>) -> rusqlite::Result<User> {
         roles: roles_from(&row.get::<_, String>(6)?),
         email_verified: row.get(7)?,
         pending_email: row.get(8)?,
+        mfa_enabled: row.get(9)?,
     })
 }
 
@@ -527,55 +633,8 @@ impl Store for SqliteStore {
         verified_hash: String,
         rehash: Option<String>,
     ) -> Result<Option<Session>> {
-        self.write(move |tx| {
-            let current: Option<(String, bool)> = tx
-                .query_row(
-                    "SELECT password_hash, is_active FROM users WHERE id = ?1",
-                    [&s.user_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let current = current
-                .as_ref()
-                .map(|(hash, active)| (hash.as_str(), *active));
-            if !rules::may_open_session(current, &verified_hash) {
-                return Ok(None);
-            }
-            if let Some(hash) = rehash {
-                tx.execute(
-                    "UPDATE users SET password_hash = ?2 WHERE id = ?1",
-                    params![s.user_id, hash],
-                )?;
-            }
-            tx.execute(
-                "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
-                                       expires_at, absolute_expires_at, ip, user_agent,
-                                       auth_time, amr)
-                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    s.id,
-                    s.user_id,
-                    s.refresh_digest,
-                    s.now,
-                    s.expires_at,
-                    s.absolute_expires_at,
-                    s.ip,
-                    s.user_agent,
-                    s.auth_time,
-                    json_list(&s.amr)
-                ],
-            )?;
-            Ok(Some(Session {
-                id: s.id,
-                user_id: s.user_id,
-                created_at: s.now,
-                last_used_at: s.now,
-                expires_at: s.expires_at,
-                ip: s.ip,
-                user_agent: s.user_agent,
-            }))
-        })
-        .await
+        self.write(move |tx| insert_session(tx, s, &verified_hash, rehash))
+            .await
     }
 
     async fn active_session(&self, session_id: String, now: i64) -> Result<Option<ActiveSession>> {
@@ -1053,6 +1112,256 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn second_factor(&self, user_id: String) -> Result<Option<SecondFactor>> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS}, totp_secret, totp_last_step FROM users WHERE id = ?1"
+            ))?
+            .query_row([user_id], |row| {
+                Ok(SecondFactor {
+                    user: user_from(row)?,
+                    secret: row.get(AFTER_USER)?,
+                    last_step: row.get(AFTER_USER + 1)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn challenge(&self, digest: String, now: i64) -> Result<Option<Challenge>> {
+        self.read(move |conn| {
+            let found = conn
+                .prepare_cached(
+                    "SELECT user_id, password_digest, auth_time, expires_at, failures, used_at
+                     FROM mfa_challenges WHERE digest = ?1",
+                )?
+                .query_row([&digest], |r| {
+                    let state = ChallengeState {
+                        expires_at: r.get(3)?,
+                        failures: r.get(4)?,
+                        used: r.get::<_, Option<i64>>(5)?.is_some(),
+                    };
+                    let challenge = Challenge {
+                        digest: digest.clone(),
+                        user_id: r.get(0)?,
+                        password_digest: r.get(1)?,
+                        auth_time: r.get(2)?,
+                        expires_at: state.expires_at,
+                    };
+                    Ok((challenge, state))
+                })
+                .optional()?;
+            Ok(found
+                .filter(|(_, state)| rules::challenge_usable(Some(*state), now))
+                .map(|(challenge, _)| challenge))
+        })
+        .await
+    }
+
+    async fn open_challenge(&self, c: Challenge) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO mfa_challenges (digest, user_id, password_digest, auth_time, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![c.digest, c.user_id, c.password_digest, c.auth_time, c.expires_at],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn complete_challenge(
+        &self,
+        digest: String,
+        proof: Option<Proof>,
+        session: NewSession,
+    ) -> Result<ChallengeOutcome> {
+        self.write(move |tx| {
+            let now = session.now;
+            let found: Option<(String, String, ChallengeState)> = tx
+                .prepare_cached(
+                    "SELECT u.password_hash, c.password_digest, c.expires_at, c.failures, c.used_at
+                     FROM mfa_challenges c JOIN users u ON u.id = c.user_id
+                     WHERE c.digest = ?1 AND c.user_id = ?2 AND u.mfa_enabled = 1",
+                )?
+                .query_row(params![digest, session.user_id], |r| {
+                    let state = ChallengeState {
+                        expires_at: r.get(2)?,
+                        failures: r.get(3)?,
+                        used: r.get::<_, Option<i64>>(4)?.is_some(),
+                    };
+                    Ok((r.get(0)?, r.get(1)?, state))
+                })
+                .optional()?;
+            let Some((hash, password_digest, state)) =
+                found.filter(|(_, _, state)| rules::challenge_usable(Some(*state), now))
+            else {
+                return Ok(ChallengeOutcome::Unusable);
+            };
+            let user_id = session.user_id.clone();
+            let spent = spend_proof(tx, &user_id, proof.as_ref(), now)?;
+            if !spent {
+                tx.execute(
+                    "UPDATE mfa_challenges SET failures = failures + 1 WHERE digest = ?1",
+                    [&digest],
+                )?;
+                let killed = !rules::challenge_usable(
+                    Some(ChallengeState {
+                        failures: state.failures + 1,
+                        ..state
+                    }),
+                    now,
+                );
+                return Ok(ChallengeOutcome::WrongCode { killed });
+            }
+            tx.execute(
+                "UPDATE mfa_challenges SET used_at = ?2 WHERE digest = ?1",
+                params![digest, now],
+            )?;
+            // The session opens only for the password the challenge was opened with.
+            let verified = (token_digest(&hash) == password_digest).then_some(hash);
+            let opened = match verified {
+                Some(hash) => insert_session(tx, session, &hash, None)?,
+                None => None,
+            };
+            Ok(opened.map_or(ChallengeOutcome::Unusable, ChallengeOutcome::Completed))
+        })
+        .await
+    }
+
+    async fn begin_totp(&self, by: Principal, sealed: Vec<u8>, now: i64) -> Result<()> {
+        self.write_as(by, now, move |tx, by| {
+            let changed = tx.execute(
+                "UPDATE users SET totp_secret = ?2, totp_last_step = NULL, updated_at = ?3
+                 WHERE id = ?1 AND mfa_enabled = 0",
+                params![by.user_id, sealed, now],
+            )?;
+            Ok(if changed == 1 {
+                Ok(())
+            } else {
+                Err(Error::MfaState { enabled: true })
+            })
+        })
+        .await
+    }
+
+    async fn confirm_totp(
+        &self,
+        by: Principal,
+        sealed: Vec<u8>,
+        step: i64,
+        codes: Vec<String>,
+        now: i64,
+    ) -> Result<Vec<Invalidation>> {
+        self.write_as(by, now, move |tx, by| {
+            let (pending, enabled): (Option<Vec<u8>>, bool) = tx.query_row(
+                "SELECT totp_secret, mfa_enabled FROM users WHERE id = ?1",
+                [&by.user_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if enabled {
+                return Ok(Err(Error::MfaState { enabled: true }));
+            }
+            if pending.as_deref() != Some(sealed.as_slice()) {
+                return Ok(Err(Error::SecondFactorRefused));
+            }
+            tx.execute(
+                "UPDATE users SET mfa_enabled = 1, totp_last_step = ?2, updated_at = ?3
+                 WHERE id = ?1",
+                params![by.user_id, step, now],
+            )?;
+            store_recovery_codes(tx, &by.user_id, &codes)?;
+            log_invalidations(tx, &by.user_id, vec![None], now).map(Ok)
+        })
+        .await
+    }
+
+    async fn disable_mfa(
+        &self,
+        by: Principal,
+        proof: Option<Proof>,
+        notice: Outgoing,
+        now: i64,
+    ) -> Result<Vec<Invalidation>> {
+        self.write_as(by, now, move |tx, by| {
+            let user = user_in(tx, &by.user_id)?;
+            if !user.mfa_enabled {
+                return Ok(Err(Error::MfaState { enabled: false }));
+            }
+            if !spend_proof(tx, &by.user_id, proof.as_ref(), now)? {
+                return Ok(Err(Error::SecondFactorRefused));
+            }
+            tx.execute(
+                "UPDATE users SET mfa_enabled = 0, totp_secret = NULL, totp_last_step = NULL,
+                                  updated_at = ?2
+                 WHERE id = ?1",
+                params![by.user_id, now],
+            )?;
+            tx.execute(
+                "DELETE FROM recovery_codes WHERE user_id = ?1",
+                [&by.user_id],
+            )?;
+            tx.execute(
+                "DELETE FROM mfa_challenges WHERE user_id = ?1",
+                [&by.user_id],
+            )?;
+            enqueue(tx, &notice, &user.email, now)?;
+            log_invalidations(tx, &by.user_id, vec![None], now).map(Ok)
+        })
+        .await
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        by: Principal,
+        proof: Option<Proof>,
+        codes: Vec<String>,
+        now: i64,
+    ) -> Result<()> {
+        self.write_as(by, now, move |tx, by| {
+            if !user_in(tx, &by.user_id)?.mfa_enabled {
+                return Ok(Err(Error::MfaState { enabled: false }));
+            }
+            if !spend_proof(tx, &by.user_id, proof.as_ref(), now)? {
+                return Ok(Err(Error::SecondFactorRefused));
+            }
+            store_recovery_codes(tx, &by.user_id, &codes).map(Ok)
+        })
+        .await
+    }
+
+    async fn reauthenticate(
+        &self,
+        by: Principal,
+        verified_hash: String,
+        proof: Option<Proof>,
+        now: i64,
+    ) -> Result<()> {
+        self.write_as(by, now, move |tx, by| {
+            let (hash, mfa): (String, bool) = tx.query_row(
+                "SELECT password_hash, mfa_enabled FROM users WHERE id = ?1",
+                [&by.user_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if hash != verified_hash {
+                return Ok(Err(Error::WrongCurrentPassword));
+            }
+            if mfa {
+                let spent = spend_proof(tx, &by.user_id, proof.as_ref(), now)?;
+                if !spent {
+                    return Ok(Err(Error::SecondFactorRefused));
+                }
+            }
+            tx.execute(
+                "UPDATE sessions SET auth_time = ?2 WHERE id = ?1",
+                params![by.session_id, now],
+            )?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
     async fn outbox_pending(&self) -> Result<u64> {
         self.read(|conn| {
             conn.query_row(
@@ -1103,6 +1412,10 @@ impl Store for SqliteStore {
             tx.execute(
                 "DELETE FROM email_links WHERE expires_at <= ?1 OR used_at <= ?1",
                 [keep.mail_before],
+            )?;
+            tx.execute(
+                "DELETE FROM mfa_challenges WHERE expires_at <= ?1",
+                [keep.expired_before],
             )?;
             tx.execute(
                 "DELETE FROM outbox WHERE state <> 'pending' AND done_at <= ?1",

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// The columns of a [`User`](crate::model::User), in the order both stores read them.
-pub(super) const USER_COLUMNS: &str =
-    "id, email, username, is_active, created_at, updated_at, roles, email_verified, pending_email";
+pub(super) const USER_COLUMNS: &str = "id, email, username, is_active, created_at, updated_at, roles, email_verified, pending_email, \
+     mfa_enabled";
 
 /// The index of the column read after [`USER_COLUMNS`] (the password hash).
-pub(super) const AFTER_USER: usize = 9;
+pub(super) const AFTER_USER: usize = 10;
 
 /// An hour, the per-recipient cap's window, in ms.
 pub(super) const HOUR_MS: i64 = 3_600_000;
