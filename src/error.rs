@@ -188,6 +188,12 @@ fn domain_parts<'a>(
             "Invalid second factor",
             Some("The code is wrong, used or expired, or the mfa_token is not valid".into()),
         ),
+        Error::MissingScope => parts(
+            S::FORBIDDEN,
+            "AUTH011",
+            "Admin key lacks the scope",
+            Some("This route needs a scope the admin key was not given".into()),
+        ),
         Error::ReauthRequired => parts(
             S::FORBIDDEN,
             "AUTH012",
@@ -351,6 +357,7 @@ pub struct FieldProblem {
 ///   factor: the error also holds `mfa_token` and `methods`.
 /// * `AUTH010` (401): a wrong, replayed or expired second-factor code, or
 ///   an unusable `mfa_token`.
+/// * `AUTH011` (403): a valid admin key without the scope the route needs.
 /// * `AUTH012` (403): a privileged operation, and the session's last
 ///   password check is older than `auth.reauth_window_s`.
 /// * `MFA001` (409): TOTP enrolment while a second factor is on, or its
@@ -382,6 +389,7 @@ pub enum ErrorCode {
     Auth008,
     Auth009,
     Auth010,
+    Auth011,
     Auth012,
     Mfa001,
     Not001,

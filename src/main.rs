@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gatehouse::commands::{self, KeysCommand};
+use gatehouse::commands::{self, AdminKeysCommand, Failed, KeysCommand};
 use gatehouse::{config, telemetry};
 
 /// Gatehouse, an authentication service.
@@ -31,6 +31,25 @@ enum Command {
     /// The signing keys of the configured database (EdDSA or ES256).
     #[command(subcommand)]
     Keys(Keys),
+    /// Keys for the admin API (`Authorization: Bearer ghk_…`).
+    #[command(subcommand)]
+    AdminKeys(AdminKeys),
+}
+
+#[derive(Subcommand)]
+enum AdminKeys {
+    /// A new key with these scopes; printed this once (only a digest is kept).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: users:read, users:write, audit:read, keys:write, introspect.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// One JSON line per key that is not revoked (never the key).
+    List,
+    /// Refuse the key from now on, on every instance.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -67,13 +86,24 @@ fn main() -> ExitCode {
         println!("configuration {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Keys(keys)) = args.command {
-        let command = match keys {
-            Keys::List => KeysCommand::List,
-            Keys::Rotate { now } => KeysCommand::Rotate { now },
-            Keys::Revoke { kid } => KeysCommand::Revoke { kid },
-        };
-        return run_command(&loaded, command);
+    match args.command {
+        Some(Command::Keys(keys)) => {
+            let command = match keys {
+                Keys::List => KeysCommand::List,
+                Keys::Rotate { now } => KeysCommand::Rotate { now },
+                Keys::Revoke { kid } => KeysCommand::Revoke { kid },
+            };
+            return run_command(&loaded, commands::keys(&loaded, command));
+        }
+        Some(Command::AdminKeys(keys)) => {
+            let command = match keys {
+                AdminKeys::Create { name, scopes } => AdminKeysCommand::Create { name, scopes },
+                AdminKeys::List => AdminKeysCommand::List,
+                AdminKeys::Revoke { id } => AdminKeysCommand::Revoke { id },
+            };
+            return run_command(&loaded, commands::admin_keys(&loaded, command));
+        }
+        None => {}
     }
     let _log_writer = match telemetry::init_tracing(&loaded.config.logging) {
         Ok(guard) => guard,
@@ -109,7 +139,10 @@ fn main() -> ExitCode {
 }
 
 /// Runs a command to its end: its lines on stdout, a failure on stderr.
-fn run_command(loaded: &config::Loaded, command: KeysCommand) -> ExitCode {
+fn run_command(
+    loaded: &config::Loaded,
+    command: impl Future<Output = Result<Vec<String>, Failed>>,
+) -> ExitCode {
     let _log_writer = telemetry::init_tracing(&loaded.config.logging).ok();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -121,7 +154,7 @@ fn run_command(loaded: &config::Loaded, command: KeysCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::keys(loaded, command)) {
+    match runtime.block_on(command) {
         Ok(lines) => {
             for line in lines {
                 println!("{line}");

@@ -71,17 +71,25 @@ pub enum Tag {
     Auth,
     Users,
     Discovery,
+    Admin,
     Monitoring,
 }
 
 impl Tag {
-    const ALL: [Self; 4] = [Self::Auth, Self::Users, Self::Discovery, Self::Monitoring];
+    const ALL: [Self; 5] = [
+        Self::Auth,
+        Self::Users,
+        Self::Discovery,
+        Self::Admin,
+        Self::Monitoring,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::Auth => "auth",
             Self::Users => "users",
             Self::Discovery => "discovery",
+            Self::Admin => "admin",
             Self::Monitoring => "monitoring",
         }
     }
@@ -92,6 +100,10 @@ impl Tag {
                 "Registration, login, token refresh, logout, email verification, password reset."
             }
             Self::Users => "The caller's own account and sessions (Bearer access token).",
+            Self::Admin => {
+                "For operators and resource servers, with an admin key (`Authorization: Bearer \
+                 ghk_…`) that has the route's scope."
+            }
             Self::Discovery => {
                 "What other services need to verify tokens: the JWKS and RFC 8414 metadata."
             }
@@ -271,7 +283,8 @@ impl Failure {
                 re-authentication) is wrong. `AUTH007` (login): the right password, but the \
                 address is not verified and `auth.email_verification` is `required`. `AUTH009` \
                 (login): the right password of an account with a second factor; the error holds \
-                `mfa_token` and `methods`. `AUTH012`: a privileged operation, and the session's \
+                `mfa_token` and `methods`. `AUTH011` (admin routes): a valid admin key without \
+                the route's scope. `AUTH012`: a privileged operation, and the session's \
                 last password check is older than `auth.reauth_window_s`."
                 .into(),
             Self::NotFound => "`NOT001`: no such route or resource.".into(),
@@ -346,6 +359,7 @@ impl Failure {
                     }),
                 ),
                 ("Re-authentication required", domain(Domain::ReauthRequired)),
+                ("Admin key without the scope", domain(Domain::MissingScope)),
             ],
             Self::NotFound => vec![("Not found", ApiError::NotFound)],
             Self::MethodNotAllowed => vec![(
@@ -626,6 +640,21 @@ pub fn openapi(config: &Config, routes: &[Route]) -> Result<OpenApi, DocError> {
             ),
         )
         .security_scheme(
+            "adminKey",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("ghk_…")
+                    .description(Some(
+                        "An admin key from `gatehouse admin-keys create` (`ghk_…`). The \
+                         requirement names the scope the route needs: without it, 403 \
+                         `AUTH011`; an unknown or revoked key, or a user's token, is 401 \
+                         `AUTH002`.",
+                    ))
+                    .build(),
+            ),
+        )
+        .security_scheme(
             "monitoringToken",
             SecurityScheme::Http(
                 HttpBuilder::new()
@@ -740,7 +769,11 @@ fn operation(
     match (route.body.accepted(), doc.request) {
         (Some(media_types), Some(shape)) => {
             let schema = shape.resolve(schemas);
-            let mut body = RequestBodyBuilder::new().required(Some(Required::True));
+            let required = match route.body {
+                Body::OptionalJson => Required::False,
+                _ => Required::True,
+            };
+            let mut body = RequestBodyBuilder::new().required(Some(required));
             for media_type in media_types {
                 body = body.content(
                     *media_type,
@@ -761,6 +794,7 @@ fn operation(
     op = op.securities(Some(match route.guard {
         Guard::Open => vec![],
         Guard::User => vec![SecurityRequirement::new("bearerAuth", Vec::<String>::new())],
+        Guard::Admin(scope) => vec![SecurityRequirement::new("adminKey", [scope.name()])],
         Guard::Monitoring => {
             let token = SecurityRequirement::new("monitoringToken", Vec::<String>::new());
             if config.monitoring.required_token().is_some() {

@@ -9,9 +9,10 @@
 //! types and the errors they imply are derived (see [`crate::openapi`]).
 
 use gatehouse_actors::rate_limiter::RouteClass;
+use gatehouse_actors::services::admin::Scope;
 use hyper::Method;
 
-use crate::handlers::{auth, discovery, monitoring, pages, recovery, users};
+use crate::handlers::{admin, auth, discovery, monitoring, pages, recovery, users};
 use crate::http::router::{Body, Guard, Route};
 use crate::openapi::{Answer, Doc, Failure, OpenApiDocument, Param, PrometheusText, Shape, Tag};
 use crate::wire;
@@ -725,6 +726,106 @@ pub static ROUTES: &[Route] = &[
                 Shape::inline::<OpenApiDocument>(),
             )],
             errors: &[],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/admin/introspect",
+        handler: handler!(admin::introspect),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::Introspect),
+        body: Body::Form,
+        chaos_only: false,
+        operation_id: "introspect",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Introspect an access token (RFC 7662)",
+            description: "For resource servers that must know about a revocation now rather \
+                than at `exp`: the session is read from the database, so a token of a session \
+                revoked on any instance is inactive at once. Anything not currently valid \
+                answers `{\"active\": false}`.",
+            request: Some(Shape::of::<wire::IntrospectRequest>()),
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "Whether the token is valid now, and its claims when it is.",
+                Shape::of::<wire::IntrospectionBody<'static>>(),
+            )],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/admin/keys",
+        handler: handler!(admin::keys),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::KeysWrite),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "listSigningKeys",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "List the signing keys",
+            description: "As `gatehouse keys list`: every key of the ring (none with HS256), \
+                never key material.",
+            request: None,
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "The keys of the ring.",
+                Shape::of::<wire::SigningKeyList<'static>>(),
+            )],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/admin/keys/rotate",
+        handler: handler!(admin::rotate_keys),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::KeysWrite),
+        body: Body::OptionalJson,
+        chaos_only: false,
+        operation_id: "rotateSigningKeys",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Rotate the signing keys",
+            description: "As `gatehouse keys rotate [--now]`: publishes a new next key (it \
+                signs ten minutes later), or with `{\"now\": true}` makes a key sign at once. \
+                Every instance follows within a second. With HS256 there is no ring: 404 \
+                `NOT001`.",
+            request: Some(Shape::of::<wire::RotateKeysRequest>()),
+            param: None,
+            answers: &[Answer::json(
+                200,
+                "The key the rotation brought forward.",
+                Shape::of::<wire::SigningKeyBody<'static>>(),
+            )],
+            errors: &[Failure::Forbidden, Failure::NotFound],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/admin/keys/{kid}/revoke",
+        handler: handler!(admin::revoke_key),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::KeysWrite),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "revokeSigningKey",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Revoke a signing key",
+            description: "As `gatehouse keys revoke KID`: the key leaves the ring (an active \
+                one is replaced first) and every token it signed is refused, on every \
+                instance, within a second.",
+            request: None,
+            param: Some(Param {
+                description: "The key's `kid`, as listed.",
+                schema: Shape::inline::<String>(),
+            }),
+            answers: &[Answer::empty(204, "The key is revoked.")],
+            errors: &[Failure::Forbidden],
         },
     },
     Route {

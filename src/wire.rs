@@ -19,6 +19,8 @@ use gatehouse_actors::services::operations::HealthStatus;
 use gatehouse_actors::services::sessions::SessionInfo;
 use gatehouse_actors::supervisor::{ActorReport, ActorStatus};
 use gatehouse_actors::system::ActorKind;
+use gatehouse_actors::token_issuer::AccessClaims;
+use gatehouse_actors::token_issuer::ring::{KeyInfo, KeyState};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaFormat, Type};
@@ -418,6 +420,108 @@ pub struct JwkDoc {
     /// Always `sig`.
     #[schema(rename = "use")]
     pub r#use: String,
+}
+
+/// A signing key as `gatehouse keys` and the admin API show it: never key material.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SigningKey, examples(json!({
+    "kid": "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs", "alg": "EdDSA", "state": "active",
+    "created_at": "2026-01-01T00:00:00Z", "activates_at": null
+})))]
+pub struct SigningKeyBody<'a> {
+    /// RFC 7638 thumbprint, the `kid` of the tokens it signs.
+    pub kid: &'a str,
+    /// `EdDSA` or `ES256`.
+    pub alg: &'a str,
+    /// `next` (published, not signing yet), `active` (signing) or `retired`
+    /// (published until its last token expires).
+    pub state: &'static str,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// When a next key starts signing (RFC 3339); null for the others.
+    pub activates_at: Option<String>,
+}
+
+impl<'a> From<&'a KeyInfo> for SigningKeyBody<'a> {
+    fn from(k: &'a KeyInfo) -> Self {
+        Self {
+            kid: &k.kid,
+            alg: &k.alg,
+            state: k.state.name(),
+            created_at: crate::http::rfc3339(k.created_at),
+            activates_at: (k.state == KeyState::Next).then(|| crate::http::rfc3339(k.activates_at)),
+        }
+    }
+}
+
+/// The signing keys of the ring, as `GET /api/v1/admin/keys` lists them.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SigningKeys)]
+pub struct SigningKeyList<'a> {
+    pub keys: Vec<SigningKeyBody<'a>>,
+}
+
+/// What `POST /api/v1/admin/keys/rotate` may say (the body is optional).
+#[derive(Deserialize, ToSchema, Default)]
+pub struct RotateKeysRequest {
+    /// Make a key sign at once (the pending next key, else a new one)
+    /// instead of publishing a new next key. Default false.
+    pub now: Option<bool>,
+}
+
+/// An RFC 7662 introspection request (a form). Unknown fields (such as
+/// `token_type_hint`) are ignored.
+#[derive(Deserialize, ToSchema)]
+pub struct IntrospectRequest {
+    /// The access token to look at.
+    #[schema(value_type = String, format = Password)]
+    pub token: Option<SecretString>,
+}
+
+/// RFC 7662: whether a token is valid now, and what it says when it is.
+/// Anything not currently valid (malformed, badly signed, expired, of a
+/// revoked session) is `{"active": false}` and nothing else.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Introspection, examples(
+    json!({"active": true, "sub": "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b",
+           "sid": "0192f3c4-6a7b-7c8d-9e0f-1a2b3c4d5e6f", "exp": 1767226500, "iat": 1767225600,
+           "amr": ["pwd", "mfa"], "roles": [], "token_type": "access_token"}),
+    json!({"active": false})
+))]
+pub struct IntrospectionBody<'a> {
+    pub active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<&'a str>,
+    /// Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amr: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<&'a [String]>,
+    /// `access_token` when active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+}
+
+impl<'a> From<Option<&'a AccessClaims>> for IntrospectionBody<'a> {
+    fn from(claims: Option<&'a AccessClaims>) -> Self {
+        Self {
+            active: claims.is_some(),
+            sub: claims.map(|c| c.sub.as_str()),
+            sid: claims.map(|c| c.sid.as_str()),
+            exp: claims.map(|c| c.exp),
+            iat: claims.map(|c| c.iat),
+            amr: claims.map(|c| c.amr.as_slice()),
+            roles: claims.map(|c| c.roles.as_slice()),
+            token_type: claims.map(|_| "access_token"),
+        }
+    }
 }
 
 /// `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata, built

@@ -77,6 +77,10 @@ pub enum Error {
     #[error("second factor refused")]
     SecondFactorRefused,
 
+    /// A valid admin key without the scope the route needs.
+    #[error("admin key lacks the scope")]
+    MissingScope,
+
     /// A privileged operation, and the session's last password check is
     /// older than `auth.reauth_window_s`.
     #[error("re-authentication required")]

@@ -20,6 +20,7 @@ use crate::rate_limiter::{
 };
 use crate::sealing::Sealer;
 use crate::services::accounts::Accounts;
+use crate::services::admin::{Admin, KeyRing};
 use crate::services::auth::Auth;
 use crate::services::edge::Edge;
 use crate::services::email::{Composer, MailPolicy};
@@ -69,6 +70,7 @@ pub struct Gatehouse {
     pub recovery: Recovery,
     pub mfa: Mfa,
     pub sessions: Sessions,
+    pub admin: Admin,
     pub edge: Edge,
     pub operations: Operations,
     supervisor: ActorRef<SupervisorMsg>,
@@ -114,13 +116,20 @@ impl Gatehouse {
         let cache = Arc::new(ArcSwapOption::empty());
         let repo = Repo::new(Arc::clone(&names), repo_timeout, cache.clone());
         let alg = settings.auth.signing_algorithm;
+        let mut ring = None;
         let key_source = if alg.stored() {
+            let sealer = Arc::new(Sealer::new(
+                &settings.key_encryption_secret,
+                "signing-keys",
+            )?);
+            ring = Some(KeyRing {
+                alg,
+                sealer: Arc::clone(&sealer),
+                policy: settings.auth.ring_policy(),
+            });
             KeySource::Ring {
                 alg,
-                sealer: Arc::new(Sealer::new(
-                    &settings.key_encryption_secret,
-                    "signing-keys",
-                )?),
+                sealer,
                 repo: repo.clone(),
             }
         } else {
@@ -284,6 +293,12 @@ impl Gatehouse {
                 db: database.clone(),
                 passwords,
                 mail: composer,
+                clock: Arc::clone(&clock),
+            },
+            admin: Admin {
+                db: database.clone(),
+                tokens: tokens.clone(),
+                ring,
                 clock: Arc::clone(&clock),
             },
             sessions: Sessions {

@@ -127,6 +127,23 @@ impl Principal {
     }
 }
 
+/// An operator's key for the admin API, as listed (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminKey {
+    pub id: String,
+    pub name: String,
+    /// Scope names (`users:read`, …).
+    pub scopes: Vec<String>,
+    pub created_at: i64,
+}
+
+/// A key about to be stored: what is listed, and the SHA-256 of the key.
+#[derive(Debug, Clone)]
+pub struct NewAdminKey {
+    pub key: AdminKey,
+    pub digest: String,
+}
+
 /// A second-factor code, as the write that spends it needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proof {

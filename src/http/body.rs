@@ -24,6 +24,17 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
     Some(essence)
 }
 
+/// Whether a request says it carries no body: no `Content-Type`, and no
+/// length or a length of zero (and not chunked).
+pub fn absent<B>(req: &hyper::Request<B>) -> bool {
+    let headers = req.headers();
+    headers.get(CONTENT_TYPE).is_none()
+        && headers.get(hyper::header::TRANSFER_ENCODING).is_none()
+        && headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .is_none_or(|len| len.as_bytes() == b"0")
+}
+
 /// Refuses a body whose media type is not one of `accepted` (415).
 pub fn expect_media_type(
     headers: &HeaderMap,

@@ -1,6 +1,8 @@
 //! The checks a route's guard makes before its handler runs: a live user
 //! session behind a bearer token, or the monitoring token.
 
+use gatehouse_actors::model::AdminKey;
+use gatehouse_actors::services::admin::Scope;
 use gatehouse_actors::{Error, Principal};
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
@@ -14,6 +16,16 @@ use crate::error::ApiError;
 pub async fn user(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = bearer(headers)?;
     Ok(state.gatehouse.sessions.authenticate(token).await?)
+}
+
+/// The admin key behind the request's bearer token, if it has `scope`.
+pub async fn admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<AdminKey, ApiError> {
+    let key = bearer(headers)?;
+    Ok(state.gatehouse.admin.authorize(key, scope).await?)
 }
 
 /// Refuses a request without the monitoring token, when one is configured.

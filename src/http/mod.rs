@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse_actors::clock::Stopwatch;
+use gatehouse_actors::model::AdminKey;
 use gatehouse_actors::{Gatehouse, Principal, RateLimitInfo};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -75,6 +76,8 @@ pub struct Ctx {
     pub client: IpAddr,
     /// Who the bearer token speaks for, on routes guarded for users.
     pub principal: Option<Principal>,
+    /// The admin key, on admin routes.
+    pub admin: Option<AdminKey>,
     /// The `{id}` or `{name}` segment, for routes that have one.
     pub param: Option<String>,
 }
@@ -155,7 +158,9 @@ impl App {
             method = method_label, route = template);
         let origin = state.policy.allowed_origin(req.headers()).cloned();
         let path = req.uri().path();
-        let api = path.starts_with("/api/v1/auth") || path.starts_with("/api/v1/users");
+        let api = ["/api/v1/auth", "/api/v1/users", "/api/v1/admin"]
+            .iter()
+            .any(|prefix| path.starts_with(prefix));
         let client = client_ip::client_ip(peer.ip(), req.headers(), &state.trusted_proxies);
 
         let mut rate = None;
@@ -233,7 +238,8 @@ impl App {
                 Err(e) => return Err(e.into()),
             }
         }
-        let req = match route.body.accepted() {
+        let skipped = route.body == router::Body::OptionalJson && body::absent(&req);
+        let req = match route.body.accepted().filter(|_| !skipped) {
             Some(accepted) => {
                 let (parts, incoming) = req.into_parts();
                 body::expect_media_type(&parts.headers, accepted)?;
@@ -245,13 +251,15 @@ impl App {
             }
             None => req.map(|_| Bytes::new()),
         };
-        let principal = match route.guard {
-            Guard::User => Some(guard::user(state, req.headers()).await?),
-            Guard::Open | Guard::Monitoring => None,
+        let (principal, admin) = match route.guard {
+            Guard::User => (Some(guard::user(state, req.headers()).await?), None),
+            Guard::Admin(scope) => (None, Some(guard::admin(state, req.headers(), scope).await?)),
+            Guard::Open | Guard::Monitoring => (None, None),
         };
         let ctx = Ctx {
             client,
             principal,
+            admin,
             param,
         };
         (route.handler)(state, req, ctx).await

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use gatehouse_actors::rate_limiter::RouteClass;
+use gatehouse_actors::services::admin::Scope;
 use hyper::Method;
 
 use super::{AppState, Ctx, HttpResponse, ReadRequest};
@@ -28,6 +29,8 @@ pub enum Guard {
     User,
     /// The monitoring token, when one is configured.
     Monitoring,
+    /// An admin key with this scope; the handler gets the key.
+    Admin(Scope),
 }
 
 /// The request body a route reads.
@@ -35,9 +38,11 @@ pub enum Guard {
 pub enum Body {
     None,
     Json,
+    /// JSON, or no body at all (no `Content-Type`, nothing sent).
+    OptionalJson,
     /// JSON, or an `application/x-www-form-urlencoded` form.
     JsonOrForm,
-    /// An HTML form's post (`application/x-www-form-urlencoded`).
+    /// A form post (`application/x-www-form-urlencoded`): the pages, introspection.
     Form,
 }
 
@@ -47,7 +52,7 @@ impl Body {
         use super::body::{FORM, JSON};
         match self {
             Self::None => None,
-            Self::Json => Some(&[JSON]),
+            Self::Json | Self::OptionalJson => Some(&[JSON]),
             Self::JsonOrForm => Some(&[JSON, FORM]),
             Self::Form => Some(&[FORM]),
         }

@@ -10,10 +10,12 @@
 //! * [`sessions`]: authenticating a bearer token, listing and ending sessions.
 //! * [`edge`]: the per-client rate limits every route passes.
 //! * [`operations`]: health, breakers, actors, metrics, chaos.
+//! * [`admin`]: admin keys, their check, token introspection.
 //!
 //! [`crate::Gatehouse`] builds them all from one set of handles.
 
 pub mod accounts;
+pub mod admin;
 pub mod auth;
 pub mod edge;
 pub mod email;

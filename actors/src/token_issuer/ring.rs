@@ -76,6 +76,18 @@ pub enum KeyOp {
     Revoke { kid: String },
 }
 
+/// The key `op` brought forward, in the ring as it is after it: the new
+/// next key of a rotation, the key signing after a rotation `now`; none for
+/// the others.
+pub fn announced<'a>(ring: &'a [KeyInfo], op: &KeyOp) -> Option<&'a KeyInfo> {
+    let wanted = match op {
+        KeyOp::Rotate { now: true } => KeyState::Active,
+        KeyOp::Rotate { now: false } => KeyState::Next,
+        KeyOp::Upkeep | KeyOp::Revoke { .. } => return None,
+    };
+    ring.iter().find(|k| k.state == wanted)
+}
+
 /// One change to the ring, applied in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {

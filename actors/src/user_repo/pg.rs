@@ -33,9 +33,9 @@ use super::store::{
 };
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation, LinkMail,
-    LinkPurpose, MailOutcome, NewSession, NewUser, Outgoing, Principal, ProfileChange, Proof,
-    RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
+    ActiveSession, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation,
+    LinkMail, LinkPurpose, MailOutcome, NewAdminKey, NewSession, NewUser, Outgoing, Principal,
+    ProfileChange, Proof, RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
@@ -56,6 +56,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("migrations/postgres/V3__email.sql"),
     ),
     ("V4__mfa", include_str!("migrations/postgres/V4__mfa.sql")),
+    (
+        "V5__admin_keys",
+        include_str!("migrations/postgres/V5__admin_keys.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while changing the key ring ("gh-keys\0").
@@ -259,6 +263,15 @@ fn user_from(row: &Row) -> std::result::Result<User, tokio_postgres::Error> {
         email_verified: row.try_get(7)?,
         pending_email: row.try_get(8)?,
         mfa_enabled: row.try_get(9)?,
+    })
+}
+
+fn admin_key_from(row: &Row) -> std::result::Result<AdminKey, tokio_postgres::Error> {
+    Ok(AdminKey {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        scopes: roles_from(row.try_get(2)?),
+        created_at: row.try_get(3)?,
     })
 }
 
@@ -1542,6 +1555,69 @@ impl Store for PgStore {
             )
             .await?;
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn admin_keys(&self) -> Result<Vec<AdminKey>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, name, scopes, created_at FROM admin_keys
+                 WHERE revoked_at IS NULL ORDER BY created_at, id",
+                &[],
+            )
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(admin_key_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(classify)
+    }
+
+    async fn admin_key(&self, id: String) -> Result<Option<(AdminKey, String)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, name, scopes, created_at, digest FROM admin_keys
+                 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id],
+            )
+            .await
+            .map_err(classify)?;
+        row.map(|row| Ok((admin_key_from(&row)?, row.try_get(4)?)))
+            .transpose()
+            .map_err(classify)
+    }
+
+    async fn create_admin_key(&self, new: NewAdminKey) -> Result<()> {
+        self.write(async |tx| {
+            let k = &new.key;
+            tx.execute(
+                "INSERT INTO admin_keys (id, name, scopes, digest, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &k.id,
+                    &k.name,
+                    &json_list(&k.scopes),
+                    &new.digest,
+                    &k.created_at,
+                ],
+            )
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn revoke_admin_key(&self, id: String, now: i64) -> Result<bool> {
+        self.write(async |tx| {
+            tx.execute(
+                "UPDATE admin_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id, &now],
+            )
+            .await
+            .map(|changed| changed == 1)
         })
         .await
     }

@@ -6,9 +6,9 @@
 
 use crate::error::Result;
 use crate::model::{
-    ActiveSession, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation, LinkMail,
-    LinkPurpose, MailOutcome, NewSession, NewUser, Outgoing, Principal, ProfileChange, Proof,
-    RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
+    ActiveSession, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation,
+    LinkMail, LinkPurpose, MailOutcome, NewAdminKey, NewSession, NewUser, Outgoing, Principal,
+    ProfileChange, Proof, RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyOp, RingPolicy};
@@ -158,6 +158,10 @@ repository! {
         SecondFactor => fn second_factor(user_id: String) -> Option<SecondFactor>;
         /// A login challenge (by digest) a code may still be tried against.
         Challenge => fn challenge(digest: String, now: i64) -> Option<Challenge>;
+        /// The admin keys that are not revoked, oldest first.
+        AdminKeys => fn admin_keys() -> Vec<AdminKey>;
+        /// An admin key that is not revoked, with its digest.
+        AdminKeyById => fn admin_key(id: String) -> Option<(AdminKey, String)>;
     }
     writes {
         /// Inserts a user, and its verification link and message when given;
@@ -240,6 +244,10 @@ repository! {
         /// still `verified_hash` (else `WrongCurrentPassword`) and, with a
         /// second factor on, `proof` spends (else `SecondFactorRefused`).
         Reauthenticate => fn reauthenticate(by: Principal, verified_hash: String, proof: Option<Proof>, now: i64) -> ();
+        /// Stores a new admin key.
+        CreateAdminKey => fn create_admin_key(key: NewAdminKey) -> ();
+        /// Revokes an admin key; `false` when there is no such key not yet revoked.
+        RevokeAdminKey => fn revoke_admin_key(id: String, now: i64) -> bool;
         /// Changes the key ring as `op` plans it, under a lock that makes
         /// concurrent instances take turns; `fresh` is the key to add if the
         /// plan creates one. What was changed (nothing, often).

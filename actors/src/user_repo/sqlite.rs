@@ -27,9 +27,9 @@ use super::store::{
 };
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation, LinkMail,
-    LinkPurpose, MailOutcome, NewSession, NewUser, Outgoing, Principal, ProfileChange, Proof,
-    RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
+    ActiveSession, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation,
+    LinkMail, LinkPurpose, MailOutcome, NewAdminKey, NewSession, NewUser, Outgoing, Principal,
+    ProfileChange, Proof, RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
@@ -41,6 +41,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/sqlite/002_signing_keys.sql")),
     M::up(include_str!("migrations/sqlite/003_email.sql")),
     M::up(include_str!("migrations/sqlite/004_mfa.sql")),
+    M::up(include_str!("migrations/sqlite/005_admin_keys.sql")),
 ];
 
 pub struct SqliteStore {
@@ -377,6 +378,15 @@ fn session_from(row: &Row<'_>) -> rusqlite::Result<Session> {
         expires_at: row.get(4)?,
         ip: row.get(5)?,
         user_agent: row.get(6)?,
+    })
+}
+
+fn admin_key_from(row: &Row<'_>) -> rusqlite::Result<AdminKey> {
+    Ok(AdminKey {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        scopes: roles_from(&row.get::<_, String>(2)?),
+        created_at: row.get(3)?,
     })
 }
 
@@ -1358,6 +1368,54 @@ impl Store for SqliteStore {
                 params![by.session_id, now],
             )?;
             Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn admin_keys(&self) -> Result<Vec<AdminKey>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT id, name, scopes, created_at FROM admin_keys
+                 WHERE revoked_at IS NULL ORDER BY created_at, id",
+            )?
+            .query_map([], admin_key_from)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn admin_key(&self, id: String) -> Result<Option<(AdminKey, String)>> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, name, scopes, created_at, digest FROM admin_keys
+                 WHERE id = ?1 AND revoked_at IS NULL",
+            )?
+            .query_row([id], |r| Ok((admin_key_from(r)?, r.get(4)?)))
+            .optional()
+        })
+        .await
+    }
+
+    async fn create_admin_key(&self, new: NewAdminKey) -> Result<()> {
+        self.write(move |tx| {
+            let k = &new.key;
+            tx.execute(
+                "INSERT INTO admin_keys (id, name, scopes, digest, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![k.id, k.name, json_list(&k.scopes), new.digest, k.created_at],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn revoke_admin_key(&self, id: String, now: i64) -> Result<bool> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE admin_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, now],
+            )
+            .map(|changed| changed == 1)
         })
         .await
     }
