@@ -177,13 +177,7 @@ impl Mfa {
     /// Turns the second factor off with a code (TOTP or recovery); the
     /// "second factor turned off" notice goes to the account's address.
     pub async fn disable(&self, who: &Principal, code: &str, ip: IpAddr) -> Result<()> {
-        let factor = self.factor(who).await?;
-        if !factor.user.mfa_enabled {
-            return Err(Error::MfaState { enabled: false });
-        }
-        let mut attempt = self.attempt(who, ip).await?;
-        let now = self.clock.now_ms();
-        let proof = self.factors.proof(&factor, code, now)?;
+        let (factor, mut attempt, now, proof) = self.prove(who, code, ip).await?;
         let notice = self
             .mail
             .notice(MailKind::MfaDisabled, &factor.user.username)?;
@@ -201,13 +195,7 @@ impl Mfa {
 
     /// New recovery codes (shown this once); the old ones stop working.
     pub async fn regenerate(&self, who: &Principal, code: &str, ip: IpAddr) -> Result<Vec<String>> {
-        let factor = self.factor(who).await?;
-        if !factor.user.mfa_enabled {
-            return Err(Error::MfaState { enabled: false });
-        }
-        let mut attempt = self.attempt(who, ip).await?;
-        let now = self.clock.now_ms();
-        let proof = self.factors.proof(&factor, code, now)?;
+        let (_, mut attempt, now, proof) = self.prove(who, code, ip).await?;
         let (codes, digests): (Vec<String>, Vec<String>) = recovery_codes()?.into_iter().unzip();
         let by = self.privileged(who, now);
         let done = self
@@ -217,6 +205,24 @@ impl Mfa {
         self.spent(done, &mut attempt, who, ip)?;
         tracing::info!(user_id = %who.user_id, "recovery codes replaced");
         Ok(codes)
+    }
+
+    /// For a change that needs the second factor on and a code: the
+    /// factor, a counted attempt, the time, and what `code` proves.
+    async fn prove(
+        &self,
+        who: &Principal,
+        code: &str,
+        ip: IpAddr,
+    ) -> Result<(SecondFactor, super::auth::Attempt, i64, Option<Proof>)> {
+        let factor = self.factor(who).await?;
+        if !factor.user.mfa_enabled {
+            return Err(Error::MfaState { enabled: false });
+        }
+        let attempt = self.attempt(who, ip).await?;
+        let now = self.clock.now_ms();
+        let proof = self.factors.proof(&factor, code, now)?;
+        Ok((factor, attempt, now, proof))
     }
 
     /// A counted attempt against the caller's account throttle.
