@@ -338,7 +338,15 @@ fn describe(e: &figment::Error, fallback_path: &str) -> String {
     let path = if e.path.is_empty() {
         fallback_path.to_owned()
     } else {
-        e.path.join(".")
+        // A quoted key may hold control characters: shown escaped, on one line.
+        e.path
+            .join(".")
+            .chars()
+            .map(|c| match c.is_control() {
+                true => c.escape_default().to_string(),
+                false => c.to_string(),
+            })
+            .collect()
     };
     let found = |actual: &Actual| match actual {
         Actual::Bool(_) => "a boolean",
@@ -923,6 +931,15 @@ mod tests {
             .err()
             .unwrap();
         assert!(problems.iter().any(|p| p.contains("sever")), "{problems:?}");
+        // Found by the config fuzzer: a quoted key with a newline in it.
+        let problems = load_toml(&format!("\"+\\n\\\"\"=\"\"\n{MINIMAL}"), &[])
+            .err()
+            .unwrap();
+        assert!(
+            problems.iter().all(|p| !p.contains('\n') && !p.is_empty()),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(|p| p.contains("+\\n")), "{problems:?}");
     }
 
     #[test]
