@@ -472,6 +472,7 @@ pub struct RotateKeysRequest {
 /// An RFC 7662 introspection request (a form). Unknown fields (such as
 /// `token_type_hint`) are ignored.
 #[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"token": "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCJ9.e30.c2lnbmF0dXJl"})))]
 pub struct IntrospectRequest {
     /// The access token to look at.
     #[schema(value_type = String, format = Password)]
