@@ -1209,8 +1209,7 @@ impl Store for SqliteStore {
             else {
                 return Ok(ChallengeOutcome::Unusable);
             };
-            let user_id = session.user_id.clone();
-            let spent = spend_proof(tx, &user_id, proof.as_ref(), now)?;
+            let spent = spend_proof(tx, &session.user_id, proof.as_ref(), now)?;
             if !spent {
                 tx.execute(
                     "UPDATE mfa_challenges SET failures = failures + 1 WHERE digest = ?1",
