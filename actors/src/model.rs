@@ -83,6 +83,21 @@ pub struct NewSession {
     pub amr: Vec<String>,
 }
 
+impl NewSession {
+    /// The session this opens, as its owner sees it.
+    pub fn opened(&self) -> Session {
+        Session {
+            id: self.id.clone(),
+            user_id: self.user_id.clone(),
+            created_at: self.now,
+            last_used_at: self.now,
+            expires_at: self.expires_at,
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+        }
+    }
+}
+
 /// Whom a current refresh token was issued to, and what the tokens issued
 /// for its session say.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -724,15 +724,7 @@ impl Store for PgStore {
         let created = self
             .write(async |tx| insert_session(tx, &s, &verified_hash, rehash.as_deref()).await)
             .await?;
-        Ok(created.then_some(Session {
-            id: s.id,
-            user_id: s.user_id,
-            created_at: s.now,
-            last_used_at: s.now,
-            expires_at: s.expires_at,
-            ip: s.ip,
-            user_agent: s.user_agent,
-        }))
+        Ok(created.then(|| s.opened()))
     }
 
     async fn active_session(&self, session_id: String, now: i64) -> Result<Option<ActiveSession>> {
@@ -1397,15 +1389,7 @@ impl Store for PgStore {
             let opened = token_digest(&hash) == password_digest
                 && insert_session(tx, &session, &hash, None).await?;
             Ok(if opened {
-                ChallengeOutcome::Completed(Session {
-                    id: session.id.clone(),
-                    user_id: session.user_id.clone(),
-                    created_at: now,
-                    last_used_at: now,
-                    expires_at: session.expires_at,
-                    ip: session.ip.clone(),
-                    user_agent: session.user_agent.clone(),
-                })
+                ChallengeOutcome::Completed(session.opened())
             } else {
                 ChallengeOutcome::Unusable
             })

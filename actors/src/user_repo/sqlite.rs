@@ -304,15 +304,7 @@ fn insert_session(
             json_list(&s.amr)
         ],
     )?;
-    Ok(Some(Session {
-        id: s.id,
-        user_id: s.user_id,
-        created_at: s.now,
-        last_used_at: s.now,
-        expires_at: s.expires_at,
-        ip: s.ip,
-        user_agent: s.user_agent,
-    }))
+    Ok(Some(s.opened()))
 }
 
 /// Revokes the sessions in `scope` inside `tx` and logs what caches must drop.
