@@ -1371,13 +1371,7 @@ impl Store for PgStore {
                     &[&digest],
                 )
                 .await?;
-                let killed = !rules::challenge_usable(
-                    Some(ChallengeState {
-                        failures: state.failures + 1,
-                        ..state
-                    }),
-                    now,
-                );
+                let killed = rules::killed_by_wrong_code(state, now);
                 return Ok(ChallengeOutcome::WrongCode { killed });
             }
             tx.execute(
@@ -1431,11 +1425,9 @@ impl Store for PgStore {
                 )
                 .await?;
             let pending: Option<Vec<u8>> = row.try_get(0)?;
-            if row.try_get::<_, bool>(1)? {
-                return Ok(Err(Error::MfaState { enabled: true }));
-            }
-            if pending.as_deref() != Some(sealed.as_slice()) {
-                return Ok(Err(Error::SecondFactorRefused));
+            let enabled = row.try_get::<_, bool>(1)?;
+            if let Err(refused) = rules::may_confirm_totp(enabled, pending.as_deref(), &sealed) {
+                return Ok(Err(refused));
             }
             tx.execute(
                 "UPDATE users SET mfa_enabled = TRUE, totp_last_step = $2, updated_at = $3
@@ -1460,11 +1452,9 @@ impl Store for PgStore {
     ) -> Result<Vec<Invalidation>> {
         self.write_as(&by, now, async |tx| {
             let user = user_in(tx, &by.user_id).await?;
-            if !user.mfa_enabled {
-                return Ok(Err(Error::MfaState { enabled: false }));
-            }
-            if !spend_proof(tx, &by.user_id, proof.as_ref(), now).await? {
-                return Ok(Err(Error::SecondFactorRefused));
+            let spent = spend_proof(tx, &by.user_id, proof.as_ref(), now).await?;
+            if let Err(refused) = rules::may_change_with_code(user.mfa_enabled, spent) {
+                return Ok(Err(refused));
             }
             tx.execute(
                 "UPDATE users SET mfa_enabled = FALSE, totp_secret = NULL, totp_last_step = NULL,
@@ -1499,11 +1489,10 @@ impl Store for PgStore {
         now: i64,
     ) -> Result<()> {
         self.write_as(&by, now, async |tx| {
-            if !user_in(tx, &by.user_id).await?.mfa_enabled {
-                return Ok(Err(Error::MfaState { enabled: false }));
-            }
-            if !spend_proof(tx, &by.user_id, proof.as_ref(), now).await? {
-                return Ok(Err(Error::SecondFactorRefused));
+            let enabled = user_in(tx, &by.user_id).await?.mfa_enabled;
+            let spent = spend_proof(tx, &by.user_id, proof.as_ref(), now).await?;
+            if let Err(refused) = rules::may_change_with_code(enabled, spent) {
+                return Ok(Err(refused));
             }
             store_recovery_codes(tx, &by.user_id, &codes).await.map(Ok)
         })

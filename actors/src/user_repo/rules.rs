@@ -58,6 +58,43 @@ pub fn challenge_usable(challenge: Option<ChallengeState>, now: i64) -> bool {
     challenge.is_some_and(|c| !c.used && c.expires_at > now && c.failures < CHALLENGE_TRIES)
 }
 
+/// Whether a wrong code kills a challenge that was `before` it at `now`.
+pub fn killed_by_wrong_code(before: ChallengeState, now: i64) -> bool {
+    let after = ChallengeState {
+        failures: before.failures.saturating_add(1),
+        ..before
+    };
+    !challenge_usable(Some(after), now)
+}
+
+/// Whether the TOTP key `presented` may confirm the enrolment: no second
+/// factor is on yet, and it is still the pending key (not one a newer
+/// enrolment replaced).
+pub fn may_confirm_totp(
+    enabled: bool,
+    pending: Option<&[u8]>,
+    presented: &[u8],
+) -> Result<(), Error> {
+    if enabled {
+        return Err(Error::MfaState { enabled: true });
+    }
+    match pending == Some(presented) {
+        true => Ok(()),
+        false => Err(Error::SecondFactorRefused),
+    }
+}
+
+/// Whether a change that needs the second factor and a code may be made:
+/// the factor is on, and the code was spent (a spend never succeeds while it
+/// is off).
+pub fn may_change_with_code(enabled: bool, spent: bool) -> Result<(), Error> {
+    match (enabled, spent) {
+        (false, _) => Err(Error::MfaState { enabled: false }),
+        (true, false) => Err(Error::SecondFactorRefused),
+        (true, true) => Ok(()),
+    }
+}
+
 /// Whether a login whose password was checked against `verified_hash` may
 /// open a session: the user's hash is still that one (no password change won
 /// the race) and the user is still active.
@@ -362,6 +399,32 @@ mod tests {
         };
         assert!(!challenge_usable(Some(used), 0));
         assert!(!challenge_usable(None, 0));
+        assert!(!killed_by_wrong_code(fresh, 0));
+        assert!(killed_by_wrong_code(tried, 0), "the fifth kills it");
+    }
+
+    #[test]
+    fn second_factor_changes_need_it_on_and_a_spent_code() {
+        assert!(may_confirm_totp(false, Some(b"k"), b"k").is_ok());
+        assert!(matches!(
+            may_confirm_totp(true, Some(b"k"), b"k"),
+            Err(Error::MfaState { enabled: true })
+        ));
+        for pending in [None, Some(&b"newer"[..])] {
+            assert!(matches!(
+                may_confirm_totp(false, pending, b"k"),
+                Err(Error::SecondFactorRefused)
+            ));
+        }
+        assert!(may_change_with_code(true, true).is_ok());
+        assert!(matches!(
+            may_change_with_code(true, false),
+            Err(Error::SecondFactorRefused)
+        ));
+        assert!(matches!(
+            may_change_with_code(false, false),
+            Err(Error::MfaState { enabled: false })
+        ));
     }
 
     #[test]

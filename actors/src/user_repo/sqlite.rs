@@ -1207,13 +1207,7 @@ impl Store for SqliteStore {
                     "UPDATE mfa_challenges SET failures = failures + 1 WHERE digest = ?1",
                     [&digest],
                 )?;
-                let killed = !rules::challenge_usable(
-                    Some(ChallengeState {
-                        failures: state.failures + 1,
-                        ..state
-                    }),
-                    now,
-                );
+                let killed = rules::killed_by_wrong_code(state, now);
                 return Ok(ChallengeOutcome::WrongCode { killed });
             }
             tx.execute(
@@ -1261,11 +1255,8 @@ impl Store for SqliteStore {
                 [&by.user_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            if enabled {
-                return Ok(Err(Error::MfaState { enabled: true }));
-            }
-            if pending.as_deref() != Some(sealed.as_slice()) {
-                return Ok(Err(Error::SecondFactorRefused));
+            if let Err(refused) = rules::may_confirm_totp(enabled, pending.as_deref(), &sealed) {
+                return Ok(Err(refused));
             }
             tx.execute(
                 "UPDATE users SET mfa_enabled = 1, totp_last_step = ?2, updated_at = ?3
@@ -1287,11 +1278,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Invalidation>> {
         self.write_as(by, now, move |tx, by| {
             let user = user_in(tx, &by.user_id)?;
-            if !user.mfa_enabled {
-                return Ok(Err(Error::MfaState { enabled: false }));
-            }
-            if !spend_proof(tx, &by.user_id, proof.as_ref(), now)? {
-                return Ok(Err(Error::SecondFactorRefused));
+            let spent = spend_proof(tx, &by.user_id, proof.as_ref(), now)?;
+            if let Err(refused) = rules::may_change_with_code(user.mfa_enabled, spent) {
+                return Ok(Err(refused));
             }
             tx.execute(
                 "UPDATE users SET mfa_enabled = 0, totp_secret = NULL, totp_last_step = NULL,
@@ -1321,11 +1310,10 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<()> {
         self.write_as(by, now, move |tx, by| {
-            if !user_in(tx, &by.user_id)?.mfa_enabled {
-                return Ok(Err(Error::MfaState { enabled: false }));
-            }
-            if !spend_proof(tx, &by.user_id, proof.as_ref(), now)? {
-                return Ok(Err(Error::SecondFactorRefused));
+            let enabled = user_in(tx, &by.user_id)?.mfa_enabled;
+            let spent = spend_proof(tx, &by.user_id, proof.as_ref(), now)?;
+            if let Err(refused) = rules::may_change_with_code(enabled, spent) {
+                return Ok(Err(refused));
             }
             store_recovery_codes(tx, &by.user_id, &codes).map(Ok)
         })
