@@ -84,12 +84,13 @@ pub fn new_key(name: &str, scopes: &[String], now: i64) -> Result<(NewAdminKey, 
     if parsed.is_empty() {
         return Err(Error::validation("scopes", "give at least one scope"));
     }
-    let mut id = [0u8; 9];
+    let mut id = [0u8; 8];
     let mut secret = [0u8; 32];
     getrandom::fill(&mut id).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
     getrandom::fill(&mut secret).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
-    // The id is base64url without `_`, so that the key splits unambiguously.
-    let id = URL_SAFE_NO_PAD.encode(id).replace('_', "-");
+    // The id is lowercase hex: it splits off the key unambiguously and, as a
+    // command-line argument, never looks like an option.
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let key = format!(
         "{KEY_PREFIX}{id}_{}",
         URL_SAFE_NO_PAD.encode(secret).replace('_', "-")
@@ -214,7 +215,17 @@ mod tests {
         assert_eq!(stored.digest, token_digest(&key));
         assert_eq!(stored.key.scopes, ["users:read", "introspect"]);
         // 256 bits of secret after the id.
-        assert!(key.len() > KEY_PREFIX.len() + 12 + 43);
+        assert!(key.len() > KEY_PREFIX.len() + 16 + 43);
+        // Ids are safe to type as an argument, however the randomness falls.
+        for _ in 0..200 {
+            let (stored, _) = new_key("ops", &scopes, 7).unwrap();
+            let id = &stored.key.id;
+            assert_eq!(id.len(), 16);
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
         assert!(new_key("ops", &["root".to_owned()], 7).is_err());
         assert!(new_key("ops", &[], 7).is_err());
         assert!(new_key(" ", &scopes, 7).is_err());
