@@ -58,6 +58,8 @@ pub struct Doc {
     pub request: Option<Shape>,
     /// The path parameter. Present exactly when the template has one.
     pub param: Option<Param>,
+    /// The query parameters, each optional.
+    pub query: &'static [QueryParam],
     /// Every answer that is not one of the shared [`Failure`]s: the
     /// successes, and answers such as health's 503 that have a body of their own.
     pub answers: &'static [Answer],
@@ -148,6 +150,13 @@ fn inline<T: PartialSchema>(_: &mut Schemas) -> RefOr<Schema> {
 
 /// A path parameter: its name is the template's.
 pub struct Param {
+    pub description: &'static str,
+    pub schema: Shape,
+}
+
+/// An optional query parameter.
+pub struct QueryParam {
+    pub name: &'static str,
     pub description: &'static str,
     pub schema: Shape,
 }
@@ -751,6 +760,16 @@ fn operation(
         }
         (None, None) => {}
         _ => return Err(route_error(route, "its template and its `param` disagree")),
+    }
+    for param in doc.query {
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name(param.name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(param.description))
+                .schema(Some(param.schema.resolve(schemas))),
+        );
     }
     op = op.parameter(
         ParameterBuilder::new()

@@ -14,8 +14,10 @@ use hyper::Method;
 
 use crate::handlers::{admin, auth, discovery, monitoring, pages, recovery, users};
 use crate::http::router::{Body, Guard, Route};
-use crate::openapi::{Answer, Doc, Failure, OpenApiDocument, Param, PrometheusText, Shape, Tag};
-use crate::wire;
+use crate::openapi::{
+    Answer, Doc, Failure, OpenApiDocument, Param, PrometheusText, QueryParam, Shape, Tag,
+};
+use crate::wire::{self, PageLimit};
 
 /// A handler function as a table entry.
 macro_rules! handler {
@@ -30,6 +32,31 @@ pub const KILL_ROUTE: &str = "/api/v1/monitoring/actors/{name}/kill";
 const USER: Shape = Shape::of::<wire::UserBody<'static>>();
 const TOKENS: Shape = Shape::of::<wire::TokensBody<'static>>();
 const RECOVERY_CODES: Shape = Shape::of::<wire::RecoveryCodesBody>();
+const ADMIN_USER: Shape = Shape::of::<wire::AdminUserBody<'static>>();
+
+const USER_ID: Param = Param {
+    description: "The user's id.",
+    schema: Shape::inline::<String>(),
+};
+
+const USER_QUERY: [QueryParam; 3] = [
+    QueryParam {
+        name: "query",
+        description: "A prefix of the email or username, ignoring case (at most 254 \
+            characters); empty or absent: every user.",
+        schema: Shape::inline::<String>(),
+    },
+    QueryParam {
+        name: "limit",
+        description: "Users per page, 1–200 (default 50).",
+        schema: Shape::inline::<PageLimit>(),
+    },
+    QueryParam {
+        name: "cursor",
+        description: "The `next_cursor` of the page before.",
+        schema: Shape::inline::<String>(),
+    },
+];
 
 /// Said of every privileged route.
 macro_rules! privileged {
@@ -57,6 +84,7 @@ pub static ROUTES: &[Route] = &[
             description: "Creates an account.",
             request: Some(Shape::of::<wire::RegisterRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::json(201, "The account was created.", USER)],
             errors: &[Failure::Conflict],
         },
@@ -84,6 +112,7 @@ pub static ROUTES: &[Route] = &[
                 the `methods` that complete the login at `POST /api/v1/auth/login/mfa`.",
             request: Some(Shape::of::<wire::LoginRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "Logged in; a new session was created.",
@@ -112,6 +141,7 @@ pub static ROUTES: &[Route] = &[
                 (429 `AUTH006` once it is locked). The tokens' `amr` is `[\"pwd\", \"mfa\"]`.",
             request: Some(Shape::of::<wire::LoginMfaRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "Logged in; a new session was created.",
@@ -139,6 +169,7 @@ pub static ROUTES: &[Route] = &[
                 answers 403 `AUTH005` and counts as a failed login for the account.",
             request: Some(Shape::of::<wire::ReauthenticateRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::empty(
                 204,
                 "Re-authenticated; tokens refreshed from now on carry the new `auth_time`.",
@@ -163,6 +194,7 @@ pub static ROUTES: &[Route] = &[
                 whole session (reuse detection) and answers 401 `AUTH004`.",
             request: Some(Shape::of::<wire::RefreshRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "New tokens; the old refresh token is spent.",
@@ -186,6 +218,7 @@ pub static ROUTES: &[Route] = &[
             description: "Access tokens of the session stop working immediately (401 `AUTH004`).",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::empty(
                 204,
                 "The session of this access token is revoked at once.",
@@ -208,6 +241,7 @@ pub static ROUTES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::empty(
                 204,
                 "Every session of the user is revoked at once.",
@@ -234,6 +268,7 @@ pub static ROUTES: &[Route] = &[
                 older ones.",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::empty(
                 202,
                 "Taken; a link is on its way if there is anything to verify.",
@@ -258,6 +293,7 @@ pub static ROUTES: &[Route] = &[
                 answers 400 `AUTH008`.",
             request: Some(Shape::of::<wire::VerifyEmailRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::empty(204, "The address is verified.")],
             errors: &[Failure::BadRequest],
         },
@@ -280,6 +316,7 @@ pub static ROUTES: &[Route] = &[
                 per address and hour. A syntactically invalid address is 422 `VAL001`.",
             request: Some(Shape::of::<wire::ResetRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::empty(
                 202,
                 "Taken; a link is on its way if the address has an account.",
@@ -305,6 +342,7 @@ pub static ROUTES: &[Route] = &[
                 Unknown, expired or used tokens answer 400 `AUTH008`.",
             request: Some(Shape::of::<wire::ResetConfirmRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::empty(
                 204,
                 "The password is changed; every session is revoked.",
@@ -327,6 +365,7 @@ pub static ROUTES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(200, "The caller's account.", USER)],
             errors: &[],
         },
@@ -351,6 +390,7 @@ pub static ROUTES: &[Route] = &[
                 (renew it at `POST /api/v1/auth/reauthenticate`).",
             request: Some(Shape::of::<wire::UpdateProfileRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::json(200, "The updated account.", USER)],
             errors: &[Failure::Conflict, Failure::Forbidden],
         },
@@ -370,6 +410,7 @@ pub static ROUTES: &[Route] = &[
             description: privileged!(),
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::empty(
                 204,
                 "Soft delete: `is_active` becomes false, every session is revoked and later \
@@ -394,6 +435,7 @@ pub static ROUTES: &[Route] = &[
                 the account's address.",
             request: Some(Shape::of::<wire::ChangePasswordRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::empty(
                 204,
                 "Password changed; every other session of the user is revoked.",
@@ -421,6 +463,7 @@ pub static ROUTES: &[Route] = &[
             ),
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "The pending key, for the app.",
@@ -447,6 +490,7 @@ pub static ROUTES: &[Route] = &[
                 privileged.",
             request: Some(Shape::of::<wire::CodeRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "Ten recovery codes, shown this once.",
@@ -476,6 +520,7 @@ pub static ROUTES: &[Route] = &[
             ),
             request: Some(Shape::of::<wire::CodeRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::empty(204, "The second factor is off.")],
             errors: &[Failure::Forbidden, Failure::Conflict],
         },
@@ -500,6 +545,7 @@ pub static ROUTES: &[Route] = &[
             ),
             request: Some(Shape::of::<wire::CodeRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "Ten new recovery codes, shown this once.",
@@ -523,6 +569,7 @@ pub static ROUTES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "The caller's live sessions.",
@@ -549,6 +596,7 @@ pub static ROUTES: &[Route] = &[
                 description: "A session id, as listed by `GET /api/v1/users/me/sessions`.",
                 schema: Shape::inline::<String>(),
             }),
+            query: &[],
             answers: &[Answer::empty(204, "The session is revoked at once.")],
             errors: &[],
         },
@@ -568,6 +616,7 @@ pub static ROUTES: &[Route] = &[
             description: "Always open: never needs the monitoring token.",
             request: None,
             param: None,
+            query: &[],
             answers: &[
                 Answer::json(
                     200,
@@ -598,6 +647,7 @@ pub static ROUTES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "Every circuit breaker's state.",
@@ -621,6 +671,7 @@ pub static ROUTES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "Counters and latency percentiles.",
@@ -644,6 +695,7 @@ pub static ROUTES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "Every supervised actor's status.",
@@ -670,6 +722,7 @@ pub static ROUTES: &[Route] = &[
                 description: "The actor to make fail.",
                 schema: Shape::inline::<wire::ActorName>(),
             }),
+            query: &[],
             answers: &[Answer::empty(
                 202,
                 "The actor failed; the supervisor restarts it.",
@@ -697,6 +750,7 @@ pub static ROUTES: &[Route] = &[
                 `gatehouse_actor_restarts_total{actor}`. Route labels are path templates.",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::text(
                 200,
                 "Prometheus text exposition format 0.0.4.",
@@ -720,6 +774,7 @@ pub static ROUTES: &[Route] = &[
             description: "Always open.",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "The OpenAPI 3.1 document of the whole API, as this configuration serves it.",
@@ -746,10 +801,193 @@ pub static ROUTES: &[Route] = &[
                 answers `{\"active\": false}`.",
             request: Some(Shape::of::<wire::IntrospectRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "Whether the token is valid now, and its claims when it is.",
                 Shape::of::<wire::IntrospectionBody<'static>>(),
+            )],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/admin/users",
+        handler: handler!(admin::users),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersRead),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "searchUsers",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Find users",
+            description: "Users whose email or username starts with `query` (ignoring case; every \
+                user when it is empty), in a stable order, a page at a time: pass \
+                `next_cursor` as `cursor` for the next page (null on the last). A user \
+                registered meanwhile may or may not appear; no user is listed twice or \
+                skipped.",
+            request: None,
+            param: None,
+            query: &USER_QUERY,
+            answers: &[Answer::json(
+                200,
+                "A page of users.",
+                Shape::of::<wire::AdminUserPageBody<'static>>(),
+            )],
+            errors: &[
+                Failure::Forbidden,
+                Failure::BadRequest,
+                Failure::ValidationFailed,
+            ],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/admin/users/{id}",
+        handler: handler!(admin::user),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersRead),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "getUser",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Look at a user",
+            description: "The user, active or not, with roles, lock state, last login and the \
+                number of active sessions.",
+            request: None,
+            param: Some(USER_ID),
+            query: &[],
+            answers: &[Answer::json(200, "The user.", ADMIN_USER)],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/admin/users/{id}/deactivate",
+        handler: handler!(admin::deactivate),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersWrite),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "deactivateUser",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Deactivate a user",
+            description: "A soft delete: the account can no longer log in and every session is \
+                revoked, on every instance, at once.",
+            request: None,
+            param: Some(USER_ID),
+            query: &[],
+            answers: &[Answer::empty(204, "The user is deactivated.")],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/admin/users/{id}/reactivate",
+        handler: handler!(admin::reactivate),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersWrite),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "reactivateUser",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Reactivate a user",
+            description: "The account can log in again (its old sessions stay revoked).",
+            request: None,
+            param: Some(USER_ID),
+            query: &[],
+            answers: &[Answer::empty(204, "The user is active.")],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/admin/users/{id}/logout",
+        handler: handler!(admin::logout),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersWrite),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "logoutUser",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Log a user out everywhere",
+            description: "Every session of the user is revoked, on every instance, at once (a \
+                stolen laptop).",
+            request: None,
+            param: Some(USER_ID),
+            query: &[],
+            answers: &[Answer::empty(204, "Every session is revoked.")],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/admin/users/{id}/unlock",
+        handler: handler!(admin::unlock),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersWrite),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "unlockUser",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Lift a login lock",
+            description: "Clears the account throttle of the user (in Redis too when limits are \
+                shared): logins are taken again at once.",
+            request: None,
+            param: Some(USER_ID),
+            query: &[],
+            answers: &[Answer::empty(204, "The account is unlocked.")],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::POST,
+        template: "/api/v1/admin/users/{id}/password-reset",
+        handler: handler!(admin::password_reset),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersWrite),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "sendUserPasswordReset",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Send a reset link",
+            description: "Sends the user a password-reset link, as `POST /api/v1/auth/password-reset` \
+                does (older links stop working). A deactivated account gets none.",
+            request: None,
+            param: Some(USER_ID),
+            query: &[],
+            answers: &[Answer::empty(202, "The link is on its way.")],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::PUT,
+        template: "/api/v1/admin/users/{id}/roles",
+        handler: handler!(admin::set_roles),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersWrite),
+        body: Body::Json,
+        chaos_only: false,
+        operation_id: "setUserRoles",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Set a user's roles",
+            description: "Replaces the user's roles; tokens issued from then on carry them in the \
+                `roles` claim (tokens already issued keep theirs until they expire).",
+            request: Some(Shape::of::<wire::RolesRequest>()),
+            param: Some(USER_ID),
+            query: &[],
+            answers: &[Answer::json(
+                200,
+                "The user, with the new roles.",
+                ADMIN_USER,
             )],
             errors: &[Failure::Forbidden],
         },
@@ -770,6 +1008,7 @@ pub static ROUTES: &[Route] = &[
                 never key material.",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "The keys of the ring.",
@@ -796,6 +1035,7 @@ pub static ROUTES: &[Route] = &[
                 `NOT001`.",
             request: Some(Shape::of::<wire::RotateKeysRequest>()),
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "The key the rotation brought forward.",
@@ -824,6 +1064,7 @@ pub static ROUTES: &[Route] = &[
                 description: "The key's `kid`, as listed.",
                 schema: Shape::inline::<String>(),
             }),
+            query: &[],
             answers: &[Answer::empty(204, "The key is revoked.")],
             errors: &[Failure::Forbidden],
         },
@@ -846,6 +1087,7 @@ pub static ROUTES: &[Route] = &[
                 this for its max-age never meets an unknown `kid`. With HS256: `{\"keys\": []}`.",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(200, "The key set.", Shape::of::<wire::Jwks>())],
             errors: &[],
         },
@@ -865,6 +1107,7 @@ pub static ROUTES: &[Route] = &[
             description: "Built from `server.public_url` and `auth.issuer`.",
             request: None,
             param: None,
+            query: &[],
             answers: &[Answer::json(
                 200,
                 "The metadata.",
@@ -893,6 +1136,7 @@ pub static PAGES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[],
             errors: &[],
         },
@@ -912,6 +1156,7 @@ pub static PAGES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[],
             errors: &[],
         },
@@ -931,6 +1176,7 @@ pub static PAGES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[],
             errors: &[],
         },
@@ -950,6 +1196,7 @@ pub static PAGES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[],
             errors: &[],
         },
@@ -969,6 +1216,7 @@ pub static PAGES: &[Route] = &[
             description: "",
             request: None,
             param: None,
+            query: &[],
             answers: &[],
             errors: &[],
         },

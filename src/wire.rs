@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use gatehouse_actors::breaker::{BreakerSnapshot, BreakerState};
 use gatehouse_actors::model::{Session, User};
 use gatehouse_actors::passwords::PasswordSettings;
+use gatehouse_actors::services::admin::{AdminUser, UserPage};
 use gatehouse_actors::services::auth::Issued;
 use gatehouse_actors::services::operations::HealthStatus;
 use gatehouse_actors::services::sessions::SessionInfo;
@@ -460,6 +461,116 @@ impl<'a> From<&'a KeyInfo> for SigningKeyBody<'a> {
 pub struct SigningKeyList<'a> {
     pub keys: Vec<SigningKeyBody<'a>>,
 }
+
+/// A user as operators see them.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AdminUser, examples(json!({
+    "id": "usr_01J9Z3K7Q2W8X5V4B6N1M0P3R7",
+    "email": "ada@example.com",
+    "username": "ada",
+    "is_active": true,
+    "email_verified": true,
+    "pending_email": null,
+    "mfa_enabled": false,
+    "created_at": "2026-01-01T00:00:00Z",
+    "updated_at": "2026-01-01T00:00:00Z",
+    "roles": ["support"],
+    "locked_until": null,
+    "last_login_at": "2026-01-02T08:30:00Z",
+    "active_sessions": 2
+})))]
+pub struct AdminUserBody<'a> {
+    #[serde(flatten)]
+    pub user: UserBody<'a>,
+    /// In the `roles` claim of the tokens issued to the user.
+    pub roles: &'a [String],
+    /// RFC 3339, UTC: until when the account throttle refuses logins; null
+    /// when it does not.
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub locked_until: Option<i64>,
+    /// RFC 3339, UTC: when a session was last opened; null if never.
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_login_at: Option<i64>,
+    /// Sessions neither revoked nor expired.
+    pub active_sessions: u64,
+}
+
+impl<'a> From<&'a AdminUser> for AdminUserBody<'a> {
+    fn from(u: &'a AdminUser) -> Self {
+        Self {
+            user: UserBody::from(&u.record.user),
+            roles: &u.record.user.roles,
+            locked_until: u.locked_until,
+            last_login_at: u.record.last_login_at,
+            active_sessions: u.record.active_sessions,
+        }
+    }
+}
+
+/// A page of users, by id; `next_cursor` asks for the next (null: the last page).
+#[derive(Serialize, ToSchema)]
+#[schema(as = AdminUserPage)]
+pub struct AdminUserPageBody<'a> {
+    pub users: Vec<AdminUserBody<'a>>,
+    pub next_cursor: Option<&'a str>,
+}
+
+impl<'a> From<&'a UserPage> for AdminUserPageBody<'a> {
+    fn from(page: &'a UserPage) -> Self {
+        Self {
+            users: page.users.iter().map(AdminUserBody::from).collect(),
+            next_cursor: page.next_cursor.as_deref(),
+        }
+    }
+}
+
+/// The query of `GET /api/v1/admin/users`; other parameters are ignored.
+#[derive(Deserialize, Default)]
+pub struct UserSearchQuery {
+    pub query: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// What `PUT /api/v1/admin/users/{id}/roles` says.
+#[derive(Deserialize, ToSchema)]
+#[schema(examples(json!({"roles": ["support", "billing:read"]})))]
+pub struct RolesRequest {
+    /// At most 32; they replace the user's roles (repeats are dropped).
+    #[schema(max_items = 32, value_type = Vec<Role>)]
+    pub roles: Option<Vec<String>>,
+}
+
+/// The `limit` of a page: 1–200.
+pub struct PageLimit;
+
+impl PartialSchema for PageLimit {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(200))
+            .into()
+    }
+}
+
+/// A role: 1–64 characters of `[a-z0-9:_-]`.
+pub struct Role;
+
+impl PartialSchema for Role {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[a-z0-9:_-]{1,64}$"))
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .into()
+    }
+}
+
+impl ToSchema for Role {}
 
 /// What `POST /api/v1/admin/keys/rotate` may say (the body is optional).
 #[derive(Deserialize, ToSchema, Default)]

@@ -272,6 +272,12 @@ impl Gatehouse {
             clock: Arc::clone(&clock),
             settings: settings.auth,
         };
+        let recovery = Recovery {
+            db: database.clone(),
+            passwords: passwords.clone(),
+            mail: composer.clone(),
+            clock: Arc::clone(&clock),
+        };
         Ok(Self {
             mfa: Mfa {
                 db: database.clone(),
@@ -283,22 +289,19 @@ impl Gatehouse {
             auth,
             accounts: Accounts {
                 db: database.clone(),
-                passwords: passwords.clone(),
+                passwords,
                 metrics: metrics.clone(),
                 mail: composer.clone(),
                 clock: Arc::clone(&clock),
                 reauth_window_s,
             },
-            recovery: Recovery {
-                db: database.clone(),
-                passwords,
-                mail: composer,
-                clock: Arc::clone(&clock),
-            },
+            recovery: recovery.clone(),
             admin: Admin {
                 db: database.clone(),
                 tokens: tokens.clone(),
                 ring,
+                limits: limits.clone(),
+                recovery,
                 clock: Arc::clone(&clock),
             },
             sessions: Sessions {

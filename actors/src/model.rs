@@ -159,6 +159,42 @@ pub struct NewAdminKey {
     pub digest: String,
 }
 
+/// A user as operators see them: besides the user, what the store knows of
+/// their logins. (The lock state lives in the rate limiter, not here.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub user: User,
+    pub last_login_at: Option<i64>,
+    /// Sessions neither revoked nor expired.
+    pub active_sessions: u64,
+}
+
+/// Which users an operator asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserSelect {
+    One(String),
+    /// Up to `limit` users by id, after `after`; with `prefix`, only those
+    /// whose lower-cased email or username lies in `[from, to)`, the range
+    /// of the names that start with it.
+    Page {
+        prefix: Option<(String, String)>,
+        after: Option<String>,
+        limit: u32,
+    },
+}
+
+/// What an operator does to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminChange {
+    /// Soft-delete, revoking every session.
+    Deactivate,
+    Reactivate,
+    /// Revoke every session.
+    Logout,
+    /// Roles for the tokens issued from then on.
+    SetRoles(Vec<String>),
+}
+
 /// A second-factor code, as the write that spends it needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proof {

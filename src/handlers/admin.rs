@@ -1,7 +1,8 @@
 //! `/api/v1/admin/*`: what operators and resource servers do with an admin key.
 
 use gatehouse_actors::Error;
-use gatehouse_actors::model::AdminKey;
+use gatehouse_actors::model::{AdminChange, AdminKey};
+use gatehouse_actors::services::admin;
 use gatehouse_actors::token_issuer::ring::KeyOp;
 use hyper::StatusCode;
 use secrecy::ExposeSecret;
@@ -9,13 +10,113 @@ use secrecy::ExposeSecret;
 use crate::error::ApiError;
 use crate::http::body;
 use crate::http::{AppState, Ctx, HttpResponse, ReadRequest, empty, json};
-use crate::wire::{self, IntrospectionBody, SigningKeyBody, SigningKeyList};
+use crate::wire::{
+    self, AdminUserBody, AdminUserPageBody, IntrospectionBody, SigningKeyBody, SigningKeyList,
+};
 
 /// The admin key of a route guarded for admins.
 fn key(ctx: &Ctx) -> Result<&AdminKey, ApiError> {
     ctx.admin
         .as_ref()
         .ok_or(ApiError::Domain(Error::InvalidToken))
+}
+
+/// The `{id}` of a user route.
+fn user_id(ctx: &Ctx) -> Result<&str, ApiError> {
+    ctx.param.as_deref().ok_or(ApiError::NotFound)
+}
+
+/// Users whose email or username starts with `query`, a page at a time.
+pub async fn users(
+    state: &AppState,
+    req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let asked: wire::UserSearchQuery = body::form(req.uri().query().unwrap_or("").as_bytes())?;
+    let select = admin::user_select(
+        asked.query.as_deref().unwrap_or(""),
+        asked.limit,
+        asked.cursor.as_deref(),
+    )?;
+    let page = state.gatehouse.admin.users(select).await?;
+    json(StatusCode::OK, &AdminUserPageBody::from(&page))
+}
+
+pub async fn user(state: &AppState, _req: ReadRequest, ctx: Ctx) -> Result<HttpResponse, ApiError> {
+    let found = state.gatehouse.admin.user(user_id(&ctx)?).await?;
+    json(StatusCode::OK, &AdminUserBody::from(&found))
+}
+
+async fn change_user(
+    state: &AppState,
+    ctx: &Ctx,
+    change: AdminChange,
+) -> Result<HttpResponse, ApiError> {
+    let admin = &state.gatehouse.admin;
+    admin.change_user(user_id(ctx)?, change, key(ctx)?).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+pub async fn deactivate(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    change_user(state, &ctx, AdminChange::Deactivate).await
+}
+
+pub async fn reactivate(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    change_user(state, &ctx, AdminChange::Reactivate).await
+}
+
+pub async fn logout(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    change_user(state, &ctx, AdminChange::Logout).await
+}
+
+pub async fn unlock(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let admin = &state.gatehouse.admin;
+    admin.unlock(user_id(&ctx)?, key(&ctx)?).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+pub async fn password_reset(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let admin = &state.gatehouse.admin;
+    admin.send_reset(user_id(&ctx)?, key(&ctx)?).await?;
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+/// Replaces the user's roles; tokens issued from then on carry them.
+pub async fn set_roles(
+    state: &AppState,
+    req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let wire::RolesRequest { roles } = body::decode(&req)?;
+    let roles = roles.ok_or_else(|| body::missing(&[("roles", true)]))?;
+    let roles = admin::checked_roles(roles)?;
+    let id = user_id(&ctx)?;
+    let admin = &state.gatehouse.admin;
+    admin
+        .change_user(id, AdminChange::SetRoles(roles), key(&ctx)?)
+        .await?;
+    let found = admin.user(id).await?;
+    json(StatusCode::OK, &AdminUserBody::from(&found))
 }
 
 pub async fn keys(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{DataDir, Reply, Server, cli, shipped_config, stderr};
+use crate::harness::{DataDir, PASSWORD, Reply, Server, cli, shipped_config, stderr};
 use crate::signing::lines;
 
 /// `gatehouse admin-keys …` against `dir`, as an operator runs it beside servers.
@@ -236,4 +236,305 @@ async fn signing_keys_are_listed_rotated_and_revoked_over_http_as_by_the_command
     // New logins sign with the new key and work everywhere.
     let (fresh, _) = b.user("signed_again").await;
     a.get("/api/v1/users/me", Some(&fresh)).await.ok(200);
+}
+
+/// `method path` on `s` with the admin key `key`.
+async fn admin(s: &Server, method: Method, path: &str, key: &str) -> Reply {
+    s.send(s.request(method, path).bearer_auth(key)).await
+}
+
+/// The ids of the users on a page.
+fn ids(page: &Reply) -> Vec<String> {
+    page.ok(200);
+    page.body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn users_are_searched_by_prefix_and_paged_once_each_under_inserts() {
+    let dir = DataDir::new();
+    let a = Server::builder().dir(&dir).start();
+    let (_, reader) = create(&dir, "support desk", "users:read");
+    let (_, other) = create(&dir, "gateway", "introspect");
+    for name in ["Ada_L", "adam", "bob", "zed_ada"] {
+        a.register(name).await.ok(201);
+    }
+    let search = async |query: &str| {
+        let path = format!("/api/v1/admin/users?query={query}");
+        admin(&a, Method::GET, &path, &reader).await
+    };
+    let names = |r: &Reply| -> Vec<String> {
+        r.ok(200);
+        let mut names: Vec<String> = r.body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["username"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    // A prefix of the username or of the email, ignoring case; never a
+    // match inside a name.
+    assert_eq!(names(&search("ad").await), ["Ada_L", "adam"]);
+    assert_eq!(names(&search("ADA").await), ["Ada_L", "adam"]);
+    assert_eq!(names(&search("adam%40example").await), ["adam"]);
+    assert_eq!(names(&search("zed").await), ["zed_ada"]);
+    assert!(names(&search("%25").await).is_empty(), "a wildcard matched");
+    assert!(names(&search("nobody").await).is_empty());
+    let one = &search("bob").await.body["users"][0];
+    assert_eq!(one["email"], "bob@example.com");
+    assert_eq!(one["roles"], json!([]));
+    assert_eq!(one["locked_until"], Value::Null);
+    assert_eq!(one["last_login_at"], Value::Null);
+    assert_eq!(one["active_sessions"], 0);
+
+    // Scopes: a key without users:read, a user's token and no key at all.
+    let (token, _) = a.user("not_an_admin").await;
+    admin(&a, Method::GET, "/api/v1/admin/users", &other)
+        .await
+        .expect(403, "AUTH011");
+    admin(&a, Method::GET, "/api/v1/admin/users", &token)
+        .await
+        .expect(401, "AUTH002");
+    a.get("/api/v1/admin/users", None)
+        .await
+        .expect(401, "AUTH002");
+    for bad in ["limit=0", "limit=201", "cursor=%21%21", "query=a%00"] {
+        let path = format!("/api/v1/admin/users?{bad}");
+        let r = admin(&a, Method::GET, &path, &reader).await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.text);
+    }
+    let r = admin(&a, Method::GET, "/api/v1/admin/users?limit=ten", &reader).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+
+    // Paging three at a time while users register between the pages: every
+    // user that was there at the start is visited exactly once.
+    for n in 0..10 {
+        a.register(&format!("page_{n:02}")).await.ok(201);
+    }
+    let at_start = ids(&admin(&a, Method::GET, "/api/v1/admin/users?limit=200", &reader).await);
+    let mut visited = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0.. {
+        assert!(page < 20, "the pages never end");
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/admin/users?limit=3&cursor={c}"),
+            None => "/api/v1/admin/users?limit=3".to_owned(),
+        };
+        let r = admin(&a, Method::GET, &path, &reader).await;
+        visited.extend(ids(&r));
+        a.register(&format!("late_{page:02}")).await.ok(201);
+        match r.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut unique = visited.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), visited.len(), "a user was listed twice");
+    for id in &at_start {
+        assert!(visited.contains(id), "{id} was skipped");
+    }
+}
+
+#[tokio::test]
+async fn operators_manage_users_and_every_instance_follows_at_once() {
+    let dir = DataDir::new();
+    let server = || {
+        Server::builder()
+            .dir(&dir)
+            .env("GATEHOUSE__AUTH__MAX_FAILED_LOGINS", 3)
+            .start()
+    };
+    let (a, b) = (server(), server());
+    let (_, reader) = create(&dir, "support desk", "users:read");
+    let (_, writer) = create(&dir, "trust and safety", "users:write");
+    let (token, _) = a.user("managed").await;
+    let (other_token, _) = a.user("bystander").await;
+    let me = a.get("/api/v1/users/me", Some(&token)).await;
+    let id = me.body["id"].as_str().unwrap().to_owned();
+    let path = |action: &str| format!("/api/v1/admin/users/{id}{action}");
+    let detail = async || {
+        let r = admin(&a, Method::GET, &path(""), &reader).await;
+        r.ok(200);
+        r.body
+    };
+
+    let seen = detail().await;
+    assert_eq!(seen["username"], "managed");
+    assert_eq!(seen["active_sessions"], 1);
+    assert!(seen["last_login_at"].is_string(), "{seen}");
+    for action in [
+        "/deactivate",
+        "/reactivate",
+        "/logout",
+        "/unlock",
+        "/password-reset",
+    ] {
+        admin(&a, Method::POST, &path(action), &reader)
+            .await
+            .expect(403, "AUTH011");
+    }
+    let nobody = "/api/v1/admin/users/no-such-user";
+    admin(&a, Method::GET, nobody, &reader)
+        .await
+        .expect(404, "NOT001");
+    admin(&a, Method::POST, &format!("{nobody}/logout"), &writer)
+        .await
+        .expect(404, "NOT001");
+
+    // Logged out everywhere: refused by both instances from the next
+    // request on; the bystander is untouched.
+    admin(&a, Method::POST, &path("/logout"), &writer)
+        .await
+        .ok(204);
+    holds(&[&a, &b], Duration::from_secs(2), async |s| {
+        s.get("/api/v1/users/me", Some(&token)).await.status == 401
+            && s.get("/api/v1/users/me", Some(&other_token)).await.status == 200
+    })
+    .await;
+    assert_eq!(detail().await["active_sessions"], 0);
+
+    // Deactivated: no login, on either instance, until reactivated.
+    let fresh = a.login("managed", PASSWORD).await;
+    fresh.ok(200);
+    let fresh = fresh.body["access_token"].as_str().unwrap().to_owned();
+    admin(&b, Method::POST, &path("/deactivate"), &writer)
+        .await
+        .ok(204);
+    holds(&[&a, &b], Duration::from_secs(1), async |s| {
+        s.get("/api/v1/users/me", Some(&fresh)).await.status == 401
+    })
+    .await;
+    for s in [&a, &b] {
+        s.login("managed", PASSWORD).await.expect(401, "AUTH001");
+    }
+    assert_eq!(detail().await["is_active"], false);
+    admin(&a, Method::POST, &path("/reactivate"), &writer)
+        .await
+        .ok(204);
+    for s in [&a, &b] {
+        s.login("managed", PASSWORD).await.ok(200);
+    }
+
+    // Roles: checked, shown, and in the tokens issued from then on.
+    let roles = |body: Value| {
+        let a = &a;
+        let writer = &writer;
+        let path = path("/roles");
+        async move {
+            a.send(
+                a.request(Method::PUT, &path)
+                    .bearer_auth(writer)
+                    .json(&body),
+            )
+            .await
+        }
+    };
+    let r = roles(json!({"roles": ["support", "billing:read", "support"]})).await;
+    r.ok(200);
+    assert_eq!(r.body["roles"], json!(["support", "billing:read"]));
+    assert_eq!(r.body["id"], id.as_str());
+    for bad in [
+        json!({"roles": ["Admin"]}),
+        json!({"roles": "support"}),
+        json!({}),
+    ] {
+        let r = roles(bad.clone()).await;
+        assert!([400, 422].contains(&r.status.as_u16()), "{bad}: {}", r.text);
+    }
+    let login = b.login("managed", PASSWORD).await;
+    let access = login.body["access_token"].as_str().unwrap();
+    assert_eq!(
+        crate::mfa::claims(access)["roles"],
+        json!(["support", "billing:read"])
+    );
+
+    // A lock from wrong passwords shows, and an operator lifts it for
+    // every instance.
+    for _ in 0..3 {
+        a.login("managed", "not the password")
+            .await
+            .expect(401, "AUTH001");
+    }
+    a.login("managed", PASSWORD).await.expect(429, "AUTH006");
+    assert!(detail().await["locked_until"].is_string());
+    admin(&a, Method::POST, &path("/unlock"), &writer)
+        .await
+        .ok(204);
+    a.login("managed", PASSWORD).await.ok(200);
+    assert_eq!(detail().await["locked_until"], Value::Null);
+
+    // A reset link on its way, to the account's address.
+    admin(&b, Method::POST, &path("/password-reset"), &writer)
+        .await
+        .ok(202);
+    let queued = a.dir.query(
+        "SELECT CAST(count(*) AS TEXT) FROM outbox WHERE kind = 'reset_password' \
+         AND recipient = 'managed@example.com'",
+    );
+    assert_eq!(queued, "1");
+
+    // Each action is a security event naming the key.
+    let logged = a.settled_logs().await;
+    let logged_b = b.settled_logs().await;
+    for action in ["logout", "reactivate", "set_roles", "unlock"] {
+        let event = format!("admin.{action}");
+        let found = logged.iter().find(|l| l["event"] == event.as_str());
+        let found = found.unwrap_or_else(|| panic!("no {event}"));
+        assert_eq!(found["admin_name"], "trust and safety");
+        assert_eq!(found["user_id"], id.as_str());
+    }
+    for action in ["deactivate", "password_reset"] {
+        let event = format!("admin.{action}");
+        assert!(
+            logged_b.iter().any(|l| l["event"] == event.as_str()),
+            "no {event}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_shared_limits_a_lock_shows_and_lifts_on_every_instance() {
+    gatehouse_testkit::require_redis_server!();
+    let redis = crate::harness::PrivateRedis::start();
+    let dir = DataDir::new();
+    let server = || {
+        Server::builder()
+            .dir(&dir)
+            .env("GATEHOUSE__RATE_LIMIT__BACKEND", "redis")
+            .env("GATEHOUSE__RATE_LIMIT__REDIS_URL", redis.url())
+            .env("GATEHOUSE__AUTH__MAX_FAILED_LOGINS", 3)
+            .start()
+    };
+    let (a, b) = (server(), server());
+    let (_, key) = create(&dir, "support desk", "users:read,users:write");
+    let id = a.register("guessed_at").await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Locked through one instance, so seen and refused by the other.
+    for _ in 0..3 {
+        a.login("guessed_at", "not the password")
+            .await
+            .expect(401, "AUTH001");
+    }
+    b.login("guessed_at", PASSWORD).await.expect(429, "AUTH006");
+    let path = format!("/api/v1/admin/users/{id}");
+    let r = admin(&b, Method::GET, &path, &key).await;
+    r.ok(200);
+    assert!(r.body["locked_until"].is_string(), "{}", r.text);
+
+    admin(&b, Method::POST, &format!("{path}/unlock"), &key)
+        .await
+        .ok(204);
+    let r = admin(&a, Method::GET, &path, &key).await;
+    assert_eq!(r.body["locked_until"], Value::Null, "{}", r.text);
+    a.login("guessed_at", PASSWORD).await.ok(200);
 }

@@ -151,7 +151,7 @@ async fn first_step(s: &Server, login: &str, password: &str) -> String {
 }
 
 /// The claims of an access token (its signature is the server's business).
-fn claims(access: &str) -> Value {
+pub(crate) fn claims(access: &str) -> Value {
     let payload = access.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }

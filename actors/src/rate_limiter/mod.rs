@@ -123,6 +123,17 @@ pub enum RateLimiterMsg {
         settlement: Settlement,
         shared: bool,
     },
+    /// An operator lifts `key`'s lock and forgives its failures.
+    Unlock {
+        key: ThrottleKey,
+        reply: RpcReplyPort<Checked<()>>,
+    },
+    /// Until when each of `keys` is locked, if it is.
+    LockedUntil {
+        keys: Vec<ThrottleKey>,
+        now: i64,
+        reply: RpcReplyPort<Checked<Vec<Option<i64>>>>,
+    },
     /// A login of `login` (normalized) from `client` failed; the reply says
     /// whether that makes a burst worth flagging.
     LoginFailed {
@@ -295,6 +306,21 @@ impl Actor for RateLimiter {
                     }
                 }
             },
+            RateLimiterMsg::Unlock { key, reply } => {
+                state.throttle.succeeded(&key);
+                state.shared.decide((), reply, move |redis| async move {
+                    redis.succeeded(&key).await
+                });
+            }
+            RateLimiterMsg::LockedUntil { keys, now, reply } => {
+                let local = keys
+                    .iter()
+                    .map(|key| state.throttle.locked_until(key, now))
+                    .collect();
+                state.shared.decide(local, reply, move |redis| async move {
+                    redis.locked_until(&keys, now).await
+                });
+            }
             RateLimiterMsg::LoginFailed {
                 client,
                 login,
@@ -358,6 +384,27 @@ impl RateLimits {
     pub async fn attempt(&self, key: ThrottleKey, now: i64) -> Result<Checked<AttemptDecision>> {
         system::call(self.actor(), self.timeout, |reply| {
             RateLimiterMsg::Attempt { key, now, reply }
+        })
+        .await
+    }
+
+    /// Lifts `key`'s lock, here and in Redis, before it answers.
+    pub async fn unlock(&self, key: ThrottleKey) -> Result<Checked<()>> {
+        system::call(self.actor(), self.timeout, |reply| RateLimiterMsg::Unlock {
+            key,
+            reply,
+        })
+        .await
+    }
+
+    /// Until when each of `keys` is locked, if it is.
+    pub async fn locked_until(
+        &self,
+        keys: Vec<ThrottleKey>,
+        now: i64,
+    ) -> Result<Checked<Vec<Option<i64>>>> {
+        system::call(self.actor(), self.timeout, |reply| {
+            RateLimiterMsg::LockedUntil { keys, now, reply }
         })
         .await
     }

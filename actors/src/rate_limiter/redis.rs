@@ -202,6 +202,22 @@ impl RedisLimiter {
             .map_err(unavailable)
     }
 
+    /// Until when each of `keys` is locked, if it is at `now`.
+    pub async fn locked_until(&self, keys: &[ThrottleKey], now: i64) -> Result<Vec<Option<i64>>> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.hget(self.strikes_key(key), "locked_until");
+        }
+        let until: Vec<Option<i64>> = pipe
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(until
+            .into_iter()
+            .map(|until| until.filter(|&until| until > now))
+            .collect())
+    }
+
     /// A login counted against `key` succeeded: its strikes are forgiven.
     pub async fn succeeded(&self, key: &ThrottleKey) -> Result<()> {
         redis::cmd("DEL")

@@ -29,6 +29,10 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)
     }
 
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.shards.get(self.index(key))?.get(key)
+    }
+
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let i = self.index(key);
         self.shards.get_mut(i)?.get_mut(key)

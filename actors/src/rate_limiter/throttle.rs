@@ -136,6 +136,14 @@ impl Throttle {
         AttemptDecision::Allowed
     }
 
+    /// Until when `key` is locked, if it is at `now`.
+    pub fn locked_until(&self, key: &ThrottleKey, now: i64) -> Option<i64> {
+        self.strikes
+            .get(&key.digest())
+            .and_then(|s| s.locked_until)
+            .filter(|&until| until > now)
+    }
+
     /// A login counted against `key` succeeded: its failures are forgiven.
     pub fn succeeded(&mut self, key: &ThrottleKey) {
         self.strikes.remove(&key.digest());

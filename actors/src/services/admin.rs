@@ -13,9 +13,11 @@ use subtle::ConstantTimeEq;
 use std::sync::Arc;
 
 use super::Database;
+use super::recovery::Recovery;
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
-use crate::model::{AdminKey, NewAdminKey};
+use crate::model::{AdminChange, AdminKey, NewAdminKey, UserRecord, UserSelect};
+use crate::rate_limiter::{RateLimits, ThrottleKey};
 use crate::sealing::Sealer;
 use crate::token_issuer::keys::{self, SigningAlgorithm};
 use crate::token_issuer::ring::{KeyInfo, KeyOp, RingPolicy, announced};
@@ -128,7 +130,105 @@ pub struct Admin {
     pub tokens: Tokens,
     /// `None` with HS256, which keeps no keys.
     pub ring: Option<KeyRing>,
+    pub limits: RateLimits,
+    pub recovery: Recovery,
     pub clock: SharedClock,
+}
+
+/// A user as operators see them: the record, and the account throttle's lock.
+#[derive(Debug, Clone)]
+pub struct AdminUser {
+    pub record: UserRecord,
+    pub locked_until: Option<i64>,
+}
+
+/// A page of users, and the cursor of the next one (`None`: that was the last).
+#[derive(Debug, Clone)]
+pub struct UserPage {
+    pub users: Vec<AdminUser>,
+    pub next_cursor: Option<String>,
+}
+
+/// Users per page unless asked otherwise, and at most.
+pub const PAGE_DEFAULT: u32 = 50;
+pub const PAGE_MAX: u32 = 200;
+
+/// Longest search prefix (an email address is at most 254 characters).
+const MAX_QUERY_CHARS: usize = 254;
+
+/// The range `[prefix, to)` holding exactly the strings that start with
+/// `prefix`, in code-point order (the stores' order): `to` is `prefix` with
+/// its last character replaced by the next one. `None` for an empty prefix.
+fn prefix_range(prefix: &str) -> Option<(String, String)> {
+    let mut to = prefix.to_owned();
+    while let Some(last) = to.pop() {
+        // The next scalar value, stepping over the surrogates.
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            to.push(next);
+            return Some((prefix.to_owned(), to));
+        }
+    }
+    None
+}
+
+/// A search as asked: the query (trimmed, lower-cased, checked), the page
+/// size (1–200, 50 when not given) and the cursor (an id, base64url).
+pub fn user_select(query: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<UserSelect> {
+    let query = query.trim().to_lowercase();
+    if query.chars().count() > MAX_QUERY_CHARS || query.chars().any(char::is_control) {
+        return Err(Error::validation(
+            "query",
+            "must be at most 254 characters, none of them control characters",
+        ));
+    }
+    let limit = limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(Error::validation("limit", "must be 1 to 200"));
+    }
+    let after = cursor
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|id| String::from_utf8(id).ok())
+                .ok_or_else(|| Error::validation("cursor", "must be a next_cursor as given"))
+        })
+        .transpose()?;
+    Ok(UserSelect::Page {
+        prefix: prefix_range(&query),
+        after,
+        limit,
+    })
+}
+
+/// Roles as an operator sets them: 1–64 characters of `[a-z0-9:_-]` each,
+/// at most 32, kept in order without repeats.
+pub fn checked_roles(roles: Vec<String>) -> Result<Vec<String>> {
+    let valid = |r: &String| {
+        (1..=64).contains(&r.len())
+            && r.bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b':' | b'_' | b'-'))
+    };
+    if roles.len() > 32 || !roles.iter().all(valid) {
+        return Err(Error::validation(
+            "roles",
+            "at most 32 roles, each 1 to 64 characters of a-z, 0-9, ':', '_' and '-'",
+        ));
+    }
+    let mut kept: Vec<String> = Vec::with_capacity(roles.len());
+    for role in roles {
+        if !kept.contains(&role) {
+            kept.push(role);
+        }
+    }
+    Ok(kept)
+}
+
+/// Logs an operator's action on a user as the security event `admin.<action>`.
+fn audit(action: &'static str, user_id: &str, by: &AdminKey) {
+    tracing::warn!(event = action, user_id, admin_key = %by.id, admin_name = %by.name,
+        "an operator changed a user");
 }
 
 impl Admin {
@@ -146,6 +246,106 @@ impl Admin {
             return Err(Error::MissingScope);
         }
         Ok(stored)
+    }
+
+    /// The users `select` names, with their lock state.
+    async fn view(&self, select: UserSelect) -> Result<Vec<AdminUser>> {
+        let now = self.clock.now_ms();
+        let records = self.db.call(self.db.repo.users(select, now)).await?;
+        let keys = records
+            .iter()
+            .map(|r| ThrottleKey::account(&r.user.id))
+            .collect();
+        // Without Redis, this instance's view of the locks is the best there is.
+        let locks = match self.limits.locked_until(keys, now).await? {
+            Ok(locks) => locks,
+            Err(unshared) => unshared.local,
+        };
+        Ok(records
+            .into_iter()
+            .zip(locks)
+            .map(|(record, locked_until)| AdminUser {
+                record,
+                locked_until,
+            })
+            .collect())
+    }
+
+    /// A page of the users `select` (a [`UserSelect::Page`]) asks for, by id.
+    pub async fn users(&self, select: UserSelect) -> Result<UserPage> {
+        let UserSelect::Page {
+            prefix,
+            after,
+            limit,
+        } = select
+        else {
+            return Err(Error::Internal("a page of users asked for one".into()));
+        };
+        // One more than the page says whether another follows.
+        let mut users = self
+            .view(UserSelect::Page {
+                prefix,
+                after,
+                limit: limit.saturating_add(1),
+            })
+            .await?;
+        let more = users.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        users.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next_cursor = users
+            .last()
+            .filter(|_| more)
+            .map(|last| URL_SAFE_NO_PAD.encode(&last.record.user.id));
+        Ok(UserPage { users, next_cursor })
+    }
+
+    /// One user, active or not; `NotFound` when there is none.
+    pub async fn user(&self, user_id: &str) -> Result<AdminUser> {
+        let mut found = self.view(UserSelect::One(user_id.to_owned())).await?;
+        found.pop().ok_or(Error::NotFound)
+    }
+
+    /// Deactivates, reactivates, logs out everywhere or sets the roles of
+    /// `user_id`; every instance drops what it cached of them within a poll.
+    pub async fn change_user(
+        &self,
+        user_id: &str,
+        change: AdminChange,
+        by: &AdminKey,
+    ) -> Result<()> {
+        let action = match &change {
+            AdminChange::Deactivate => "admin.deactivate",
+            AdminChange::Reactivate => "admin.reactivate",
+            AdminChange::Logout => "admin.logout",
+            AdminChange::SetRoles(_) => "admin.set_roles",
+        };
+        let now = self.clock.now_ms();
+        self.db
+            .call(self.db.repo.change_user(user_id.to_owned(), change, now))
+            .await?
+            .ok_or(Error::NotFound)?;
+        audit(action, user_id, by);
+        Ok(())
+    }
+
+    /// Lifts the account throttle's lock on `user_id` (in Redis too, when
+    /// limits are shared) and forgives its failures.
+    pub async fn unlock(&self, user_id: &str, by: &AdminKey) -> Result<()> {
+        self.user(user_id).await?;
+        if let Err(unshared) = self.limits.unlock(ThrottleKey::account(user_id)).await? {
+            return Err(unshared.error);
+        }
+        audit("admin.unlock", user_id, by);
+        Ok(())
+    }
+
+    /// Sends `user_id` a password-reset link (nothing for a deactivated account).
+    pub async fn send_reset(&self, user_id: &str, by: &AdminKey) -> Result<()> {
+        let found = self.user(user_id).await?;
+        if found.record.user.is_active {
+            self.recovery.send_reset(&found.record.user).await?;
+        }
+        audit("admin.password_reset", user_id, by);
+        Ok(())
     }
 
     /// The signing keys of the ring (none with HS256).
@@ -232,5 +432,59 @@ mod tests {
         for bad in ["", "ghk_", "ghk_abc", "ghk__x", "token", "ghk_a_"] {
             assert_eq!(key_id(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_prefix_range_holds_exactly_the_names_that_start_with_it() {
+        let (from, to) = prefix_range("ab").unwrap();
+        assert_eq!((from.as_str(), to.as_str()), ("ab", "ac"));
+        let within = |s: &str| s >= from.as_str() && s < to.as_str();
+        for name in ["ab", "ab@x.org", "ab\u{10FFFF}\u{10FFFF}", "abz"] {
+            assert!(within(name), "{name}");
+        }
+        for name in ["a", "aa\u{10FFFF}", "ac", "b", "Ab"] {
+            assert!(!within(name), "{name}");
+        }
+        // The next character after one just below the surrogates, and after the last one.
+        assert_eq!(prefix_range("x\u{D7FF}").unwrap().1, "x\u{E000}");
+        assert_eq!(prefix_range("x\u{10FFFF}").unwrap().1, "y");
+        assert_eq!(prefix_range(""), None);
+        assert_eq!(prefix_range("\u{10FFFF}"), None);
+    }
+
+    #[test]
+    fn searches_and_roles_are_checked() {
+        let page = |q: &str, limit, cursor| user_select(q, limit, cursor);
+        let Ok(UserSelect::Page {
+            prefix,
+            after,
+            limit,
+        }) = page("  AB ", None, None)
+        else {
+            panic!("a plain search is refused");
+        };
+        assert_eq!(prefix, prefix_range("ab"));
+        assert_eq!((after, limit), (None, PAGE_DEFAULT));
+        let cursor = URL_SAFE_NO_PAD.encode("some-id");
+        let Ok(UserSelect::Page { after, .. }) = page("", Some(200), Some(&cursor)) else {
+            panic!("a cursor as given is refused");
+        };
+        assert_eq!(after.as_deref(), Some("some-id"));
+        assert!(page("", Some(0), None).is_err());
+        assert!(page("", Some(201), None).is_err());
+        assert!(page("", None, Some("not base64!")).is_err());
+        assert!(page("a\u{0}", None, None).is_err());
+        assert!(page(&"a".repeat(255), None, None).is_err());
+
+        let roles = |r: &[&str]| checked_roles(r.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            roles(&["admin", "billing:read", "admin"]).unwrap(),
+            ["admin", "billing:read"]
+        );
+        assert_eq!(roles(&[]).unwrap(), Vec::<String>::new());
+        for bad in [&["Admin"][..], &[""], &["a b"], &[&"x".repeat(65)]] {
+            assert!(roles(bad).is_err(), "{bad:?}");
+        }
+        assert!(roles(&vec!["r"; 33]).is_err());
     }
 }

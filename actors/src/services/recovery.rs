@@ -9,7 +9,7 @@ use super::email::Composer;
 use crate::clock::SharedClock;
 use crate::error::{Error, FieldError, Result};
 use crate::mailer::MailKind;
-use crate::model::{LinkPurpose, Principal};
+use crate::model::{LinkPurpose, Principal, User};
 use crate::names::normalize_email;
 use crate::passwords::Passwords;
 use crate::token_issuer::{MAX_TOKEN_BYTES, token_digest};
@@ -102,7 +102,6 @@ impl Recovery {
     }
 
     async fn queue_reset(&self, email: String) -> Result<()> {
-        let now = self.clock.now_ms();
         let Some(found) = self
             .db
             .call(self.db.repo.credentials(email.clone()))
@@ -111,20 +110,27 @@ impl Recovery {
         else {
             return Ok(());
         };
-        let user = found.user;
+        self.send_reset(&found.user).await.map(drop)
+    }
+
+    /// Queues a reset link to `user`'s address (voiding older ones); `false`
+    /// when the address had its hourly share of messages already.
+    pub async fn send_reset(&self, user: &User) -> Result<bool> {
+        let now = self.clock.now_ms();
         let link = self
             .mail
             .link(LinkPurpose::Reset, &user.username, None, now)?;
-        if self
+        let email = user.email.clone();
+        let queued = self
             .db
             .call(self.db.repo.request_reset(email, link, now))
-            .await?
-        {
+            .await?;
+        if queued {
             self.mail.wake();
             tracing::info!(event = "password.reset_requested", user_id = %user.id,
                 "password-reset link queued");
         }
-        Ok(())
+        Ok(queued)
     }
 
     /// Sets a new password through a reset link: every session of the user

@@ -33,9 +33,10 @@ use super::store::{
 };
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation,
-    LinkMail, LinkPurpose, MailOutcome, NewAdminKey, NewSession, NewUser, Outgoing, Principal,
-    ProfileChange, Proof, RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
+    ActiveSession, AdminChange, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials,
+    Invalidation, LinkMail, LinkPurpose, MailOutcome, NewAdminKey, NewSession, NewUser, Outgoing,
+    Principal, ProfileChange, Proof, RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
+    UserRecord, UserSelect,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
@@ -59,6 +60,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "V5__admin_keys",
         include_str!("migrations/postgres/V5__admin_keys.sql"),
+    ),
+    (
+        "V6__users_admin",
+        include_str!("migrations/postgres/V6__users_admin.sql"),
     ),
 ];
 
@@ -310,13 +315,13 @@ async fn insert_session(
     if !rules::may_open_session(current, verified_hash) {
         return Ok(false);
     }
-    if let Some(hash) = rehash {
-        tx.execute(
-            "UPDATE users SET password_hash = $2 WHERE id = $1",
-            &[&s.user_id, &hash],
-        )
-        .await?;
-    }
+    // A rehash (parameters were upgraded) replaces the hash in the same write.
+    tx.execute(
+        "UPDATE users SET last_login_at = $2, password_hash = coalesce($3, password_hash)
+         WHERE id = $1",
+        &[&s.user_id, &s.now, &rehash],
+    )
+    .await?;
     tx.execute(
         "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
                                expires_at, absolute_expires_at, ip, user_agent,
@@ -1561,6 +1566,109 @@ impl Store for PgStore {
         row.map(|row| Ok((admin_key_from(&row)?, row.try_get(4)?)))
             .transpose()
             .map_err(classify)
+    }
+
+    async fn users(&self, select: UserSelect, now: i64) -> Result<Vec<UserRecord>> {
+        let client = self.client().await?;
+        let from = |rows: &str| {
+            format!(
+                "SELECT {USER_COLUMNS}, last_login_at,
+                   (SELECT count(*) FROM sessions s
+                    WHERE s.user_id = {rows}.id AND s.revoked_at IS NULL AND s.expires_at > $1)
+                 FROM {rows}"
+            )
+        };
+        let columns = from("users");
+        let limit = |limit: u32| i64::from(limit);
+        let rows = match select {
+            UserSelect::One(id) => {
+                let sql = format!("{columns} WHERE id = $2");
+                client.query(&sql, &[&now, &id]).await
+            }
+            UserSelect::Page {
+                prefix: None,
+                after,
+                limit: n,
+            } => {
+                let sql = format!("{columns} WHERE id > $2 ORDER BY id LIMIT $3");
+                let after = after.unwrap_or_default();
+                client.query(&sql, &[&now, &after, &limit(n)]).await
+            }
+            UserSelect::Page {
+                prefix: Some((low, high)),
+                after,
+                limit: n,
+            } => {
+                // The prefix ranges pick the rows (a BitmapOr over the two
+                // prefix indexes), then they are ordered: left to itself, the
+                // planner may walk every id in order and filter instead.
+                let sql = format!(
+                    "WITH hits AS MATERIALIZED (
+                       SELECT * FROM users
+                       WHERE (lower(email) COLLATE \"C\" >= $4 AND lower(email) COLLATE \"C\" < $5)
+                          OR (lower(username) COLLATE \"C\" >= $4
+                              AND lower(username) COLLATE \"C\" < $5))
+                     {} WHERE id > $2 ORDER BY id LIMIT $3",
+                    from("hits")
+                );
+                let after = after.unwrap_or_default();
+                client
+                    .query(&sql, &[&now, &after, &limit(n), &low, &high])
+                    .await
+            }
+        }
+        .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                Ok(UserRecord {
+                    user: user_from(row)?,
+                    last_login_at: row.try_get(AFTER_USER)?,
+                    active_sessions: u64::try_from(row.try_get::<_, i64>(AFTER_USER + 1)?)
+                        .unwrap_or(0),
+                })
+            })
+            .collect::<std::result::Result<_, tokio_postgres::Error>>()
+            .map_err(classify)
+    }
+
+    async fn change_user(
+        &self,
+        user_id: String,
+        change: AdminChange,
+        now: i64,
+    ) -> Result<Option<Vec<Invalidation>>> {
+        self.write(async |tx| {
+            let found = match &change {
+                AdminChange::Deactivate | AdminChange::Reactivate => {
+                    let active = change == AdminChange::Reactivate;
+                    tx.execute(
+                        "UPDATE users SET is_active = $3, updated_at = $2 WHERE id = $1",
+                        &[&user_id, &now, &active],
+                    )
+                    .await?
+                }
+                AdminChange::Logout => {
+                    tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
+                        .await?
+                }
+                AdminChange::SetRoles(roles) => {
+                    tx.execute(
+                        "UPDATE users SET roles = $3, updated_at = $2 WHERE id = $1",
+                        &[&user_id, &now, &json_list(roles)],
+                    )
+                    .await?
+                }
+            };
+            if found == 0 {
+                return Ok(None);
+            }
+            let logged = match rules::ends_sessions(&change) {
+                true => revoke_in(tx, &user_id, &Revoke::All, now).await?,
+                false => log_invalidations(tx, &user_id, vec![None], now).await?,
+            };
+            Ok(Some(logged))
+        })
+        .await
     }
 
     async fn create_admin_key(&self, new: NewAdminKey) -> Result<()> {

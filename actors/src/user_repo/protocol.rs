@@ -6,9 +6,10 @@
 
 use crate::error::Result;
 use crate::model::{
-    ActiveSession, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation,
-    LinkMail, LinkPurpose, MailOutcome, NewAdminKey, NewSession, NewUser, Outgoing, Principal,
-    ProfileChange, Proof, RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
+    ActiveSession, AdminChange, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials,
+    Invalidation, LinkMail, LinkPurpose, MailOutcome, NewAdminKey, NewSession, NewUser, Outgoing,
+    Principal, ProfileChange, Proof, RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
+    UserRecord, UserSelect,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyOp, RingPolicy};
@@ -40,6 +41,12 @@ impl Invalidates for Vec<Invalidation> {
 impl Invalidates for (User, Vec<Invalidation>) {
     fn invalidations(&self) -> &[Invalidation] {
         &self.1
+    }
+}
+
+impl Invalidates for Option<Vec<Invalidation>> {
+    fn invalidations(&self) -> &[Invalidation] {
+        self.as_deref().unwrap_or_default()
     }
 }
 
@@ -162,6 +169,8 @@ repository! {
         AdminKeys => fn admin_keys() -> Vec<AdminKey>;
         /// An admin key that is not revoked, with its digest.
         AdminKeyById => fn admin_key(id: String) -> Option<(AdminKey, String)>;
+        /// Users as operators see them, by id; sessions count as active at `now`.
+        Users => fn users(select: UserSelect, now: i64) -> Vec<UserRecord>;
     }
     writes {
         /// Inserts a user, and its verification link and message when given;
@@ -244,6 +253,9 @@ repository! {
         /// still `verified_hash` (else `WrongCurrentPassword`) and, with a
         /// second factor on, `proof` spends (else `SecondFactorRefused`).
         Reauthenticate => fn reauthenticate(by: Principal, verified_hash: String, proof: Option<Proof>, now: i64) -> ();
+        /// Changes `user_id` as an operator asked; `None`, writing nothing,
+        /// when there is no such user.
+        ChangeUser => fn change_user(user_id: String, change: AdminChange, now: i64) -> Option<Vec<Invalidation>>;
         /// Stores a new admin key.
         CreateAdminKey => fn create_admin_key(key: NewAdminKey) -> ();
         /// Revokes an admin key; `false` when there is no such key not yet revoked.

@@ -3,7 +3,7 @@
 //! with its own SQL. Nothing here touches a database or a clock.
 
 use crate::error::Error;
-use crate::model::{LinkPurpose, MailOutcome, Revoke};
+use crate::model::{AdminChange, LinkPurpose, MailOutcome, Revoke};
 
 /// How long revoked sessions (and the invalidation log) are kept before purging.
 pub const KEEP_REVOKED_MS: i64 = 3_600_000;
@@ -175,6 +175,15 @@ pub fn invalidations(scope: &Revoke, revoked: Vec<String>) -> Vec<Option<String>
     match scope {
         Revoke::All => vec![None],
         Revoke::Session(_) | Revoke::AllBut(_) => revoked.into_iter().map(Some).collect(),
+    }
+}
+
+/// Whether an operator's change revokes every session of the user (else it
+/// only makes cached views of them stale).
+pub fn ends_sessions(change: &AdminChange) -> bool {
+    match change {
+        AdminChange::Deactivate | AdminChange::Logout => true,
+        AdminChange::Reactivate | AdminChange::SetRoles(_) => false,
     }
 }
 

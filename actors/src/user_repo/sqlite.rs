@@ -27,9 +27,10 @@ use super::store::{
 };
 use crate::error::{Error, Result, Taken};
 use crate::model::{
-    ActiveSession, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials, Invalidation,
-    LinkMail, LinkPurpose, MailOutcome, NewAdminKey, NewSession, NewUser, Outgoing, Principal,
-    ProfileChange, Proof, RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
+    ActiveSession, AdminChange, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials,
+    Invalidation, LinkMail, LinkPurpose, MailOutcome, NewAdminKey, NewSession, NewUser, Outgoing,
+    Principal, ProfileChange, Proof, RefreshOwner, Revoke, Rotation, SecondFactor, Session, User,
+    UserRecord, UserSelect,
 };
 use crate::token_issuer::keys::{NewKey, StoredKey};
 use crate::token_issuer::ring::{Change, KeyInfo, KeyOp, KeyState, RingPolicy};
@@ -42,6 +43,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/sqlite/003_email.sql")),
     M::up(include_str!("migrations/sqlite/004_mfa.sql")),
     M::up(include_str!("migrations/sqlite/005_admin_keys.sql")),
+    M::up(include_str!("migrations/sqlite/006_users_admin.sql")),
 ];
 
 pub struct SqliteStore {
@@ -280,12 +282,12 @@ fn insert_session(
     if !rules::may_open_session(current, verified_hash) {
         return Ok(None);
     }
-    if let Some(hash) = rehash {
-        tx.execute(
-            "UPDATE users SET password_hash = ?2 WHERE id = ?1",
-            params![s.user_id, hash],
-        )?;
-    }
+    // A rehash (parameters were upgraded) replaces the hash in the same write.
+    tx.execute(
+        "UPDATE users SET last_login_at = ?2, password_hash = coalesce(?3, password_hash)
+         WHERE id = ?1",
+        params![s.user_id, s.now, rehash],
+    )?;
     tx.execute(
         "INSERT INTO sessions (id, user_id, refresh_digest, created_at, last_used_at,
                                expires_at, absolute_expires_at, ip, user_agent,
@@ -1371,6 +1373,94 @@ impl Store for SqliteStore {
             )?
             .query_row([id], |r| Ok((admin_key_from(r)?, r.get(4)?)))
             .optional()
+        })
+        .await
+    }
+
+    async fn users(&self, select: UserSelect, now: i64) -> Result<Vec<UserRecord>> {
+        self.read(move |conn| {
+            let columns = format!(
+                "SELECT {USER_COLUMNS}, last_login_at,
+                   (SELECT count(*) FROM sessions s
+                    WHERE s.user_id = users.id AND s.revoked_at IS NULL AND s.expires_at > ?1)
+                 FROM users"
+            );
+            let record = |r: &Row<'_>| {
+                Ok(UserRecord {
+                    user: user_from(r)?,
+                    last_login_at: r.get(AFTER_USER)?,
+                    active_sessions: u64::try_from(r.get::<_, i64>(AFTER_USER + 1)?).unwrap_or(0),
+                })
+            };
+            match select {
+                UserSelect::One(id) => conn
+                    .prepare_cached(&format!("{columns} WHERE id = ?2"))?
+                    .query_map(params![now, id], record)?
+                    .collect(),
+                UserSelect::Page {
+                    prefix: None,
+                    after,
+                    limit,
+                } => conn
+                    .prepare_cached(&format!("{columns} WHERE id > ?2 ORDER BY id LIMIT ?3"))?
+                    .query_map(params![now, after.unwrap_or_default(), limit], record)?
+                    .collect(),
+                // `+id`: the prefix ranges pick the rows (through the lower()
+                // indexes), not a walk of every id in order.
+                UserSelect::Page {
+                    prefix: Some((from, to)),
+                    after,
+                    limit,
+                } => conn
+                    .prepare_cached(&format!(
+                        "{columns} WHERE +id > ?2
+                           AND ((lower(email) >= ?4 AND lower(email) < ?5)
+                             OR (lower(username) >= ?4 AND lower(username) < ?5))
+                         ORDER BY id LIMIT ?3"
+                    ))?
+                    .query_map(
+                        params![now, after.unwrap_or_default(), limit, from, to],
+                        record,
+                    )?
+                    .collect(),
+            }
+        })
+        .await
+    }
+
+    async fn change_user(
+        &self,
+        user_id: String,
+        change: AdminChange,
+        now: i64,
+    ) -> Result<Option<Vec<Invalidation>>> {
+        self.write(move |tx| {
+            let found = match &change {
+                AdminChange::Deactivate | AdminChange::Reactivate => {
+                    tx.execute(
+                        "UPDATE users SET is_active = ?3, updated_at = ?2 WHERE id = ?1",
+                        params![user_id, now, change == AdminChange::Reactivate],
+                    )? == 1
+                }
+                AdminChange::Logout => tx
+                    .query_row("SELECT 1 FROM users WHERE id = ?1", [&user_id], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+                AdminChange::SetRoles(roles) => {
+                    tx.execute(
+                        "UPDATE users SET roles = ?3, updated_at = ?2 WHERE id = ?1",
+                        params![user_id, now, json_list(roles)],
+                    )? == 1
+                }
+            };
+            if !found {
+                return Ok(None);
+            }
+            let logged = match rules::ends_sessions(&change) {
+                true => revoke_in(tx, &user_id, &Revoke::All, now)?,
+                false => log_invalidations(tx, &user_id, vec![None], now)?,
+            };
+            Ok(Some(logged))
         })
         .await
     }
