@@ -993,6 +993,52 @@ pub static ROUTES: &[Route] = &[
         },
     },
     Route {
+        method: Method::DELETE,
+        template: "/api/v1/admin/users/{id}/mfa",
+        handler: handler!(admin::remove_mfa),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersWrite),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "removeUserMfa",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Turn a user's second factor off",
+            description: "For a user who lost their authenticator and their recovery codes: the \
+                TOTP secret, the recovery codes and open login challenges go, and the \
+                \"second factor turned off\" notice goes to the account's address. Nothing \
+                happens when it is off already.",
+            request: None,
+            param: Some(USER_ID),
+            query: &[],
+            answers: &[Answer::empty(204, "The second factor is off.")],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::DELETE,
+        template: "/api/v1/admin/users/{id}",
+        handler: handler!(admin::erase),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::UsersWrite),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "eraseUser",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Erase a user",
+            description: "For a user who asked to be forgotten: the user, their sessions, links, \
+                recovery codes, challenges and every message to their addresses are \
+                deleted, and their tokens are refused on every instance from the next \
+                request on.",
+            request: None,
+            param: Some(USER_ID),
+            query: &[],
+            answers: &[Answer::empty(204, "The user is erased.")],
+            errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
         method: Method::GET,
         template: "/api/v1/admin/keys",
         handler: handler!(admin::keys),

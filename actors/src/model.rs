@@ -184,7 +184,7 @@ pub enum UserSelect {
 }
 
 /// What an operator does to a user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum AdminChange {
     /// Soft-delete, revoking every session.
     Deactivate,
@@ -193,6 +193,15 @@ pub enum AdminChange {
     Logout,
     /// Roles for the tokens issued from then on.
     SetRoles(Vec<String>),
+    /// Second factor off (secret, recovery codes and open challenges go),
+    /// `notice` to the account's address; nothing when it is off already.
+    RemoveMfa {
+        notice: Outgoing,
+    },
+    /// Erasure: the user and everything personal (sessions, links, codes,
+    /// challenges, mail to their addresses) is deleted; the invalidation
+    /// log keeps only the id.
+    Erase,
 }
 
 /// A second-factor code, as the write that spends it needs it.

@@ -33,12 +33,11 @@ pub async fn users(
     _ctx: Ctx,
 ) -> Result<HttpResponse, ApiError> {
     let asked: wire::UserSearchQuery = body::form(req.uri().query().unwrap_or("").as_bytes())?;
-    let select = admin::user_select(
-        asked.query.as_deref().unwrap_or(""),
-        asked.limit,
-        asked.cursor.as_deref(),
-    )?;
-    let page = state.gatehouse.admin.users(select).await?;
+    let query = asked.query.as_deref().unwrap_or("");
+    let admin = &state.gatehouse.admin;
+    let page = admin
+        .users(query, asked.limit, asked.cursor.as_deref())
+        .await?;
     json(StatusCode::OK, &AdminUserPageBody::from(&page))
 }
 
@@ -79,6 +78,25 @@ pub async fn logout(
     ctx: Ctx,
 ) -> Result<HttpResponse, ApiError> {
     change_user(state, &ctx, AdminChange::Logout).await
+}
+
+/// Erasure: the user and everything personal goes.
+pub async fn erase(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    change_user(state, &ctx, AdminChange::Erase).await
+}
+
+pub async fn remove_mfa(
+    state: &AppState,
+    _req: ReadRequest,
+    ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let admin = &state.gatehouse.admin;
+    admin.remove_mfa(user_id(&ctx)?, key(&ctx)?).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
 }
 
 pub async fn unlock(

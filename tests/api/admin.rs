@@ -538,3 +538,110 @@ async fn with_shared_limits_a_lock_shows_and_lifts_on_every_instance() {
     assert_eq!(r.body["locked_until"], Value::Null, "{}", r.text);
     a.login("guessed_at", PASSWORD).await.ok(200);
 }
+
+/// How many rows of the store mention `needle` anywhere, over every table
+/// (PostgreSQL: each row as text), or the byte offsets where the SQLite
+/// file holds it (free pages included).
+fn traces(dir: &DataDir, needle: &str) -> String {
+    match dir.postgres() {
+        Some(pg) => {
+            let tables = [
+                "users",
+                "sessions",
+                "spent_refresh_tokens",
+                "invalidations",
+                "signing_keys",
+                "email_links",
+                "outbox",
+                "recovery_codes",
+                "mfa_challenges",
+                "admin_keys",
+            ];
+            let rows: Vec<String> = tables
+                .iter()
+                .map(|t| format!("SELECT t::text AS r FROM {t} t"))
+                .collect();
+            pg.query(&format!(
+                "SELECT CAST(count(*) AS TEXT) FROM ({}) x WHERE r ILIKE '%{needle}%'",
+                rows.join(" UNION ALL ")
+            ))
+        }
+        None => {
+            let mut bytes = std::fs::read(dir.db()).unwrap();
+            bytes.extend(std::fs::read(dir.db().with_extension("db-wal")).unwrap_or_default());
+            let found = bytes
+                .windows(needle.len())
+                .filter(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+                .count();
+            found.to_string()
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_operator_removes_a_second_factor_and_erases_a_user_without_a_trace() {
+    let dir = DataDir::new();
+    let mut a = Server::builder().dir(&dir).start();
+    let b = Server::builder().dir(&dir).start();
+    let (_, key) = create(&dir, "privacy desk", "users:read,users:write");
+    let (access, _app, _codes) = crate::mfa::with_mfa(&a, "forgotten_person").await;
+    let id = a.get("/api/v1/users/me", Some(&access)).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/v1/admin/users/{id}");
+
+    // Lost the phone and the codes: the second factor goes, with a notice.
+    let (_, reader) = create(&dir, "read only", "users:read");
+    admin(&a, Method::DELETE, &format!("{path}/mfa"), &reader)
+        .await
+        .expect(403, "AUTH011");
+    admin(&a, Method::DELETE, &format!("{path}/mfa"), &key)
+        .await
+        .ok(204);
+    let r = admin(&b, Method::GET, &path, &key).await;
+    assert_eq!(r.body["mfa_enabled"], false, "{}", r.text);
+    b.login("forgotten_person", PASSWORD).await.ok(200);
+    let notices = dir.query(
+        "SELECT CAST(count(*) AS TEXT) FROM outbox WHERE kind = 'mfa_disabled' \
+         AND recipient = 'forgotten_person@example.com'",
+    );
+    assert_eq!(notices, "1");
+    admin(&a, Method::DELETE, &format!("{path}/mfa"), &key)
+        .await
+        .ok(204);
+
+    // Erased: its tokens stop working everywhere at once, the login is
+    // unknown, and the name is free again.
+    let (other, _) = a.user("stays_around").await;
+    admin(&b, Method::POST, &format!("{path}/password-reset"), &key)
+        .await
+        .ok(202);
+    admin(&b, Method::DELETE, &path, &key).await.ok(204);
+    holds(&[&a, &b], Duration::from_secs(2), async |s| {
+        s.get("/api/v1/users/me", Some(&access)).await.status == 401
+            && s.get("/api/v1/users/me", Some(&other)).await.status == 200
+    })
+    .await;
+    admin(&a, Method::GET, &path, &key)
+        .await
+        .expect(404, "NOT001");
+    admin(&a, Method::DELETE, &path, &key)
+        .await
+        .expect(404, "NOT001");
+    a.login("forgotten_person", PASSWORD)
+        .await
+        .expect(401, "AUTH001");
+    let r = admin(&a, Method::GET, "/api/v1/admin/users?query=forgotten", &key).await;
+    assert_eq!(r.body["users"], json!([]), "{}", r.text);
+
+    // Nothing personal is left in the store: not the address, not the
+    // username, in any table (and, on SQLite, nowhere in the file once the
+    // servers have stopped).
+    drop(b);
+    a.terminate();
+    for needle in ["forgotten_person", "forgotten_person@example.com"] {
+        assert_eq!(traces(&dir, needle), "0", "{needle} is still stored");
+    }
+    assert_ne!(traces(&dir, "stays_around"), "0", "the check sees nothing");
+}

@@ -22,7 +22,7 @@ const NEW_PASSWORD: &str = "a brand new passphrase 42";
 
 /// What an authenticator app holds: the key from the URI, and which time
 /// steps this test has spent (the server accepts each step once).
-struct App {
+pub(crate) struct App {
     totp: Totp,
     last_step: Option<u64>,
 }
@@ -163,7 +163,7 @@ fn access_of(r: &Reply) -> String {
 
 /// Registers `username`, logs in and turns TOTP on; returns the session's
 /// access token, the app and the recovery codes.
-async fn with_mfa(s: &Server, username: &str) -> (String, App, Vec<String>) {
+pub(crate) async fn with_mfa(s: &Server, username: &str) -> (String, App, Vec<String>) {
     let (access, _) = s.user(username).await;
     let r = enrol(s, &access).await;
     r.ok(200);

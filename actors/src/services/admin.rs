@@ -16,6 +16,7 @@ use super::Database;
 use super::recovery::Recovery;
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
+use crate::mailer::MailKind;
 use crate::model::{AdminChange, AdminKey, NewAdminKey, UserRecord, UserSelect};
 use crate::rate_limiter::{RateLimits, ThrottleKey};
 use crate::sealing::Sealer;
@@ -172,9 +173,11 @@ fn prefix_range(prefix: &str) -> Option<(String, String)> {
     None
 }
 
-/// A search as asked: the query (trimmed, lower-cased, checked), the page
-/// size (1–200, 50 when not given) and the cursor (an id, base64url).
-pub fn user_select(query: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<UserSelect> {
+/// A search as asked, checked: the prefix range of the query (trimmed,
+/// lower-cased), the id to start after (the cursor, base64url) and the page size.
+type PageOf = (Option<(String, String)>, Option<String>, u32);
+
+fn page_of(query: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<PageOf> {
     let query = query.trim().to_lowercase();
     if query.chars().count() > MAX_QUERY_CHARS || query.chars().any(char::is_control) {
         return Err(Error::validation(
@@ -195,11 +198,7 @@ pub fn user_select(query: &str, limit: Option<u32>, cursor: Option<&str>) -> Res
                 .ok_or_else(|| Error::validation("cursor", "must be a next_cursor as given"))
         })
         .transpose()?;
-    Ok(UserSelect::Page {
-        prefix: prefix_range(&query),
-        after,
-        limit,
-    })
+    Ok((prefix_range(&query), after, limit))
 }
 
 /// Roles as an operator sets them: 1–64 characters of `[a-z0-9:_-]` each,
@@ -271,16 +270,16 @@ impl Admin {
             .collect())
     }
 
-    /// A page of the users `select` (a [`UserSelect::Page`]) asks for, by id.
-    pub async fn users(&self, select: UserSelect) -> Result<UserPage> {
-        let UserSelect::Page {
-            prefix,
-            after,
-            limit,
-        } = select
-        else {
-            return Err(Error::Internal("a page of users asked for one".into()));
-        };
+    /// A page of the users whose email or username starts with `query`
+    /// (every user when it is empty), by id, after `cursor`: `limit` users
+    /// (1–200, 50 when not given).
+    pub async fn users(
+        &self,
+        query: &str,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<UserPage> {
+        let (prefix, after, limit) = page_of(query, limit, cursor)?;
         // One more than the page says whether another follows.
         let mut users = self
             .view(UserSelect::Page {
@@ -304,8 +303,9 @@ impl Admin {
         found.pop().ok_or(Error::NotFound)
     }
 
-    /// Deactivates, reactivates, logs out everywhere or sets the roles of
-    /// `user_id`; every instance drops what it cached of them within a poll.
+    /// Deactivates, reactivates, logs out everywhere, sets the roles of or
+    /// erases `user_id`; every instance drops what it cached of them within
+    /// a poll, and a revoked session is refused from the next request on.
     pub async fn change_user(
         &self,
         user_id: &str,
@@ -317,6 +317,8 @@ impl Admin {
             AdminChange::Reactivate => "admin.reactivate",
             AdminChange::Logout => "admin.logout",
             AdminChange::SetRoles(_) => "admin.set_roles",
+            AdminChange::RemoveMfa { .. } => "admin.remove_mfa",
+            AdminChange::Erase => "admin.erase",
         };
         let now = self.clock.now_ms();
         self.db
@@ -324,6 +326,18 @@ impl Admin {
             .await?
             .ok_or(Error::NotFound)?;
         audit(action, user_id, by);
+        Ok(())
+    }
+
+    /// Turns `user_id`'s second factor off (recovery codes and open login
+    /// challenges go); the "second factor turned off" notice goes out.
+    pub async fn remove_mfa(&self, user_id: &str, by: &AdminKey) -> Result<()> {
+        let found = self.user(user_id).await?;
+        let mail = &self.recovery.mail;
+        let notice = mail.notice(MailKind::MfaDisabled, &found.record.user.username)?;
+        self.change_user(user_id, AdminChange::RemoveMfa { notice }, by)
+            .await?;
+        mail.wake();
         Ok(())
     }
 
@@ -454,22 +468,16 @@ mod tests {
 
     #[test]
     fn searches_and_roles_are_checked() {
-        let page = |q: &str, limit, cursor| user_select(q, limit, cursor);
-        let Ok(UserSelect::Page {
-            prefix,
-            after,
-            limit,
-        }) = page("  AB ", None, None)
-        else {
-            panic!("a plain search is refused");
-        };
+        let page = |q: &str, limit, cursor| page_of(q, limit, cursor);
+        let (prefix, after, limit) = page("  AB ", None, None).unwrap();
         assert_eq!(prefix, prefix_range("ab"));
         assert_eq!((after, limit), (None, PAGE_DEFAULT));
         let cursor = URL_SAFE_NO_PAD.encode("some-id");
-        let Ok(UserSelect::Page { after, .. }) = page("", Some(200), Some(&cursor)) else {
-            panic!("a cursor as given is refused");
-        };
-        assert_eq!(after.as_deref(), Some("some-id"));
+        let (prefix, after, limit) = page("", Some(200), Some(&cursor)).unwrap();
+        assert_eq!(
+            (prefix, after.as_deref(), limit),
+            (None, Some("some-id"), 200)
+        );
         assert!(page("", Some(0), None).is_err());
         assert!(page("", Some(201), None).is_err());
         assert!(page("", None, Some("not base64!")).is_err());

@@ -645,6 +645,27 @@ async fn log_invalidations(
     Ok(changes)
 }
 
+/// Turns the user's second factor off inside `tx`: the secret, the
+/// recovery codes and every open login challenge go.
+async fn mfa_off(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    now: i64,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE users SET mfa_enabled = FALSE, totp_secret = NULL, totp_last_step = NULL,
+                          updated_at = $2
+         WHERE id = $1",
+        &[&user_id, &now],
+    )
+    .await?;
+    tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user_id])
+        .await?;
+    tx.execute("DELETE FROM mfa_challenges WHERE user_id = $1", &[&user_id])
+        .await?;
+    Ok(())
+}
+
 /// Revokes the sessions in `scope` inside `tx` and logs what caches must drop.
 async fn revoke_in(
     tx: &Transaction<'_>,
@@ -1461,23 +1482,7 @@ impl Store for PgStore {
             if let Err(refused) = rules::may_change_with_code(user.mfa_enabled, spent) {
                 return Ok(Err(refused));
             }
-            tx.execute(
-                "UPDATE users SET mfa_enabled = FALSE, totp_secret = NULL, totp_last_step = NULL,
-                                  updated_at = $2
-                 WHERE id = $1",
-                &[&by.user_id, &now],
-            )
-            .await?;
-            tx.execute(
-                "DELETE FROM recovery_codes WHERE user_id = $1",
-                &[&by.user_id],
-            )
-            .await?;
-            tx.execute(
-                "DELETE FROM mfa_challenges WHERE user_id = $1",
-                &[&by.user_id],
-            )
-            .await?;
+            mfa_off(tx, &by.user_id, now).await?;
             enqueue(tx, &notice, &user.email, now).await?;
             log_invalidations(tx, &by.user_id, vec![None], now)
                 .await
@@ -1638,9 +1643,10 @@ impl Store for PgStore {
         now: i64,
     ) -> Result<Option<Vec<Invalidation>>> {
         self.write(async |tx| {
+            let locked = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE");
             let found = match &change {
                 AdminChange::Deactivate | AdminChange::Reactivate => {
-                    let active = change == AdminChange::Reactivate;
+                    let active = matches!(change, AdminChange::Reactivate);
                     tx.execute(
                         "UPDATE users SET is_active = $3, updated_at = $2 WHERE id = $1",
                         &[&user_id, &now, &active],
@@ -1651,6 +1657,33 @@ impl Store for PgStore {
                     tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
                         .await?
                 }
+                AdminChange::RemoveMfa { notice } => {
+                    match tx.query_opt(&locked, &[&user_id]).await? {
+                        Some(row) => {
+                            let user = user_from(&row)?;
+                            if user.mfa_enabled {
+                                mfa_off(tx, &user_id, now).await?;
+                                enqueue(tx, notice, &user.email, now).await?;
+                            }
+                            1
+                        }
+                        None => 0,
+                    }
+                }
+                AdminChange::Erase => match tx.query_opt(&locked, &[&user_id]).await? {
+                    Some(row) => {
+                        let user = user_from(&row)?;
+                        tx.execute(
+                            "DELETE FROM outbox WHERE lower(recipient) IN (lower($1), lower($2))",
+                            &[&user.email, &user.pending_email],
+                        )
+                        .await?;
+                        // Sessions, links, codes and challenges go with it (ON DELETE CASCADE).
+                        tx.execute("DELETE FROM users WHERE id = $1", &[&user_id])
+                            .await?
+                    }
+                    None => 0,
+                },
                 AdminChange::SetRoles(roles) => {
                     tx.execute(
                         "UPDATE users SET roles = $3, updated_at = $2 WHERE id = $1",

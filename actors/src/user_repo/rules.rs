@@ -182,8 +182,8 @@ pub fn invalidations(scope: &Revoke, revoked: Vec<String>) -> Vec<Option<String>
 /// only makes cached views of them stale).
 pub fn ends_sessions(change: &AdminChange) -> bool {
     match change {
-        AdminChange::Deactivate | AdminChange::Logout => true,
-        AdminChange::Reactivate | AdminChange::SetRoles(_) => false,
+        AdminChange::Deactivate | AdminChange::Logout | AdminChange::Erase => true,
+        AdminChange::Reactivate | AdminChange::SetRoles(_) | AdminChange::RemoveMfa { .. } => false,
     }
 }
 

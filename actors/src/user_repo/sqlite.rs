@@ -53,7 +53,11 @@ pub struct SqliteStore {
 
 fn pragmas(conn: &Connection, busy_timeout_ms: u64) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+    // secure_delete: what is deleted (an erased user) is overwritten, not
+    // left in free pages of the file.
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;",
+    )
 }
 
 impl SqliteStore {
@@ -403,6 +407,20 @@ fn user_from(row: &Row<'_>) -> rusqlite::Result<User> {
 fn user_in(conn: &Connection, user_id: &str) -> rusqlite::Result<User> {
     conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
         .query_row([user_id], user_from)
+}
+
+/// Turns the user's second factor off inside `tx`: the secret, the
+/// recovery codes and every open login challenge go.
+fn mfa_off(tx: &rusqlite::Transaction<'_>, user_id: &str, now: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE users SET mfa_enabled = 0, totp_secret = NULL, totp_last_step = NULL,
+                          updated_at = ?2
+         WHERE id = ?1",
+        params![user_id, now],
+    )?;
+    tx.execute("DELETE FROM recovery_codes WHERE user_id = ?1", [user_id])?;
+    tx.execute("DELETE FROM mfa_challenges WHERE user_id = ?1", [user_id])?;
+    Ok(())
 }
 
 /// Writes `mail` to the outbox inside `tx`, to `about` unless it names its
@@ -1284,20 +1302,7 @@ impl Store for SqliteStore {
             if let Err(refused) = rules::may_change_with_code(user.mfa_enabled, spent) {
                 return Ok(Err(refused));
             }
-            tx.execute(
-                "UPDATE users SET mfa_enabled = 0, totp_secret = NULL, totp_last_step = NULL,
-                                  updated_at = ?2
-                 WHERE id = ?1",
-                params![by.user_id, now],
-            )?;
-            tx.execute(
-                "DELETE FROM recovery_codes WHERE user_id = ?1",
-                [&by.user_id],
-            )?;
-            tx.execute(
-                "DELETE FROM mfa_challenges WHERE user_id = ?1",
-                [&by.user_id],
-            )?;
+            mfa_off(tx, &by.user_id, now)?;
             enqueue(tx, &notice, &user.email, now)?;
             log_invalidations(tx, &by.user_id, vec![None], now).map(Ok)
         })
@@ -1439,9 +1444,29 @@ impl Store for SqliteStore {
                 AdminChange::Deactivate | AdminChange::Reactivate => {
                     tx.execute(
                         "UPDATE users SET is_active = ?3, updated_at = ?2 WHERE id = ?1",
-                        params![user_id, now, change == AdminChange::Reactivate],
+                        params![user_id, now, matches!(change, AdminChange::Reactivate)],
                     )? == 1
                 }
+                AdminChange::RemoveMfa { notice } => match user_in(tx, &user_id).optional()? {
+                    Some(user) if user.mfa_enabled => {
+                        mfa_off(tx, &user_id, now)?;
+                        enqueue(tx, notice, &user.email, now)?;
+                        true
+                    }
+                    found => found.is_some(),
+                },
+                AdminChange::Erase => match user_in(tx, &user_id).optional()? {
+                    Some(user) => {
+                        tx.execute(
+                            "DELETE FROM outbox WHERE lower(recipient) IN (lower(?1), lower(?2))",
+                            params![user.email, user.pending_email],
+                        )?;
+                        // Sessions, links, codes and challenges go with it (ON DELETE CASCADE).
+                        tx.execute("DELETE FROM users WHERE id = ?1", [&user_id])?;
+                        true
+                    }
+                    None => false,
+                },
                 AdminChange::Logout => tx
                     .query_row("SELECT 1 FROM users WHERE id = ?1", [&user_id], |_| Ok(()))
                     .optional()?
