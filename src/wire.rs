@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use gatehouse_actors::breaker::{BreakerSnapshot, BreakerState};
 use gatehouse_actors::model::{Session, User};
 use gatehouse_actors::passwords::PasswordSettings;
-use gatehouse_actors::services::admin::{AdminUser, UserPage};
+use gatehouse_actors::services::admin::{AdminUser, PAGE_MAX, UserPage};
 use gatehouse_actors::services::auth::Issued;
 use gatehouse_actors::services::operations::HealthStatus;
 use gatehouse_actors::services::sessions::SessionInfo;
@@ -551,7 +551,7 @@ impl PartialSchema for PageLimit {
         ObjectBuilder::new()
             .schema_type(Type::Integer)
             .minimum(Some(1))
-            .maximum(Some(200))
+            .maximum(Some(PAGE_MAX))
             .into()
     }
 }
