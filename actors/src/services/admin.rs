@@ -247,10 +247,22 @@ impl Admin {
         Ok(stored)
     }
 
+    /// The users `select` names, as stored.
+    async fn records(&self, select: UserSelect) -> Result<Vec<UserRecord>> {
+        let now = self.clock.now_ms();
+        self.db.call(self.db.repo.users(select, now)).await
+    }
+
+    /// One user as stored; `NotFound` when there is none.
+    async fn record(&self, user_id: &str) -> Result<UserRecord> {
+        let mut found = self.records(UserSelect::One(user_id.to_owned())).await?;
+        found.pop().ok_or(Error::NotFound)
+    }
+
     /// The users `select` names, with their lock state.
     async fn view(&self, select: UserSelect) -> Result<Vec<AdminUser>> {
+        let records = self.records(select).await?;
         let now = self.clock.now_ms();
-        let records = self.db.call(self.db.repo.users(select, now)).await?;
         let keys = records
             .iter()
             .map(|r| ThrottleKey::account(&r.user.id))
@@ -288,8 +300,9 @@ impl Admin {
                 limit: limit.saturating_add(1),
             })
             .await?;
-        let more = users.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-        users.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let more = users.len() > limit;
+        users.truncate(limit);
         let next_cursor = users
             .last()
             .filter(|_| more)
@@ -332,9 +345,9 @@ impl Admin {
     /// Turns `user_id`'s second factor off (recovery codes and open login
     /// challenges go); the "second factor turned off" notice goes out.
     pub async fn remove_mfa(&self, user_id: &str, by: &AdminKey) -> Result<()> {
-        let found = self.user(user_id).await?;
+        let found = self.record(user_id).await?;
         let mail = &self.recovery.mail;
-        let notice = mail.notice(MailKind::MfaDisabled, &found.record.user.username)?;
+        let notice = mail.notice(MailKind::MfaDisabled, &found.user.username)?;
         self.change_user(user_id, AdminChange::RemoveMfa { notice }, by)
             .await?;
         mail.wake();
@@ -344,7 +357,7 @@ impl Admin {
     /// Lifts the account throttle's lock on `user_id` (in Redis too, when
     /// limits are shared) and forgives its failures.
     pub async fn unlock(&self, user_id: &str, by: &AdminKey) -> Result<()> {
-        self.user(user_id).await?;
+        self.record(user_id).await?;
         if let Err(unshared) = self.limits.unlock(ThrottleKey::account(user_id)).await? {
             return Err(unshared.error);
         }
@@ -354,9 +367,9 @@ impl Admin {
 
     /// Sends `user_id` a password-reset link (nothing for a deactivated account).
     pub async fn send_reset(&self, user_id: &str, by: &AdminKey) -> Result<()> {
-        let found = self.user(user_id).await?;
-        if found.record.user.is_active {
-            self.recovery.send_reset(&found.record.user).await?;
+        let found = self.record(user_id).await?;
+        if found.user.is_active {
+            self.recovery.send_reset(&found.user).await?;
         }
         audit("admin.password_reset", user_id, by);
         Ok(())
@@ -468,21 +481,20 @@ mod tests {
 
     #[test]
     fn searches_and_roles_are_checked() {
-        let page = |q: &str, limit, cursor| page_of(q, limit, cursor);
-        let (prefix, after, limit) = page("  AB ", None, None).unwrap();
+        let (prefix, after, limit) = page_of("  AB ", None, None).unwrap();
         assert_eq!(prefix, prefix_range("ab"));
         assert_eq!((after, limit), (None, PAGE_DEFAULT));
         let cursor = URL_SAFE_NO_PAD.encode("some-id");
-        let (prefix, after, limit) = page("", Some(200), Some(&cursor)).unwrap();
+        let (prefix, after, limit) = page_of("", Some(200), Some(&cursor)).unwrap();
         assert_eq!(
             (prefix, after.as_deref(), limit),
             (None, Some("some-id"), 200)
         );
-        assert!(page("", Some(0), None).is_err());
-        assert!(page("", Some(201), None).is_err());
-        assert!(page("", None, Some("not base64!")).is_err());
-        assert!(page("a\u{0}", None, None).is_err());
-        assert!(page(&"a".repeat(255), None, None).is_err());
+        assert!(page_of("", Some(0), None).is_err());
+        assert!(page_of("", Some(201), None).is_err());
+        assert!(page_of("", None, Some("not base64!")).is_err());
+        assert!(page_of("a\u{0}", None, None).is_err());
+        assert!(page_of(&"a".repeat(255), None, None).is_err());
 
         let roles = |r: &[&str]| checked_roles(r.iter().map(|s| s.to_string()).collect());
         assert_eq!(
