@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use gatehouse_actors::audit::Event;
 use gatehouse_actors::clock::{Clock, SystemClock};
 use gatehouse_actors::model::AdminKey;
 use gatehouse_actors::sealing::Sealer;
@@ -14,6 +15,7 @@ use gatehouse_actors::token_issuer::log_changes;
 use gatehouse_actors::token_issuer::ring::{KeyInfo, KeyOp, announced};
 use gatehouse_actors::user_repo::{self, Store};
 use serde::Serialize;
+use tracing::Level;
 
 use crate::config::Loaded;
 use crate::wire::SigningKeyBody;
@@ -86,12 +88,14 @@ pub async fn admin_keys(loaded: &Loaded, command: AdminKeysCommand) -> Result<Ve
                 },
                 code: 2,
             })?;
+            let event = Event::new("admin_key.created", now)
+                .detail("admin_key", new.key.id.as_str())
+                .detail("admin_name", new.key.name.as_str());
             store
-                .create_admin_key(new.clone())
+                .create_admin_key(new.clone(), vec![event.clone()])
                 .await
                 .map_err(failed(1))?;
-            tracing::info!(event = "admin_key.created", admin_key = %new.key.id,
-                name = %new.key.name, "admin key created");
+            event.log(Level::INFO, "admin key created");
             vec![line(&new.key, Some(&key))]
         }
         AdminKeysCommand::List => {
@@ -99,8 +103,9 @@ pub async fn admin_keys(loaded: &Loaded, command: AdminKeysCommand) -> Result<Ve
             keys.iter().map(|k| line(k, None)).collect()
         }
         AdminKeysCommand::Revoke { id } => {
+            let event = Event::new("admin_key.revoked", now).detail("admin_key", id.as_str());
             if !store
-                .revoke_admin_key(id.clone(), now)
+                .revoke_admin_key(id.clone(), now, vec![event.clone()])
                 .await
                 .map_err(failed(1))?
             {
@@ -110,7 +115,7 @@ pub async fn admin_keys(loaded: &Loaded, command: AdminKeysCommand) -> Result<Ve
                     code: 1,
                 });
             }
-            tracing::warn!(event = "admin_key.revoked", admin_key = %id, "admin key revoked");
+            event.log(Level::WARN, "admin key revoked");
             Vec::new()
         }
     };
@@ -173,7 +178,11 @@ pub async fn keys(loaded: &Loaded, command: KeysCommand) -> Result<Vec<String>, 
             },
             other => failed(1)(other),
         })?;
-    log_changes(&changes, "gatehouse keys");
+    let mut events = log_changes(&changes, "gatehouse keys");
+    for event in &mut events {
+        event.at = now;
+    }
+    store.append_events(events).await.map_err(failed(1))?;
     let after = ring(Arc::clone(&store)).await?;
     let _ = store.close().await;
     Ok(announced(&after, &op).map(line).into_iter().collect())

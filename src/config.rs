@@ -429,6 +429,10 @@ fn validate(config: Config) -> Result<Loaded, Vec<String>> {
         "database.statement_timeout_ms must be at least 1",
     );
     check(
+        db.audit_retention_days > 0,
+        "database.audit_retention_days must be at least 1",
+    );
+    check(
         !db.path.as_os_str().is_empty() || !db.url.is_empty(),
         "database.path must not be empty",
     );

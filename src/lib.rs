@@ -80,6 +80,7 @@ pub async fn run(
     })
     .await
     .map_err(|e| format!("cannot start: {e}"))?;
+    telemetry::store_events_with(gatehouse.admin.db.repo.clone());
 
     let listener = TcpListener::bind(config.server.listen)
         .await

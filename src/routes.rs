@@ -17,7 +17,7 @@ use crate::http::router::{Body, Guard, Route};
 use crate::openapi::{
     Answer, Doc, Failure, OpenApiDocument, Param, PrometheusText, QueryParam, Shape, Tag,
 };
-use crate::wire::{self, PageLimit};
+use crate::wire::{self, PageLimit, Timestamp};
 
 /// A handler function as a table entry.
 macro_rules! handler {
@@ -49,6 +49,34 @@ const USER_QUERY: [QueryParam; 3] = [
     QueryParam {
         name: "limit",
         description: "Users per page, 1–200 (default 50).",
+        schema: Shape::inline::<PageLimit>(),
+    },
+    QueryParam {
+        name: "cursor",
+        description: "The `next_cursor` of the page before.",
+        schema: Shape::inline::<String>(),
+    },
+];
+
+const AUDIT_QUERY: [QueryParam; 5] = [
+    QueryParam {
+        name: "user_id",
+        description: "Only events about this user.",
+        schema: Shape::inline::<String>(),
+    },
+    QueryParam {
+        name: "event",
+        description: "Only events of this name (`login.failure`, `admin.erase`…).",
+        schema: Shape::inline::<String>(),
+    },
+    QueryParam {
+        name: "since",
+        description: "Only events at or after this time (RFC 3339).",
+        schema: Shape::inline::<Timestamp>(),
+    },
+    QueryParam {
+        name: "limit",
+        description: "Events per page, 1–200 (default 50).",
         schema: Shape::inline::<PageLimit>(),
     },
     QueryParam {
@@ -1030,12 +1058,46 @@ pub static ROUTES: &[Route] = &[
             description: "For a user who asked to be forgotten: the user, their sessions, links, \
                 recovery codes, challenges and every message to their addresses are \
                 deleted, and their tokens are refused on every instance from the next \
-                request on.",
+                request on. Of the stored events about them only the id, the event and \
+                its time stay.",
             request: None,
             param: Some(USER_ID),
             query: &[],
             answers: &[Answer::empty(204, "The user is erased.")],
             errors: &[Failure::Forbidden],
+        },
+    },
+    Route {
+        method: Method::GET,
+        template: "/api/v1/admin/audit",
+        handler: handler!(admin::audit),
+        rate: Some(RouteClass::Default),
+        guard: Guard::Admin(Scope::AuditRead),
+        body: Body::None,
+        chaos_only: false,
+        operation_id: "readAudit",
+        doc: Doc {
+            tag: Tag::Admin,
+            summary: "Read the audit log",
+            description: "The stored security events (every event of the log's list, and each \
+                admin action as `admin.<action>` with the key's id and name), newest first, \
+                a page at a time: pass `next_cursor` as `cursor` for older ones (null on \
+                the last). An event caused by a change is stored in the change's \
+                transaction; one without a change (a refused login, a throttled name) \
+                within a moment of its log line. Kept for `database.audit_retention_days`.",
+            request: None,
+            param: None,
+            query: &AUDIT_QUERY,
+            answers: &[Answer::json(
+                200,
+                "A page of events.",
+                Shape::of::<wire::AuditPageBody<'static>>(),
+            )],
+            errors: &[
+                Failure::Forbidden,
+                Failure::BadRequest,
+                Failure::ValidationFailed,
+            ],
         },
     },
     Route {

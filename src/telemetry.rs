@@ -12,15 +12,27 @@
 //! lines are dropped rather than blocking requests, and counted in
 //! `gatehouse_log_lines_dropped_total` (the durable record of security
 //! events is the database's, not this stream).
+//!
+//! Beside the writer, the [`AuditLayer`] hands every security event the log
+//! writes without a write of its own (a refused login, a throttled name, a
+//! breaker turning) to the repository, which stores them in batches; events
+//! a write stored already (target [`audit::STORED_TARGET`]) it leaves alone.
+//! It sees them whatever `logging.level` says: its filter enables only
+//! callsites with an `event` field, so a quieter log costs nothing extra.
 
 use std::io::BufWriter;
 use std::sync::OnceLock;
 
+use gatehouse_actors::audit;
+use gatehouse_actors::names::normalize_login;
+use gatehouse_actors::user_repo::Repo;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, filter};
 
 use crate::config::{LogFormat, LoggingSettings};
 
@@ -44,7 +56,10 @@ pub fn init_tracing(logging: &LoggingSettings) -> Result<WorkerGuard, String> {
         .thread_name("log-writer")
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let _ = DROPPED.set(writer.error_counter());
-    let registry = tracing_subscriber::registry().with(filter);
+    let audit = AuditLayer.with_filter(filter::filter_fn(|meta| {
+        meta.is_event() && meta.fields().field("event").is_some()
+    }));
+    let registry = tracing_subscriber::registry().with(audit);
     let result = match logging.format {
         LogFormat::Json => registry
             .with(
@@ -53,14 +68,96 @@ pub fn init_tracing(logging: &LoggingSettings) -> Result<WorkerGuard, String> {
                     .flatten_event(true)
                     .flatten_span_list_on_top_level(true)
                     .with_current_span(false)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     result.map(|()| guard).map_err(|e| e.to_string())
+}
+
+/// Where the [`AuditLayer`] sends what it picks out; set once the actors run.
+static AUDIT_SINK: OnceLock<Repo> = OnceLock::new();
+
+/// Stores, from now on, the security events logged without a write.
+pub fn store_events_with(repo: Repo) {
+    let _ = AUDIT_SINK.set(repo);
+}
+
+/// Picks the security events out of the log for the audit table.
+pub struct AuditLayer;
+
+impl<S: tracing::Subscriber> Layer<S> for AuditLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if event.metadata().target() == audit::STORED_TARGET {
+            return;
+        }
+        let Some(repo) = AUDIT_SINK.get() else {
+            return;
+        };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let Some(stored) = fields.into_event() {
+            repo.record(stored);
+        }
+    }
+}
+
+/// An event's fields, as the audit table keeps them.
+#[derive(Default)]
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    /// The stored event, if these are the fields of one.
+    fn into_event(mut self) -> Option<audit::Event> {
+        let mut text = |key: &str| match self.0.remove(key) {
+            Some(Value::String(s)) => Some(s),
+            Some(other) => Some(other.to_string()),
+            None => None,
+        };
+        let name = text("event").filter(|name| audit::is_stored(name))?;
+        let mut stored = audit::Event::new(name, 0);
+        stored.user_id = text("user_id");
+        if let Some(ip) = text("ip") {
+            stored.ip = Some(ip);
+        }
+        drop(text("message"));
+        if stored.user_id.is_none() {
+            stored.login = self
+                .0
+                .get("login")
+                .and_then(Value::as_str)
+                .map(normalize_login);
+        }
+        stored.details = self.0;
+        Some(stored)
+    }
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), format!("{value:?}").into());
+    }
 }
 
 /// Brings the series that are sampled rather than counted up to date.

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use gatehouse_actors::breaker::{BreakerSnapshot, BreakerState};
 use gatehouse_actors::model::{Session, User};
 use gatehouse_actors::passwords::PasswordSettings;
-use gatehouse_actors::services::admin::{AdminUser, PAGE_MAX, UserPage};
+use gatehouse_actors::services::admin::{AdminUser, AuditPage, PAGE_MAX, UserPage};
 use gatehouse_actors::services::auth::Issued;
 use gatehouse_actors::services::operations::HealthStatus;
 use gatehouse_actors::services::sessions::SessionInfo;
@@ -543,6 +543,80 @@ pub struct RolesRequest {
     pub roles: Option<Vec<String>>,
 }
 
+/// The query of `GET /api/v1/admin/audit`; other parameters are ignored.
+#[derive(Deserialize, Default)]
+pub struct AuditQuery {
+    pub user_id: Option<String>,
+    pub event: Option<String>,
+    /// RFC 3339.
+    pub since: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// A stored security event.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditEvent, examples(json!({
+    "id": 41,
+    "at": "2026-01-02T08:30:00.120Z",
+    "event": "login.failure",
+    "user_id": null,
+    "ip": "203.0.113.9",
+    "request_id": "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b",
+    "details": {"login": "ada", "reason": "wrong_password"}
+})))]
+pub struct AuditEventBody<'a> {
+    pub id: i64,
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: i64,
+    /// A name of the log's event list, or `admin.<action>`.
+    pub event: &'a str,
+    /// The user it concerns, if any (after an erasure, all that is left).
+    pub user_id: Option<&'a str>,
+    /// The client address of the request it happened in, if any.
+    pub ip: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    /// What the log line says besides (the login name typed, a reason, the
+    /// admin key's id and name…); never a secret.
+    #[schema(value_type = Object)]
+    pub details: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+/// A page of stored events, newest first; `next_cursor` asks for older ones
+/// (null: the last page).
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditPage)]
+pub struct AuditPageBody<'a> {
+    pub events: Vec<AuditEventBody<'a>>,
+    pub next_cursor: Option<&'a str>,
+}
+
+impl<'a> From<&'a AuditPage> for AuditPageBody<'a> {
+    fn from(page: &'a AuditPage) -> Self {
+        let events = page
+            .events
+            .iter()
+            .map(|entry| {
+                let e = &entry.event;
+                AuditEventBody {
+                    id: entry.id,
+                    at: e.at,
+                    event: &e.event,
+                    user_id: e.user_id.as_deref(),
+                    ip: e.ip.as_deref(),
+                    request_id: e.request_id.as_deref(),
+                    details: &e.details,
+                }
+            })
+            .collect();
+        Self {
+            events,
+            next_cursor: page.next_cursor.as_deref(),
+        }
+    }
+}
+
 /// The `limit` of a page: 1–200.
 pub struct PageLimit;
 
@@ -552,6 +626,18 @@ impl PartialSchema for PageLimit {
             .schema_type(Type::Integer)
             .minimum(Some(1))
             .maximum(Some(PAGE_MAX))
+            .into()
+    }
+}
+
+/// A time as a query parameter: RFC 3339.
+pub struct Timestamp;
+
+impl PartialSchema for Timestamp {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
             .into()
     }
 }

@@ -41,6 +41,7 @@
 )]
 #![deny(clippy::await_holding_lock)]
 
+pub mod audit;
 pub mod breaker;
 pub mod clock;
 pub mod error;

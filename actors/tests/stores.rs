@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
+use gatehouse_actors::audit::{Event, Query};
 use gatehouse_actors::model::{
-    Challenge, ChallengeOutcome, EmailChangeMail, Invalidation, LinkMail, LinkPurpose, MailOutcome,
-    NewSession, NewUser, Outgoing, Principal, ProfileChange, Proof, Revoke, Rotation,
+    AdminChange, Challenge, ChallengeOutcome, EmailChangeMail, Invalidation, LinkMail, LinkPurpose,
+    MailOutcome, NewSession, NewUser, Outgoing, Principal, ProfileChange, Proof, Revoke, Rotation,
 };
 use gatehouse_actors::token_issuer::token_digest;
 use gatehouse_actors::user_repo::pg::PgStore;
@@ -85,7 +86,7 @@ fn new_session(id: &str, user: &str, digest: &str, now: i64) -> NewSession {
 /// `digest`, password as registered): who the user's writes are made by.
 async fn user_with_session(s: &dyn Store, user: NewUser, session: &str, digest: &str) -> Principal {
     let id = user.id.clone();
-    s.create_user(user).await.unwrap();
+    s.create_user(user, vec![]).await.unwrap();
     open_session(s, session, &id, digest).await;
     by(&id, session)
 }
@@ -96,6 +97,7 @@ async fn open_session(s: &dyn Store, session: &str, user: &str, digest: &str) {
         new_session(session, user, digest, 1_000),
         "$scrypt$x".into(),
         None,
+        vec![],
     )
     .await
     .unwrap()
@@ -144,15 +146,16 @@ fn whole(user: &str) -> Vec<Invalidation> {
 #[tokio::test]
 async fn unique_ignoring_case_and_lookup_by_either_name() {
     on_both(|s| async move {
-        s.create_user(new_user("u1", "a@example.com", "Alice"))
+        s.create_user(new_user("u1", "a@example.com", "Alice"), vec![])
             .await
             .unwrap();
         assert!(matches!(
-            s.create_user(new_user("u2", "a@example.com", "bob")).await,
+            s.create_user(new_user("u2", "a@example.com", "bob"), vec![])
+                .await,
             Err(Error::Conflict(Taken::Email))
         ));
         assert!(matches!(
-            s.create_user(new_user("u3", "b@example.com", "ALICE"))
+            s.create_user(new_user("u3", "b@example.com", "ALICE"), vec![])
                 .await,
             Err(Error::Conflict(Taken::Username))
         ));
@@ -175,7 +178,7 @@ async fn unique_ignoring_case_and_lookup_by_either_name() {
 #[tokio::test]
 async fn sessions_rotate_spend_and_reveal_reuse() {
     on_both(|s| async move {
-        s.create_user(new_user("u1", "a@example.com", "alice"))
+        s.create_user(new_user("u1", "a@example.com", "alice"), vec![])
             .await
             .unwrap();
         let stale = s
@@ -183,6 +186,7 @@ async fn sessions_rotate_spend_and_reveal_reuse() {
                 new_session("s0", "u1", "d0", 1_000),
                 "$scrypt$old".into(),
                 None,
+                vec![],
             )
             .await
             .unwrap();
@@ -194,6 +198,7 @@ async fn sessions_rotate_spend_and_reveal_reuse() {
             new_session("s1", "u1", "d1", 1_000),
             "$scrypt$x".into(),
             Some("$scrypt$new".into()),
+            vec![],
         )
         .await
         .unwrap()
@@ -272,7 +277,7 @@ async fn sessions_rotate_spend_and_reveal_reuse() {
 async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once() {
     on_both(|s| async move {
         let u1 = user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
-        s.revoke(u1, Revoke::Session("s1".into()), 1_100)
+        s.revoke(u1, Revoke::Session("s1".into()), 1_100, vec![])
             .await
             .unwrap();
         let (nothing, head) = s.invalidations_since(-1).await.unwrap();
@@ -284,7 +289,7 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
         open_session(&*s, "s2", "u1", "d2").await;
         open_session(&*s, "s3", "u1", "d3").await;
         let mut expected = s
-            .revoke(by("u1", "s3"), Revoke::Session("s2".into()), 1_200)
+            .revoke(by("u1", "s3"), Revoke::Session("s2".into()), 1_200, vec![])
             .await
             .unwrap();
         let (_, profile) = s
@@ -295,6 +300,7 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
                     ..Default::default()
                 },
                 1_300,
+                vec![],
             )
             .await
             .unwrap();
@@ -306,6 +312,7 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
                 "$scrypt$2".into(),
                 None,
                 1_400,
+                vec![],
             )
             .await
             .unwrap(),
@@ -324,18 +331,18 @@ async fn the_invalidation_log_starts_at_its_head_then_reports_each_change_once()
 
         // Revoking what is already revoked, or someone else's, changes nothing.
         assert!(
-            s.revoke(by("u1", "s3"), Revoke::Session("s2".into()), 1_500)
+            s.revoke(by("u1", "s3"), Revoke::Session("s2".into()), 1_500, vec![])
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert!(matches!(
-            s.revoke(by("u2", "s3"), Revoke::Session("s3".into()), 1_500)
+            s.revoke(by("u2", "s3"), Revoke::Session("s3".into()), 1_500, vec![])
                 .await,
             Err(Error::SessionRevoked)
         ));
 
-        let all = s.deactivate(by("u1", "s3"), 1_600).await.unwrap();
+        let all = s.deactivate(by("u1", "s3"), 1_600, vec![]).await.unwrap();
         assert_eq!(all.len(), 1);
         assert!(
             all[0].session_id.is_none(),
@@ -365,6 +372,7 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
                     ..Default::default()
                 },
                 2_000,
+                vec![],
             )
             .await;
         assert!(matches!(taken, Err(Error::Conflict(Taken::Email))));
@@ -376,6 +384,7 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
                     ..Default::default()
                 },
                 2_000,
+                vec![],
             )
             .await
             .unwrap();
@@ -384,20 +393,26 @@ async fn profile_changes_keep_uniqueness_and_purge_drops_expired_sessions() {
             ("c@example.com", "bob", 2_000)
         );
 
-        s.create_session(new_session("old", "u1", "d0", 0), "$scrypt$x".into(), None)
-            .await
-            .unwrap();
+        s.create_session(
+            new_session("old", "u1", "d0", 0),
+            "$scrypt$x".into(),
+            None,
+            vec![],
+        )
+        .await
+        .unwrap();
         s.create_session(
             new_session("live", "u1", "d3", 100_000),
             "$scrypt$x".into(),
             None,
+            vec![],
         )
         .await
         .unwrap();
         s.touch_sessions(vec![("live".into(), 100_500)])
             .await
             .unwrap();
-        assert_eq!(s.purge(50_000).await.unwrap(), 3);
+        assert_eq!(s.purge(50_000, 0).await.unwrap(), 3);
         let left = s.sessions("u1".into(), 100_001).await.unwrap();
         assert_eq!(
             left.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
@@ -415,13 +430,15 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
     on_both(|s| async move {
         user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
         open_session(&*s, "s2", "u1", "d2").await;
-        s.revoke(by("u1", "s2"), Revoke::All, 1_100).await.unwrap();
+        s.revoke(by("u1", "s2"), Revoke::All, 1_100, vec![])
+            .await
+            .unwrap();
         let email = ProfileChange {
             email: Some("evil@example.com".into()),
             ..Default::default()
         };
         assert!(matches!(
-            s.update_profile(by("u1", "s1"), email, 1_200).await,
+            s.update_profile(by("u1", "s1"), email, 1_200, vec![]).await,
             Err(Error::SessionRevoked)
         ));
         assert!(matches!(
@@ -430,17 +447,18 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
                 "$scrypt$x".into(),
                 "$scrypt$y".into(),
                 None,
-                1_200
+                1_200,
+                vec![]
             )
             .await,
             Err(Error::SessionRevoked)
         ));
         assert!(matches!(
-            s.deactivate(by("u1", "s1"), 1_200).await,
+            s.deactivate(by("u1", "s1"), 1_200, vec![]).await,
             Err(Error::SessionRevoked)
         ));
         assert!(matches!(
-            s.revoke(by("u1", "s1"), Revoke::Session("s1".into()), 1_200)
+            s.revoke(by("u1", "s1"), Revoke::Session("s1".into()), 1_200, vec![])
                 .await,
             Err(Error::SessionRevoked)
         ));
@@ -459,11 +477,12 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
             new_session("s3", "u1", "d3", 2_000),
             "$scrypt$x".into(),
             None,
+            vec![],
         )
         .await
         .unwrap();
         assert!(matches!(
-            s.deactivate(by("u1", "s3"), 2_000 + 10_000).await,
+            s.deactivate(by("u1", "s3"), 2_000 + 10_000, vec![]).await,
             Err(Error::SessionRevoked)
         ));
 
@@ -474,6 +493,7 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
             "$scrypt$first".into(),
             None,
             2_100,
+            vec![],
         )
         .await
         .unwrap();
@@ -483,7 +503,8 @@ async fn writes_for_a_session_check_it_inside_the_transaction() {
                 "$scrypt$x".into(),
                 "$scrypt$second".into(),
                 None,
-                2_200
+                2_200,
+                vec![]
             )
             .await,
             Err(Error::WrongCurrentPassword)
@@ -541,10 +562,13 @@ const HOUR_MS: i64 = 3_600_000;
 async fn verify_links_are_single_use_expire_and_are_voided_by_newer_ones() {
     on_both(|s| async move {
         let registered = s
-            .create_user(NewUser {
-                verify: Some(link("v1", LinkPurpose::Verify, 10_000)),
-                ..new_user("u1", "a@example.com", "alice")
-            })
+            .create_user(
+                NewUser {
+                    verify: Some(link("v1", LinkPurpose::Verify, 10_000)),
+                    ..new_user("u1", "a@example.com", "alice")
+                },
+                vec![],
+            )
             .await
             .unwrap();
         assert!(!registered.email_verified);
@@ -554,13 +578,20 @@ async fn verify_links_are_single_use_expire_and_are_voided_by_newer_ones() {
         let wrong_purpose = s.link_owner("v1".into(), LinkPurpose::Reset, 2_000);
         assert!(wrong_purpose.await.unwrap().is_none());
 
-        let (user, changes) = s.confirm_email("v1".into(), 2_000).await.unwrap().unwrap();
+        let (user, changes) = s
+            .confirm_email("v1".into(), 2_000, vec![])
+            .await
+            .unwrap()
+            .unwrap();
         assert!(user.email_verified);
         assert_eq!(user.email, "a@example.com");
         assert_eq!(changes, whole("u1"));
         assert!(s.user("u1".into()).await.unwrap().unwrap().email_verified);
         assert!(
-            s.confirm_email("v1".into(), 2_100).await.unwrap().is_none(),
+            s.confirm_email("v1".into(), 2_100, vec![])
+                .await
+                .unwrap()
+                .is_none(),
             "used once"
         );
         let used = s.link_owner("v1".into(), LinkPurpose::Verify, 2_100);
@@ -581,7 +612,12 @@ async fn verify_links_are_single_use_expire_and_are_voided_by_newer_ones() {
         assert!(live.await.unwrap().is_some());
         let late = s.link_owner("v2".into(), LinkPurpose::Verify, 5_000);
         assert!(late.await.unwrap().is_none());
-        assert!(s.confirm_email("v2".into(), 5_000).await.unwrap().is_none());
+        assert!(
+            s.confirm_email("v2".into(), 5_000, vec![])
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert!(!s.user("u2".into()).await.unwrap().unwrap().email_verified);
 
         // A newer link of the same purpose voids the older one.
@@ -592,8 +628,17 @@ async fn verify_links_are_single_use_expire_and_are_voided_by_newer_ones() {
         }
         let voided = s.link_owner("v3".into(), LinkPurpose::Verify, 6_200);
         assert!(voided.await.unwrap().is_none());
-        assert!(s.confirm_email("v3".into(), 6_200).await.unwrap().is_none());
-        let (user, _) = s.confirm_email("v4".into(), 6_200).await.unwrap().unwrap();
+        assert!(
+            s.confirm_email("v3".into(), 6_200, vec![])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let (user, _) = s
+            .confirm_email("v4".into(), 6_200, vec![])
+            .await
+            .unwrap()
+            .unwrap();
         assert!(user.email_verified);
 
         // Nothing left to verify: nothing written.
@@ -622,7 +667,7 @@ async fn an_email_change_waits_for_its_link_and_a_pending_address_taken_meanwhil
         };
 
         let (user, changes) = s
-            .update_profile(u1.clone(), change("new@example.com", "c1"), 2_000)
+            .update_profile(u1.clone(), change("new@example.com", "c1"), 2_000, vec![])
             .await
             .unwrap();
         assert_eq!(user.email, "a@example.com", "unchanged until confirmed");
@@ -648,7 +693,11 @@ async fn an_email_change_waits_for_its_link_and_a_pending_address_taken_meanwhil
         let owner = s.link_owner("c1".into(), LinkPurpose::Verify, 2_100);
         assert_eq!(owner.await.unwrap().map(|u| u.id).as_deref(), Some("u1"));
 
-        let (user, changes) = s.confirm_email("c1".into(), 3_000).await.unwrap().unwrap();
+        let (user, changes) = s
+            .confirm_email("c1".into(), 3_000, vec![])
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (
                 user.email.as_str(),
@@ -661,7 +710,7 @@ async fn an_email_change_waits_for_its_link_and_a_pending_address_taken_meanwhil
 
         // An address taken already is refused at once…
         let taken = s
-            .update_profile(u1.clone(), change("B@example.com", "c0"), 3_500)
+            .update_profile(u1.clone(), change("B@example.com", "c0"), 3_500, vec![])
             .await;
         assert!(
             matches!(taken, Err(Error::Conflict(Taken::Email))),
@@ -669,16 +718,16 @@ async fn an_email_change_waits_for_its_link_and_a_pending_address_taken_meanwhil
         );
 
         // …and one taken while its link travels, when the link is followed.
-        s.update_profile(u1, change("later@example.com", "c2"), 4_000)
+        s.update_profile(u1, change("later@example.com", "c2"), 4_000, vec![])
             .await
             .unwrap();
         let direct = ProfileChange {
             email: Some("later@example.com".into()),
             ..Default::default()
         };
-        let (bob, _) = s.update_profile(u2, direct, 4_500).await.unwrap();
+        let (bob, _) = s.update_profile(u2, direct, 4_500, vec![]).await.unwrap();
         assert_eq!(bob.email, "later@example.com");
-        let late = s.confirm_email("c2".into(), 5_000).await;
+        let late = s.confirm_email("c2".into(), 5_000, vec![]).await;
         assert!(
             matches!(late, Err(Error::Conflict(Taken::Email))),
             "{late:?}"
@@ -700,7 +749,7 @@ async fn password_resets_go_to_active_accounts_only_and_revoke_every_session_onc
         user_with_session(&*s, new_user("u1", "a@example.com", "alice"), "s1", "d1").await;
         open_session(&*s, "s2", "u1", "d2").await;
         let gone = user_with_session(&*s, new_user("u2", "b@example.com", "bob"), "s3", "d3").await;
-        s.deactivate(gone, 1_500).await.unwrap();
+        s.deactivate(gone, 1_500, vec![]).await.unwrap();
         let (_, head) = s.invalidations_since(-1).await.unwrap();
 
         let before = s.outbox_pending().await.unwrap();
@@ -709,6 +758,7 @@ async fn password_resets_go_to_active_accounts_only_and_revoke_every_session_onc
                 email.into(),
                 link(digest, LinkPurpose::Reset, 100_000),
                 2_000,
+                vec![],
             );
             assert!(!refused.await.unwrap(), "{email}");
             let no_link = s.link_owner(digest.into(), LinkPurpose::Reset, 2_000);
@@ -720,8 +770,12 @@ async fn password_resets_go_to_active_accounts_only_and_revoke_every_session_onc
             ("A@Example.com", "r2", 2_000),
             ("a@example.com", "r3", 2_100),
         ] {
-            let issued =
-                s.request_reset(email.into(), link(digest, LinkPurpose::Reset, 100_000), at);
+            let issued = s.request_reset(
+                email.into(),
+                link(digest, LinkPurpose::Reset, 100_000),
+                at,
+                vec![],
+            );
             assert!(issued.await.unwrap(), "{email}");
         }
         assert_eq!(s.outbox_pending().await.unwrap(), before + 2);
@@ -732,10 +786,21 @@ async fn password_resets_go_to_active_accounts_only_and_revoke_every_session_onc
             as_verify.await.unwrap().is_none(),
             "a reset link verifies nothing"
         );
-        assert!(s.confirm_email("r3".into(), 2_200).await.unwrap().is_none());
+        assert!(
+            s.confirm_email("r3".into(), 2_200, vec![])
+                .await
+                .unwrap()
+                .is_none()
+        );
 
         let (user_id, changes) = s
-            .reset_password("r3".into(), "$scrypt$reset".into(), notice("n1"), 3_000)
+            .reset_password(
+                "r3".into(),
+                "$scrypt$reset".into(),
+                notice("n1"),
+                3_000,
+                vec![],
+            )
             .await
             .unwrap()
             .unwrap();
@@ -762,8 +827,13 @@ async fn password_resets_go_to_active_accounts_only_and_revoke_every_session_onc
         assert_eq!(s.outbox_pending().await.unwrap(), before + 3, "the notice");
 
         for digest in ["r3", "r2"] {
-            let again =
-                s.reset_password(digest.into(), "$scrypt$again".into(), notice("n2"), 3_200);
+            let again = s.reset_password(
+                digest.into(),
+                "$scrypt$again".into(),
+                notice("n2"),
+                3_200,
+                vec![],
+            );
             assert!(again.await.unwrap().is_none(), "{digest}");
             let used = s.link_owner(digest.into(), LinkPurpose::Reset, 3_200);
             assert!(used.await.unwrap().is_none());
@@ -778,7 +848,7 @@ async fn password_resets_go_to_active_accounts_only_and_revoke_every_session_onc
         assert_eq!(s.outbox_pending().await.unwrap(), before + 3);
 
         // Used links go with the purge, a week on; sessions long gone with them.
-        assert!(s.purge(3_000 + 8 * 86_400_000).await.unwrap() >= 1);
+        assert!(s.purge(3_000 + 8 * 86_400_000, 0).await.unwrap() >= 1);
         assert_eq!(
             s.outbox_pending().await.unwrap(),
             before + 3,
@@ -802,13 +872,13 @@ async fn the_hourly_cap_drops_capped_mail_to_one_address_but_never_notices() {
         // One written to the address in other letters: the count ignores case.
         let first = capped("k1", LinkPurpose::Reset, Some("A@EXAMPLE.com"));
         assert!(
-            s.request_reset("a@example.com".into(), first, now)
+            s.request_reset("a@example.com".into(), first, now, vec![])
                 .await
                 .unwrap()
         );
         let second = capped("k2", LinkPurpose::Reset, None);
         assert!(
-            s.request_reset("a@example.com".into(), second, now)
+            s.request_reset("a@example.com".into(), second, now, vec![])
                 .await
                 .unwrap()
         );
@@ -816,7 +886,7 @@ async fn the_hourly_cap_drops_capped_mail_to_one_address_but_never_notices() {
 
         let third = capped("k3", LinkPurpose::Reset, None);
         assert!(
-            !s.request_reset("a@example.com".into(), third, now)
+            !s.request_reset("a@example.com".into(), third, now, vec![])
                 .await
                 .unwrap()
         );
@@ -847,6 +917,7 @@ async fn the_hourly_cap_drops_capped_mail_to_one_address_but_never_notices() {
             "$scrypt$y".into(),
             Some(notice("n1")),
             now,
+            vec![],
         )
         .await
         .unwrap();
@@ -854,13 +925,13 @@ async fn the_hourly_cap_drops_capped_mail_to_one_address_but_never_notices() {
 
         let still = capped("k5", LinkPurpose::Reset, None);
         assert!(
-            !s.request_reset("a@example.com".into(), still, now + HOUR_MS - 1)
+            !s.request_reset("a@example.com".into(), still, now + HOUR_MS - 1, vec![])
                 .await
                 .unwrap()
         );
         let later = capped("k6", LinkPurpose::Reset, None);
         assert!(
-            s.request_reset("a@example.com".into(), later, now + HOUR_MS)
+            s.request_reset("a@example.com".into(), later, now + HOUR_MS, vec![])
                 .await
                 .unwrap()
         );
@@ -879,7 +950,7 @@ async fn queue(s: &dyn Store, prefix: &str, n: usize, now: i64) -> Vec<String> {
             ..link(&format!("link-{id}"), LinkPurpose::Reset, now + 100_000)
         };
         assert!(
-            s.request_reset("a@example.com".into(), mail, now)
+            s.request_reset("a@example.com".into(), mail, now, vec![])
                 .await
                 .unwrap()
         );
@@ -891,7 +962,7 @@ async fn queue(s: &dyn Store, prefix: &str, n: usize, now: i64) -> Vec<String> {
 #[tokio::test]
 async fn the_outbox_leases_each_message_to_one_sender_until_it_reports_or_the_lease_ends() {
     on_both(|s| async move {
-        s.create_user(new_user("u1", "a@example.com", "alice"))
+        s.create_user(new_user("u1", "a@example.com", "alice"), vec![])
             .await
             .unwrap();
         let ids = queue(&*s, "m", 3, 1_000).await;
@@ -983,7 +1054,7 @@ async fn the_outbox_leases_each_message_to_one_sender_until_it_reports_or_the_le
             s.claim_mail("B".into(), 6_000, 500, 2).await.unwrap().len(),
             1
         );
-        s.purge(6_000 + 8 * 86_400_000).await.unwrap();
+        s.purge(6_000 + 8 * 86_400_000, 0).await.unwrap();
         assert_eq!(
             s.outbox_pending().await.unwrap(),
             3,
@@ -996,7 +1067,7 @@ async fn the_outbox_leases_each_message_to_one_sender_until_it_reports_or_the_le
 #[tokio::test]
 async fn concurrent_claimers_never_lease_the_same_message() {
     on_both(|s| async move {
-        s.create_user(new_user("u1", "a@example.com", "alice"))
+        s.create_user(new_user("u1", "a@example.com", "alice"), vec![])
             .await
             .unwrap();
         for round in 0..20_i64 {
@@ -1189,7 +1260,8 @@ async fn a_reset_link_opens_nothing_once_the_email_changed() {
             s.request_reset(
                 "a@example.com".into(),
                 link("r1", LinkPurpose::Reset, 9_000),
-                1_100
+                1_100,
+                vec![]
             )
             .await
             .unwrap()
@@ -1203,7 +1275,9 @@ async fn a_reset_link_opens_nothing_once_the_email_changed() {
             }),
             ..Default::default()
         };
-        s.update_profile(alice, change, 1_200).await.unwrap();
+        s.update_profile(alice, change, 1_200, vec![])
+            .await
+            .unwrap();
         assert!(
             s.link_owner("r1".into(), LinkPurpose::Reset, 1_300)
                 .await
@@ -1211,10 +1285,16 @@ async fn a_reset_link_opens_nothing_once_the_email_changed() {
                 .is_none()
         );
         assert!(
-            s.reset_password("r1".into(), "$scrypt$new".into(), notice("n2"), 1_300)
-                .await
-                .unwrap()
-                .is_none(),
+            s.reset_password(
+                "r1".into(),
+                "$scrypt$new".into(),
+                notice("n2"),
+                1_300,
+                vec![]
+            )
+            .await
+            .unwrap()
+            .is_none(),
             "the old mailbox's link is dead"
         );
         let kept = s.credentials("alice".into()).await.unwrap().unwrap();
@@ -1250,13 +1330,13 @@ async fn second_factor_codes_spend_once_and_challenges_die_after_five_wrong_ones
             .unwrap();
         // Confirming needs the pending key itself.
         assert!(matches!(
-            s.confirm_totp(who.clone(), b"other".to_vec(), 10, vec![], 2_000)
+            s.confirm_totp(who.clone(), b"other".to_vec(), 10, vec![], 2_000, vec![])
                 .await,
             Err(Error::SecondFactorRefused)
         ));
         let codes = vec![token_digest("a"), token_digest("b")];
         let changes = s
-            .confirm_totp(who.clone(), b"sealed".to_vec(), 10, codes, 2_000)
+            .confirm_totp(who.clone(), b"sealed".to_vec(), 10, codes, 2_000, vec![])
             .await
             .unwrap();
         assert_eq!(changes, whole("u1"));
@@ -1294,13 +1374,18 @@ async fn second_factor_codes_spend_once_and_challenges_die_after_five_wrong_ones
         .enumerate()
         {
             let outcome = s
-                .complete_challenge("c1".into(), proof, session.clone())
+                .complete_challenge("c1".into(), proof, session.clone(), vec![])
                 .await
                 .unwrap();
             assert_eq!(outcome, ChallengeOutcome::WrongCode { killed: i == 4 });
         }
         let outcome = s
-            .complete_challenge("c1".into(), Some(Proof::Totp { step: 11 }), session.clone())
+            .complete_challenge(
+                "c1".into(),
+                Some(Proof::Totp { step: 11 }),
+                session.clone(),
+                vec![],
+            )
             .await
             .unwrap();
         assert_eq!(outcome, ChallengeOutcome::Unusable, "dead after five");
@@ -1308,14 +1393,24 @@ async fn second_factor_codes_spend_once_and_challenges_die_after_five_wrong_ones
         // A right code completes a challenge once, and is then spent.
         s.open_challenge(challenge("c2")).await.unwrap();
         let outcome = s
-            .complete_challenge("c2".into(), Some(Proof::Totp { step: 11 }), session.clone())
+            .complete_challenge(
+                "c2".into(),
+                Some(Proof::Totp { step: 11 }),
+                session.clone(),
+                vec![],
+            )
             .await
             .unwrap();
         assert!(matches!(outcome, ChallengeOutcome::Completed(ref s) if s.id == "s2"));
         session.id = "s3".into();
         session.refresh_digest = "r3".into();
         let outcome = s
-            .complete_challenge("c2".into(), Some(Proof::Totp { step: 12 }), session.clone())
+            .complete_challenge(
+                "c2".into(),
+                Some(Proof::Totp { step: 12 }),
+                session.clone(),
+                vec![],
+            )
             .await
             .unwrap();
         assert_eq!(outcome, ChallengeOutcome::Unusable, "used");
@@ -1324,7 +1419,7 @@ async fn second_factor_codes_spend_once_and_challenges_die_after_five_wrong_ones
             digest: token_digest("a"),
         };
         let outcome = s
-            .complete_challenge("c3".into(), Some(recovery.clone()), session.clone())
+            .complete_challenge("c3".into(), Some(recovery.clone()), session.clone(), vec![])
             .await
             .unwrap();
         assert!(matches!(outcome, ChallengeOutcome::Completed(_)));
@@ -1345,6 +1440,7 @@ async fn second_factor_codes_spend_once_and_challenges_die_after_five_wrong_ones
                     digest: token_digest("b"),
                 }),
                 session.clone(),
+                vec![],
             )
             .await
             .unwrap();
@@ -1376,7 +1472,7 @@ async fn second_factor_codes_spend_once_and_challenges_die_after_five_wrong_ones
         // Turning it off takes the key, the codes and open challenges with it.
         s.open_challenge(challenge("c5")).await.unwrap();
         assert!(matches!(
-            s.disable_mfa(renewed.clone(), None, notice("n1"), 6_000)
+            s.disable_mfa(renewed.clone(), None, notice("n1"), 6_000, vec![])
                 .await,
             Err(Error::SecondFactorRefused)
         ));
@@ -1385,6 +1481,7 @@ async fn second_factor_codes_spend_once_and_challenges_die_after_five_wrong_ones
             Some(Proof::Totp { step: 14 }),
             notice("n2"),
             6_000,
+            vec![],
         )
         .await
         .unwrap();
@@ -1393,11 +1490,151 @@ async fn second_factor_codes_spend_once_and_challenges_die_after_five_wrong_ones
         assert_eq!(factor.secret, None);
         assert!(s.challenge("c5".into(), 6_000).await.unwrap().is_none());
         assert!(matches!(
-            s.disable_mfa(renewed, Some(Proof::Totp { step: 15 }), notice("n3"), 6_000)
-                .await,
+            s.disable_mfa(
+                renewed,
+                Some(Proof::Totp { step: 15 }),
+                notice("n3"),
+                6_000,
+                vec![]
+            )
+            .await,
             Err(Error::MfaState { enabled: false })
         ));
         assert_eq!(s.outbox_pending().await.unwrap(), 1, "one notice");
+    })
+    .await;
+}
+
+fn failure(login: &str, at: i64) -> Event {
+    let mut event = Event::new("login.failure", at).detail("reason", "wrong_password");
+    event.login = Some(login.into());
+    event.ip = Some("192.0.2.9".into());
+    event
+}
+
+async fn audit(s: &dyn Store, query: Query) -> Vec<(String, Option<String>)> {
+    let entries = s.audit(Query { limit: 50, ..query }).await.unwrap();
+    assert!(
+        entries.windows(2).all(|w| w[0].id > w[1].id),
+        "newest first"
+    );
+    entries
+        .into_iter()
+        .map(|e| (e.event.event, e.event.user_id))
+        .collect()
+}
+
+/// Events stored by a write commit or roll back with it; the log reads
+/// newest first by any filter, pages by id, is purged by age, and erasure
+/// leaves only the event, its time and the user's id.
+#[tokio::test]
+async fn security_events_are_stored_with_their_write_read_newest_first_and_scrubbed_by_erasure() {
+    on_both(|s| async move {
+        let registered = |id: &str| vec![Event::new("user.registered", 1_000).user(id)];
+        s.create_user(new_user("u1", "a@example.com", "alice"), registered("u1"))
+            .await
+            .unwrap();
+        // A refused write stores none of its events.
+        assert!(
+            s.create_user(new_user("u2", "a@example.com", "bob"), registered("u2"))
+                .await
+                .is_err()
+        );
+        s.append_events(vec![
+            failure("a@example.com", 2_000),
+            failure("nobody", 3_000),
+        ])
+        .await
+        .unwrap();
+        let u1 = Some("u1".to_owned());
+        assert_eq!(
+            audit(&*s, Query::default()).await,
+            [
+                ("login.failure".into(), None),
+                ("login.failure".into(), None),
+                ("user.registered".into(), u1.clone()),
+            ]
+        );
+        let by_user = Query {
+            user_id: u1.clone(),
+            ..Query::default()
+        };
+        assert_eq!(
+            audit(&*s, by_user).await,
+            [("user.registered".into(), u1.clone())]
+        );
+        let since = Query {
+            event: Some("login.failure".into()),
+            since: Some(2_500),
+            ..Query::default()
+        };
+        assert_eq!(audit(&*s, since).await.len(), 1);
+
+        // Pages by id: each event once, even with a newer one arriving between pages.
+        let first = s
+            .audit(Query {
+                limit: 2,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        s.append_events(vec![failure("late", 4_000)]).await.unwrap();
+        let rest = s
+            .audit(Query {
+                limit: 2,
+                before: Some(first[1].id),
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].event.event, "user.registered");
+
+        let erased = vec![
+            Event::new("admin.erase", 5_000)
+                .user("u1")
+                .detail("admin_name", "ops"),
+        ];
+        s.change_user("u1".into(), AdminChange::Erase, 5_000, erased)
+            .await
+            .unwrap()
+            .unwrap();
+        let all = s
+            .audit(Query {
+                limit: 50,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            all.iter()
+                .all(|e| !format!("{e:?}").contains("a@example.com")
+                    && !format!("{e:?}").contains("alice")),
+            "{all:?}"
+        );
+        let about_them = all.iter().filter(|e| e.event.at <= 2_000).map(|e| &e.event);
+        for event in about_them {
+            assert_eq!(
+                (&event.login, &event.ip, event.details.len()),
+                (&None, &None, 0)
+            );
+        }
+        assert_eq!(
+            all[2].event.login.as_deref(),
+            Some("nobody"),
+            "others' events stay whole"
+        );
+        assert_eq!(all[0].event.event, "admin.erase");
+        assert_eq!(all[0].event.details.get("admin_name"), Some(&"ops".into()));
+
+        // Purge drops what is older than the retention, nothing else.
+        s.purge(10_000, 2_500).await.unwrap();
+        let kept: Vec<_> = audit(&*s, Query::default())
+            .await
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(kept, ["admin.erase", "login.failure", "login.failure"]);
     })
     .await;
 }

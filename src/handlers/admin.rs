@@ -11,7 +11,8 @@ use crate::error::ApiError;
 use crate::http::body;
 use crate::http::{AppState, Ctx, HttpResponse, ReadRequest, empty, json};
 use crate::wire::{
-    self, AdminUserBody, AdminUserPageBody, IntrospectionBody, SigningKeyBody, SigningKeyList,
+    self, AdminUserBody, AdminUserPageBody, AuditPageBody, IntrospectionBody, SigningKeyBody,
+    SigningKeyList,
 };
 
 /// The admin key of a route guarded for admins.
@@ -135,6 +136,32 @@ pub async fn set_roles(
         .await?;
     let found = admin.user(id).await?;
     json(StatusCode::OK, &AdminUserBody::from(&found))
+}
+
+/// Stored security events, newest first, a page at a time.
+pub async fn audit(
+    state: &AppState,
+    req: ReadRequest,
+    _ctx: Ctx,
+) -> Result<HttpResponse, ApiError> {
+    let asked: wire::AuditQuery = body::form(req.uri().query().unwrap_or("").as_bytes())?;
+    let since = asked
+        .since
+        .map(|at| {
+            time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+                .map(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MIN))
+                .map_err(|_| Error::validation("since", "must be an RFC 3339 time"))
+        })
+        .transpose()?;
+    let filter = admin::AuditFilter {
+        user_id: asked.user_id,
+        event: asked.event,
+        since,
+        limit: asked.limit,
+        cursor: asked.cursor,
+    };
+    let page = state.gatehouse.admin.audit(filter).await?;
+    json(StatusCode::OK, &AuditPageBody::from(&page))
 }
 
 pub async fn keys(

@@ -164,25 +164,30 @@ impl App {
         let client = client_ip::client_ip(peer.ip(), req.headers(), &state.trusted_proxies);
 
         let mut rate = None;
-        let outcome = async {
-            match matched {
-                Matched::NotFound => Err(ApiError::NotFound),
-                Matched::MethodNotAllowed { allow, .. } => {
-                    match preflight(&req, origin.as_ref(), allow) {
-                        Some(response) => Ok(response),
-                        None => Err(ApiError::MethodNotAllowed(allow.to_owned())),
+        let context = gatehouse_actors::audit::Context {
+            request_id: request_id.clone(),
+            ip: client.to_string(),
+        };
+        let outcome = context
+            .scope(async {
+                match matched {
+                    Matched::NotFound => Err(ApiError::NotFound),
+                    Matched::MethodNotAllowed { allow, .. } => {
+                        match preflight(&req, origin.as_ref(), allow) {
+                            Some(response) => Ok(response),
+                            None => Err(ApiError::MethodNotAllowed(allow.to_owned())),
+                        }
+                    }
+                    Matched::Found { route, param } => {
+                        let work = self.dispatch(route, req, param, client, deadline, &mut rate);
+                        tokio::time::timeout_at(deadline, work)
+                            .await
+                            .unwrap_or(Err(ApiError::Timeout))
                     }
                 }
-                Matched::Found { route, param } => {
-                    let work = self.dispatch(route, req, param, client, deadline, &mut rate);
-                    tokio::time::timeout_at(deadline, work)
-                        .await
-                        .unwrap_or(Err(ApiError::Timeout))
-                }
-            }
-        }
-        .instrument(span.clone())
-        .await;
+            })
+            .instrument(span.clone())
+            .await;
 
         let mut response = outcome.unwrap_or_else(|e| {
             let now = state.clock.now_ms();

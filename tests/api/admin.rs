@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
 
 use crate::harness::{DataDir, PASSWORD, Reply, Server, cli, shipped_config, stderr};
 use crate::signing::lines;
@@ -121,6 +122,22 @@ async fn admin_keys_made_and_revoked_beside_running_instances() {
     let out = admin_keys(&dir, &["revoke", &id]);
     assert_eq!(out.status.code(), Some(1), "revoking twice");
     assert_eq!(lines(&admin_keys(&dir, &["list"])).len(), 1);
+
+    // What the command did is in the audit log, once, with the key's name.
+    let (_, auditor) = create(&dir, "auditor", "audit:read");
+    let events = audit(&b, &auditor, "event=admin_key.created").await;
+    let named: Vec<_> = events.iter().map(|e| &e["details"]["admin_name"]).collect();
+    assert_eq!(
+        named,
+        [
+            &json!("auditor"),
+            &json!("reader"),
+            &json!("resource server")
+        ]
+    );
+    let revoked = audit(&a, &auditor, "event=admin_key.revoked").await;
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0]["details"]["admin_key"], id.as_str());
 }
 
 #[tokio::test]
@@ -236,6 +253,36 @@ async fn signing_keys_are_listed_rotated_and_revoked_over_http_as_by_the_command
     // New logins sign with the new key and work everywhere.
     let (fresh, _) = b.user("signed_again").await;
     a.get("/api/v1/users/me", Some(&fresh)).await.ok(200);
+
+    // Each change is in the audit log with who made it, the command's too.
+    crate::signing::keys(&dir, "EdDSA", &["rotate", "--now"]);
+    let (_, auditor) = create(&dir, "auditor", "audit:read");
+    let by = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                let d = &e["details"];
+                format!(
+                    "{} {}",
+                    d["by"].as_str().or(d["admin_name"].as_str()).unwrap_or("-"),
+                    e["event"]
+                )
+            })
+            .collect()
+    };
+    let rotated = audited(&a, &auditor, "event=key.rotated", &["key.rotated"; 2]).await;
+    assert_eq!(
+        by(&rotated),
+        [
+            r#"gatehouse keys "key.rotated""#,
+            r#"admin API "key.rotated""#
+        ]
+    );
+    let revoked = audit(&b, &auditor, "event=key.revoked").await;
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0]["details"]["kid"], old.as_str());
+    let actions = audit(&b, &auditor, "event=admin.keys_rotate").await;
+    assert_eq!(by(&actions), [r#"key custodian "admin.keys_rotate""#; 2]);
 }
 
 /// `method path` on `s` with the admin key `key`.
@@ -556,6 +603,7 @@ fn traces(dir: &DataDir, needle: &str) -> String {
                 "recovery_codes",
                 "mfa_challenges",
                 "admin_keys",
+                "audit_events",
             ];
             let rows: Vec<String> = tables
                 .iter()
@@ -629,9 +677,6 @@ async fn an_operator_removes_a_second_factor_and_erases_a_user_without_a_trace()
     admin(&a, Method::DELETE, &path, &key)
         .await
         .expect(404, "NOT001");
-    a.login("forgotten_person", PASSWORD)
-        .await
-        .expect(401, "AUTH001");
     let r = admin(&a, Method::GET, "/api/v1/admin/users?query=forgotten", &key).await;
     assert_eq!(r.body["users"], json!([]), "{}", r.text);
 
@@ -644,4 +689,195 @@ async fn an_operator_removes_a_second_factor_and_erases_a_user_without_a_trace()
         assert_eq!(traces(&dir, needle), "0", "{needle} is still stored");
     }
     assert_ne!(traces(&dir, "stays_around"), "0", "the check sees nothing");
+    // What is left of them in the audit log is their id.
+    let a = Server::builder().dir(&dir).start();
+    let (_, auditor) = create(&dir, "auditor", "audit:read");
+    let left = audit(&a, &auditor, &format!("user_id={id}")).await;
+    assert!(left.len() >= 4, "{left:?}");
+    assert!(left.iter().all(|e| e["user_id"] == id.as_str()));
+    assert_eq!(left[0]["event"], "admin.erase");
+    assert_eq!(left[0]["details"]["admin_name"], "privacy desk");
+    // The name is unknown from then on (and typing it is a new event).
+    a.login("forgotten_person", PASSWORD)
+        .await
+        .expect(401, "AUTH001");
+}
+
+/// The stored events `query` selects, newest first, all pages.
+async fn audit(s: &Server, key: &str, query: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r = admin(
+            s,
+            Method::GET,
+            &format!("/api/v1/admin/audit?{query}&limit=3{cursor}"),
+            key,
+        )
+        .await;
+        r.ok(200);
+        events.extend(r.body["events"].as_array().unwrap().iter().cloned());
+        match r.body["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return events,
+        }
+    }
+}
+
+/// The names of `events`, in order.
+fn names(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect()
+}
+
+/// Polls `s` until the events `query` selects are named `want`, newest first.
+async fn audited(s: &Server, key: &str, query: &str, want: &[&str]) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let events = audit(s, key, query).await;
+        if names(&events) == want || Instant::now() > deadline {
+            assert_eq!(names(&events), want, "{query}: {events:?}");
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_keeps_who_did_what_from_every_instance() {
+    let dir = DataDir::new();
+    let a = Server::builder().dir(&dir).start();
+    let b = Server::builder().dir(&dir).start();
+    let (_, key) = create(&dir, "security desk", "audit:read,users:write");
+    let (_, helpdesk) = create(&dir, "helpdesk", "users:read,users:write");
+    let (token, _) = a.user("audited").await;
+    let id = a.get("/api/v1/users/me", Some(&token)).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    admin(&a, Method::GET, "/api/v1/admin/audit", &helpdesk)
+        .await
+        .expect(403, "AUTH011");
+    admin(&a, Method::GET, "/api/v1/admin/audit", &token)
+        .await
+        .expect(401, "AUTH002");
+
+    // A refused login on B: stored with the name typed, the client and the request.
+    let refused = b.login("Audited", "not the password").await;
+    refused.expect(401, "AUTH001");
+    let failures = audited(&a, &key, "event=login.failure", &["login.failure"]).await;
+    let failure = &failures[0];
+    assert_eq!(
+        failure["details"]["login"], "Audited",
+        "as typed: {failure}"
+    );
+    assert_eq!(failure["details"]["reason"], "wrong_password", "{failure}");
+    assert_eq!(failure["ip"], "127.0.0.1");
+    assert_eq!(
+        failure["request_id"].as_str(),
+        refused.header("x-request-id"),
+        "{failure}"
+    );
+    assert!(!failure.to_string().contains("not the password"));
+
+    // The user's own actions and an operator's, by the user, newest first.
+    a.post("/api/v1/auth/logout", json!({}), Some(&token))
+        .await
+        .ok(204);
+    let path = format!("/api/v1/admin/users/{id}");
+    admin(&b, Method::POST, &format!("{path}/deactivate"), &helpdesk)
+        .await
+        .ok(204);
+    let query = format!("user_id={id}");
+    let events = audited(
+        &b,
+        &key,
+        &query,
+        &[
+            "admin.deactivate",
+            "session.revoked",
+            "session.created",
+            "login.success",
+            "user.registered",
+        ],
+    )
+    .await;
+    assert_eq!(events[0]["details"]["admin_name"], "helpdesk");
+    let at = |e: &Value| time::OffsetDateTime::parse(e["at"].as_str().unwrap(), &Rfc3339).unwrap();
+    assert!(
+        events.windows(2).all(|w| at(&w[0]) >= at(&w[1])),
+        "{events:?}"
+    );
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+
+    // Filters combine; `since` cuts at a time; bad filters are refused.
+    let since = events[1]["at"].as_str().unwrap();
+    let recent = audit(&a, &key, &format!("{query}&since={since}")).await;
+    assert!(
+        names(&recent).starts_with(&["admin.deactivate", "session.revoked"]),
+        "{recent:?}"
+    );
+    assert!(!names(&recent).contains(&"user.registered"));
+    for bad in [
+        "since=yesterday",
+        "limit=0",
+        "limit=201",
+        "cursor=%2F%2F",
+        "event=a%00",
+    ] {
+        let r = admin(&a, Method::GET, &format!("/api/v1/admin/audit?{bad}"), &key).await;
+        r.expect(422, "VAL001");
+        assert!(!r.text.contains("yesterday"), "{}", r.text);
+    }
+    let r = admin(&a, Method::GET, "/api/v1/admin/audit?limit=ten", &key).await;
+    r.expect(400, "REQ003");
+}
+
+#[tokio::test]
+async fn audit_pages_visit_each_event_once_while_new_ones_arrive() {
+    let dir = DataDir::new();
+    let a = Server::builder().dir(&dir).start();
+    let (_, key) = create(&dir, "auditor", "audit:read");
+    for n in 0..7 {
+        a.register(&format!("early{n}")).await.ok(201);
+    }
+    let query = "event=user.registered";
+    audited(&a, &key, query, &["user.registered"; 7]).await;
+
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    let mut n = 0;
+    loop {
+        let r = admin(
+            &a,
+            Method::GET,
+            &format!("/api/v1/admin/audit?{query}&limit=2{cursor}"),
+            &key,
+        )
+        .await;
+        r.ok(200);
+        seen.extend(
+            r.body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_i64().unwrap()),
+        );
+        // Newer events arrive between pages; they sort before the cursor.
+        a.register(&format!("late{n}")).await.ok(201);
+        n += 1;
+        match r.body["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    let mut once = seen.clone();
+    once.dedup();
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert_eq!(once, seen);
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "{seen:?}");
 }

@@ -3,9 +3,11 @@
 //! and checked against it inside the write.
 
 use secrecy::{ExposeSecret, SecretString};
+use tracing::Level;
 
 use super::Database;
 use super::email::Composer;
+use crate::audit::{self, Event};
 use crate::breaker::BreakerId;
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, FieldError, Result};
@@ -64,14 +66,15 @@ impl Accounts {
             now,
         };
         let queued = new.verify.is_some();
-        let user = call.track(self.db.repo.create_user(new).await);
+        let events = vec![Event::new("user.registered", now).user(&new.id)];
+        let user = call.track(self.db.repo.create_user(new, events.clone()).await);
         call.finish().await;
         let user = user?;
         if queued {
             self.mail.wake();
         }
         self.metrics.registration();
-        tracing::info!(event = "user.registered", user_id = %user.id, "account created");
+        audit::log_all(&events, Level::INFO, "account created");
         Ok(user)
     }
 
@@ -129,14 +132,15 @@ impl Accounts {
             true => who.privileged(now, secs_to_ms(self.reauth_window_s)),
             false => who.clone(),
         };
+        let events = vec![Event::new("profile.changed", now).user(&who.user_id)];
         let (user, _) = self
             .db
-            .call(self.db.repo.update_profile(by, change, now))
+            .call(self.db.repo.update_profile(by, change, now, events.clone()))
             .await?;
         if mailed {
             self.mail.wake();
         }
-        tracing::info!(event = "profile.changed", user_id = %who.user_id, "profile updated");
+        audit::log_all(&events, Level::INFO, "profile updated");
         Ok(user)
     }
 
@@ -187,16 +191,23 @@ impl Accounts {
         let notice = self
             .mail
             .notice(MailKind::PasswordChanged, &user.username)?;
+        let events = vec![Event::new("password.changed", now).user(&user.id)];
         let changes = call.track(
             self.db
                 .repo
-                .set_password(who.clone(), verified, hash, Some(notice), now)
+                .set_password(
+                    who.clone(),
+                    verified,
+                    hash,
+                    Some(notice),
+                    now,
+                    events.clone(),
+                )
                 .await,
         )?;
         call.finish().await;
         self.mail.wake();
-        tracing::info!(event = "password.changed", user_id = %user.id,
-            sessions_revoked = changes.len(), "password changed");
+        audit::log_all(&events, Level::INFO, "password changed");
         if !changes.is_empty() {
             tracing::info!(event = "session.revoked", user_id = %user.id, session_id = "*",
                 reason = "password_change", count = changes.len(), "other sessions revoked");
@@ -208,10 +219,18 @@ impl Accounts {
     pub async fn deactivate(&self, who: &Principal) -> Result<()> {
         let now = self.clock.now_ms();
         let by = who.privileged(now, secs_to_ms(self.reauth_window_s));
-        self.db.call(self.db.repo.deactivate(by, now)).await?;
-        tracing::warn!(event = "account.deactivated", user_id = %who.user_id, "account deactivated");
-        tracing::info!(event = "session.revoked", user_id = %who.user_id, session_id = "*",
-            reason = "deactivation", "all sessions revoked");
+        let events = [
+            Event::new("account.deactivated", now).user(&who.user_id),
+            Event::new("session.revoked", now)
+                .user(&who.user_id)
+                .detail("session_id", "*")
+                .detail("reason", "deactivation"),
+        ];
+        self.db
+            .call(self.db.repo.deactivate(by, now, events.to_vec()))
+            .await?;
+        events[0].log(Level::WARN, "account deactivated");
+        events[1].log(Level::INFO, "all sessions revoked");
         Ok(())
     }
 }

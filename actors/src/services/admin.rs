@@ -9,11 +9,13 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq;
+use tracing::Level;
 
 use std::sync::Arc;
 
 use super::Database;
 use super::recovery::Recovery;
+use crate::audit::{Entry, Event, Query};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::mailer::MailKind;
@@ -185,11 +187,21 @@ fn page_of(query: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page
             "must be at most 254 characters, none of them control characters",
         ));
     }
+    Ok((prefix_range(&query), cursor_of(cursor)?, page_limit(limit)?))
+}
+
+/// The page size asked for, checked.
+fn page_limit(limit: Option<u32>) -> Result<u32> {
     let limit = limit.unwrap_or(PAGE_DEFAULT);
     if !(1..=PAGE_MAX).contains(&limit) {
         return Err(Error::validation("limit", "must be 1 to 200"));
     }
-    let after = cursor
+    Ok(limit)
+}
+
+/// What a `next_cursor` (base64url) stands for.
+fn cursor_of(cursor: Option<&str>) -> Result<Option<String>> {
+    cursor
         .map(|c| {
             URL_SAFE_NO_PAD
                 .decode(c)
@@ -197,9 +209,29 @@ fn page_of(query: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page
                 .and_then(|id| String::from_utf8(id).ok())
                 .ok_or_else(|| Error::validation("cursor", "must be a next_cursor as given"))
         })
-        .transpose()?;
-    Ok((prefix_range(&query), after, limit))
+        .transpose()
 }
+
+/// Which stored events an operator asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub user_id: Option<String>,
+    pub event: Option<String>,
+    /// Unix ms.
+    pub since: Option<i64>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// A page of stored events, newest first, and the cursor of the next one.
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub events: Vec<Entry>,
+    pub next_cursor: Option<String>,
+}
+
+/// Longest `user_id` or `event` filter taken (ids are 36, names shorter).
+const MAX_FILTER_CHARS: usize = 128;
 
 /// Roles as an operator sets them: 1–64 characters of `[a-z0-9:_-]` each,
 /// at most 32, kept in order without repeats.
@@ -224,11 +256,15 @@ pub fn checked_roles(roles: Vec<String>) -> Result<Vec<String>> {
     Ok(kept)
 }
 
-/// Logs an operator's action on a user as the security event `admin.<action>`.
-fn audit(action: &'static str, user_id: &str, by: &AdminKey) {
-    tracing::warn!(event = action, user_id, admin_key = %by.id, admin_name = %by.name,
-        "an operator changed a user");
+/// An operator's action on a user, as the security event `admin.<action>`.
+fn admin_event(action: &str, user_id: &str, by: &AdminKey, now: i64) -> Event {
+    Event::new(action, now)
+        .user(user_id)
+        .detail("admin_key", by.id.as_str())
+        .detail("admin_name", by.name.as_str())
 }
+
+const ADMIN_ACTION: &str = "an operator changed a user";
 
 impl Admin {
     /// The key behind `key` if it is live; `InvalidToken` for anything else
@@ -310,6 +346,46 @@ impl Admin {
         Ok(UserPage { users, next_cursor })
     }
 
+    /// Stored security events matching `filter`, newest first, a page at a
+    /// time (1–200, 50 when not given); the cursor stays valid however many
+    /// events are stored meanwhile.
+    pub async fn audit(&self, filter: AuditFilter) -> Result<AuditPage> {
+        for (field, value) in [("user_id", &filter.user_id), ("event", &filter.event)] {
+            if value.as_ref().is_some_and(|v| {
+                v.chars().count() > MAX_FILTER_CHARS || v.chars().any(char::is_control)
+            }) {
+                return Err(Error::validation(
+                    field,
+                    "must be at most 128 characters, none of them control characters",
+                ));
+            }
+        }
+        let limit = page_limit(filter.limit)?;
+        let before = cursor_of(filter.cursor.as_deref())?
+            .map(|id| id.parse::<i64>())
+            .transpose()
+            .map_err(|_| Error::validation("cursor", "must be a next_cursor as given"))?;
+        let query = Query {
+            user_id: filter.user_id,
+            event: filter.event,
+            since: filter.since,
+            before,
+            limit: limit.saturating_add(1),
+        };
+        let mut events = self.db.call(self.db.repo.audit(query)).await?;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let more = events.len() > limit;
+        events.truncate(limit);
+        let next_cursor = events
+            .last()
+            .filter(|_| more)
+            .map(|last| URL_SAFE_NO_PAD.encode(last.id.to_string()));
+        Ok(AuditPage {
+            events,
+            next_cursor,
+        })
+    }
+
     /// One user, active or not; `NotFound` when there is none.
     pub async fn user(&self, user_id: &str) -> Result<AdminUser> {
         let mut found = self.view(UserSelect::One(user_id.to_owned())).await?;
@@ -334,12 +410,24 @@ impl Admin {
             AdminChange::Erase => "admin.erase",
         };
         let now = self.clock.now_ms();
+        let event = admin_event(action, user_id, by, now);
         self.db
-            .call(self.db.repo.change_user(user_id.to_owned(), change, now))
+            .call(
+                self.db
+                    .repo
+                    .change_user(user_id.to_owned(), change, now, vec![event.clone()]),
+            )
             .await?
             .ok_or(Error::NotFound)?;
-        audit(action, user_id, by);
+        event.log(Level::WARN, ADMIN_ACTION);
         Ok(())
+    }
+
+    /// Records an action that changed nothing in the database.
+    fn note_action(&self, action: &str, user_id: &str, by: &AdminKey) {
+        let event = admin_event(action, user_id, by, self.clock.now_ms());
+        event.log(Level::WARN, ADMIN_ACTION);
+        self.db.repo.record(event);
     }
 
     /// Turns `user_id`'s second factor off (recovery codes and open login
@@ -361,7 +449,7 @@ impl Admin {
         if let Err(unshared) = self.limits.unlock(ThrottleKey::account(user_id)).await? {
             return Err(unshared.error);
         }
-        audit("admin.unlock", user_id, by);
+        self.note_action("admin.unlock", user_id, by);
         Ok(())
     }
 
@@ -371,7 +459,7 @@ impl Admin {
         if found.user.is_active {
             self.recovery.send_reset(&found.user).await?;
         }
-        audit("admin.password_reset", user_id, by);
+        self.note_action("admin.password_reset", user_id, by);
         Ok(())
     }
 
@@ -399,7 +487,7 @@ impl Admin {
                     .change_keys(op.clone(), ring.policy, fresh, now),
             )
             .await?;
-        log_changes(&changes, "admin API");
+        log_changes(&changes, "admin API"); // stored by the audit layer
         let event = match &op {
             KeyOp::Revoke { .. } => "admin.keys_revoke",
             KeyOp::Rotate { .. } | KeyOp::Upkeep => "admin.keys_rotate",

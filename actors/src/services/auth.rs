@@ -5,10 +5,12 @@
 use std::net::IpAddr;
 
 use secrecy::SecretString;
+use tracing::Level;
 
 use super::email::Composer;
 use super::mfa::SecondFactors;
 use super::{Database, LimiterPolicy};
+use crate::audit::Event;
 use crate::breaker::BreakerId;
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, Result};
@@ -171,24 +173,22 @@ impl Auth {
         } else {
             None
         };
+        let events = opened_events(&session, Some(&req.login));
         let created = call.track(
             self.db
                 .repo
-                .create_session(session, verified_hash, rehash)
+                .create_session(session, verified_hash, rehash, events.to_vec())
                 .await,
         )?;
         call.finish().await;
         attempt.settle();
-        let Some(session) = created else {
+        if created.is_none() {
             // The password was changed, or the account deactivated, while we checked.
             return Err(self.refuse(&req, "credentials_changed").await);
-        };
+        }
         attempt.forgive();
         self.metrics.login(true);
-        tracing::info!(event = "login.success", login = %loggable(&req.login), ip = %req.ip,
-            user_id = %user.id, "login accepted");
-        tracing::info!(event = "session.created", user_id = %user.id, session_id = %session.id,
-            "session opened");
+        log_opened(&events);
         Ok(Issued {
             access_token: issued.access.token,
             expires_in: issued.access.expires_in,
@@ -269,19 +269,21 @@ impl Auth {
                 step.user_agent,
             )
             .await?;
+        let events = opened_events(&session, None);
         let outcome = self
             .db
-            .call(self.db.repo.complete_challenge(digest, proof, session))
+            .call(
+                self.db
+                    .repo
+                    .complete_challenge(digest, proof, session, events.to_vec()),
+            )
             .await?;
         match outcome {
-            ChallengeOutcome::Completed(session) => {
+            ChallengeOutcome::Completed(_) => {
                 attempt.settle();
                 attempt.forgive();
                 self.metrics.login(true);
-                tracing::info!(event = "login.success", user_id = %user_id, ip = %step.ip,
-                    amr = "pwd,mfa", "login accepted");
-                tracing::info!(event = "session.created", user_id = %user_id,
-                    session_id = %session.id, "session opened");
+                log_opened(&events);
                 Ok(Issued {
                     access_token: issued.access.token,
                     expires_in: issued.access.expires_in,
@@ -504,6 +506,26 @@ impl Auth {
             _ => Err(Error::SessionRevoked),
         }
     }
+}
+
+/// The events a login that opens `session` stores with it: `login`, the
+/// name typed (none for a second step: the first logged it).
+fn opened_events(session: &NewSession, login: Option<&str>) -> [Event; 2] {
+    let mut success = Event::new("login.success", session.now)
+        .user(&session.user_id)
+        .detail("amr", session.amr.join(","));
+    if let Some(login) = login {
+        success = success.detail("login", loggable(login));
+    }
+    let created = Event::new("session.created", session.now)
+        .user(&session.user_id)
+        .detail("session_id", session.id.as_str());
+    [success, created]
+}
+
+fn log_opened([success, created]: &[Event; 2]) {
+    success.log(Level::INFO, "login accepted");
+    created.log(Level::INFO, "session opened");
 }
 
 /// A counted login attempt. One that ends without a verdict on the password

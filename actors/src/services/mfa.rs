@@ -8,10 +8,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use secrecy::SecretString;
+use tracing::Level;
 
 use super::Database;
 use super::auth::Auth;
 use super::email::Composer;
+use crate::audit::Event;
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, Result};
 use crate::mailer::MailKind;
@@ -152,13 +154,19 @@ impl Mfa {
             return Err(self.wrong_code(who, ip));
         };
         let (codes, digests): (Vec<String>, Vec<String>) = recovery_codes()?.into_iter().unzip();
+        let event = Event::new("mfa.enabled", now)
+            .user(&who.user_id)
+            .detail("method", "totp");
         let confirmed = self
             .db
-            .call(
-                self.db
-                    .repo
-                    .confirm_totp(who.clone(), sealed, step, digests, now),
-            )
+            .call(self.db.repo.confirm_totp(
+                who.clone(),
+                sealed,
+                step,
+                digests,
+                now,
+                vec![event.clone()],
+            ))
             .await;
         match confirmed {
             Ok(_) => {}
@@ -169,8 +177,7 @@ impl Mfa {
             }
             Err(e) => return Err(e),
         }
-        tracing::info!(event = "mfa.enabled", user_id = %who.user_id, method = "totp",
-            "second factor turned on");
+        event.log(Level::INFO, "second factor turned on");
         Ok(codes)
     }
 
@@ -182,14 +189,20 @@ impl Mfa {
             .mail
             .notice(MailKind::MfaDisabled, &factor.user.username)?;
         let by = self.privileged(who, now);
+        let event = Event::new("mfa.disabled", now)
+            .user(&who.user_id)
+            .detail("by", "user");
         let done = self
             .db
-            .call(self.db.repo.disable_mfa(by, proof, notice, now))
+            .call(
+                self.db
+                    .repo
+                    .disable_mfa(by, proof, notice, now, vec![event.clone()]),
+            )
             .await;
         self.spent(done, &mut attempt, who, ip)?;
         self.mail.wake();
-        tracing::warn!(event = "mfa.disabled", user_id = %who.user_id, by = "user",
-            "second factor turned off");
+        event.log(Level::WARN, "second factor turned off");
         Ok(())
     }
 

@@ -3,9 +3,11 @@
 //! and setting a new password with it.
 
 use secrecy::{ExposeSecret, SecretString};
+use tracing::Level;
 
 use super::Database;
 use super::email::Composer;
+use crate::audit::Event;
 use crate::clock::SharedClock;
 use crate::error::{Error, FieldError, Result};
 use crate::mailer::MailKind;
@@ -78,12 +80,16 @@ impl Recovery {
     pub async fn verify_email(&self, token: &str) -> Result<()> {
         let digest = link_digest(token)?;
         let now = self.clock.now_ms();
+        // The link names the user: the write stores the event for them.
+        let event = Event::new("email.verified", now);
         let (user, _) = self
             .db
-            .call(self.db.repo.confirm_email(digest, now))
+            .call(self.db.repo.confirm_email(digest, now, vec![event.clone()]))
             .await?
             .ok_or(Error::BadLink)?;
-        tracing::info!(event = "email.verified", user_id = %user.id, "email address verified");
+        event
+            .user(&user.id)
+            .log(Level::INFO, "email address verified");
         Ok(())
     }
 
@@ -121,14 +127,18 @@ impl Recovery {
             .mail
             .link(LinkPurpose::Reset, &user.username, None, now)?;
         let email = user.email.clone();
+        let event = Event::new("password.reset_requested", now).user(&user.id);
         let queued = self
             .db
-            .call(self.db.repo.request_reset(email, link, now))
+            .call(
+                self.db
+                    .repo
+                    .request_reset(email, link, now, vec![event.clone()]),
+            )
             .await?;
         if queued {
             self.mail.wake();
-            tracing::info!(event = "password.reset_requested", user_id = %user.id,
-                "password-reset link queued");
+            event.log(Level::INFO, "password-reset link queued");
         }
         Ok(queued)
     }
@@ -140,7 +150,13 @@ impl Recovery {
         let digest = link_digest(token)?;
         let now = self.clock.now_ms();
         let repo = &self.db.repo;
-        let (user_id, changes) = self
+        let events = [
+            Event::new("password.reset", now),
+            Event::new("session.revoked", now)
+                .detail("session_id", "*")
+                .detail("reason", "password_reset"),
+        ];
+        let (user_id, _) = self
             .db
             .within(async |call| {
                 let owner = call
@@ -163,14 +179,17 @@ impl Recovery {
                 let notice = self
                     .mail
                     .notice(MailKind::PasswordChanged, &owner.username)?;
-                call.track(repo.reset_password(digest, hash, notice, now).await)?
-                    .ok_or(Error::BadLink)
+                call.track(
+                    repo.reset_password(digest, hash, notice, now, events.to_vec())
+                        .await,
+                )?
+                .ok_or(Error::BadLink)
             })
             .await?;
         self.mail.wake();
-        tracing::info!(event = "password.reset", user_id = %user_id, "password set through a reset link");
-        tracing::info!(event = "session.revoked", user_id = %user_id, session_id = "*",
-            reason = "password_reset", count = changes.len(), "every session revoked");
+        let [reset, revoked] = events.map(|e| e.user(&user_id));
+        reset.log(Level::INFO, "password set through a reset link");
+        revoked.log(Level::INFO, "every session revoked");
         Ok(())
     }
 }

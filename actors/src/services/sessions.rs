@@ -1,7 +1,10 @@
 //! Sessions: who a bearer token speaks for, and the caller's own sessions
 //! (listing them, ending one, all, or the current one).
 
+use tracing::Level;
+
 use super::Database;
+use crate::audit::{self, Event};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::model::{Principal, Revoke, Session};
@@ -51,17 +54,26 @@ impl Sessions {
     /// Revokes sessions of the caller; `Ok(false)` when none matched.
     async fn revoke(&self, who: &Principal, scope: Revoke, reason: &'static str) -> Result<bool> {
         let now = self.clock.now_ms();
+        let session = match &scope {
+            Revoke::Session(id) => id.as_str(),
+            Revoke::All | Revoke::AllBut(_) => "*",
+        };
+        let events = vec![
+            Event::new("session.revoked", now)
+                .user(&who.user_id)
+                .detail("session_id", session)
+                .detail("reason", reason),
+        ];
         let changes = self
             .db
-            .call(self.db.repo.revoke(who.clone(), scope.clone(), now))
+            .call(
+                self.db
+                    .repo
+                    .revoke(who.clone(), scope.clone(), now, events.clone()),
+            )
             .await?;
         if !changes.is_empty() {
-            let session = match &scope {
-                Revoke::Session(id) => id.as_str(),
-                Revoke::All | Revoke::AllBut(_) => "*",
-            };
-            tracing::info!(event = "session.revoked", user_id = %who.user_id,
-                session_id = session, reason, "session revoked");
+            audit::log_all(&events, Level::INFO, "session revoked");
         }
         Ok(!changes.is_empty())
     }

@@ -41,6 +41,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::audit::Event;
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, Result};
 use crate::mailer::EmailVerification;
@@ -515,10 +516,8 @@ impl TokenIssuer {
                 let fresh = keys::generate(*alg, sealer)?;
                 let now = state.args.clock.now_ms();
                 let policy = state.args.settings.ring_policy();
-                log_changes(
-                    &repo.change_keys(KeyOp::Upkeep, policy, fresh, now).await?,
-                    "upkeep",
-                );
+                let changes = repo.change_keys(KeyOp::Upkeep, policy, fresh, now).await?;
+                log_changes(&changes, "upkeep");
                 ring = repo.key_ring().await?;
             }
             Ok::<_, Error>(ring)
@@ -578,7 +577,7 @@ impl TokenIssuer {
                 Err(e) => Err(e),
             };
             match changed {
-                Ok(changes) => log_changes(&changes, "upkeep"),
+                Ok(changes) => drop(log_changes(&changes, "upkeep")),
                 Err(e) => tracing::warn!(error = %e, "looking after the signing keys failed"),
             }
             let _ = myself.send_message(TokenIssuerMsg::Reload);
@@ -587,8 +586,14 @@ impl TokenIssuer {
 }
 
 /// Logs `key.rotated` for a key that started signing and `key.revoked` for
-/// one that was removed while it still verified tokens (`why` says who asked).
-pub fn log_changes(changes: &[ring::Change], why: &'static str) {
+/// one that was removed while it still verified tokens (`why` says who asked),
+/// and returns those two kinds as events to store. Where a repository runs,
+/// the audit layer stores them from the log; a command stores them itself.
+pub fn log_changes(changes: &[ring::Change], why: &'static str) -> Vec<Event> {
+    let mut stored = Vec::new();
+    let mut event = |name: &str, kid: &str| {
+        stored.push(Event::new(name, 0).detail("kid", kid).detail("by", why));
+    };
     for change in changes {
         match change {
             ring::Change::Create {
@@ -598,18 +603,21 @@ pub fn log_changes(changes: &[ring::Change], why: &'static str) {
             }
             | ring::Change::Promote { kid } => {
                 tracing::warn!(event = "key.rotated", kid = %kid, by = why, "a new signing key signs from now on");
+                event("key.rotated", kid);
             }
             ring::Change::Create { kid, .. } => {
                 tracing::info!(kid = %kid, by = why, "a new signing key is published ahead of signing");
             }
             ring::Change::Delete { kid } if why != "upkeep" => {
                 tracing::warn!(event = "key.revoked", kid = %kid, by = why, "a signing key was revoked; its tokens are refused");
+                event("key.revoked", kid);
             }
             ring::Change::Delete { kid } => {
                 tracing::info!(kid = %kid, "a retired signing key was forgotten");
             }
         }
     }
+    stored
 }
 
 impl Actor for TokenIssuer {

@@ -15,7 +15,9 @@
 //! waits on the database.
 //!
 //! Four times a second it reads the invalidation log and applies what other
-//! processes changed; every ten minutes it purges what has expired.
+//! processes changed; every ten minutes it purges what has expired. Security
+//! events that came with no write wait here (at most [`MAX_PENDING_EVENTS`])
+//! and are stored in one batch write, as session uses are.
 
 pub mod cache;
 pub mod pg;
@@ -32,6 +34,7 @@ use arc_swap::ArcSwapOption;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::audit::Event;
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::model::{ActiveSession, Invalidation, User};
@@ -62,6 +65,8 @@ pub enum UserRepoMsg {
         session_id: String,
         now: i64,
     },
+    /// Store a security event that came with no write (nobody waits).
+    Record(Box<Event>),
     /// The write in progress finished; start the next.
     WriteDone,
     /// Time to read the invalidation log.
@@ -94,6 +99,8 @@ enum Queued {
     /// The repository's own bookkeeping: the session uses recorded in
     /// [`RepoState::touches`] by the time this write runs, in one transaction.
     Touches,
+    /// The events in [`RepoState::events`] by the time this write runs.
+    Events,
     Purge {
         now: i64,
     },
@@ -112,11 +119,21 @@ pub struct RepoState {
     /// Session uses not yet written (the latest per session), at most
     /// [`MAX_PENDING_TOUCHES`]; a [`Queued::Touches`] is queued while any wait.
     touches: HashMap<String, i64>,
+    /// Security events not yet stored, at most [`MAX_PENDING_EVENTS`]; a
+    /// [`Queued::Events`] is queued while any wait.
+    events: Vec<Event>,
+    /// How long stored events are kept, in ms.
+    keep_events_ms: i64,
 }
 
 /// Session uses held for the next batch; beyond it they are dropped (they
 /// are bookkeeping: `last_used_at` in the session list).
 const MAX_PENDING_TOUCHES: usize = 100_000;
+
+/// Security events held for the next batch; beyond it they are dropped and
+/// counted (`gatehouse_audit_events_dropped_total`), as a flood of refusals
+/// must not grow memory without bound. Each is also in the log.
+pub const MAX_PENDING_EVENTS: usize = 10_000;
 
 /// How often the invalidation log is read.
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -159,6 +176,11 @@ impl UserRepo {
                 Queued::Touches => std::mem::take(&mut state.touches),
                 _ => HashMap::new(),
             };
+            let events = match &queued {
+                Queued::Events => std::mem::take(&mut state.events),
+                _ => Vec::new(),
+            };
+            let keep_events_ms = state.keep_events_ms;
             tokio::spawn(async move {
                 match queued {
                     Queued::Asked(write) => write.run(store.as_ref(), &cache).await,
@@ -168,7 +190,18 @@ impl UserRepo {
                             tracing::debug!(error = %e, "could not record session use");
                         }
                     }
-                    Queued::Purge { now } => match store.purge(now).await {
+                    Queued::Events => {
+                        let count = events.len() as u64;
+                        if let Err(e) = store.append_events(events).await {
+                            tracing::warn!(error = %e, count, "security events were not stored");
+                            metrics::counter!("gatehouse_audit_events_dropped_total")
+                                .increment(count);
+                        }
+                    }
+                    Queued::Purge { now } => match store
+                        .purge(now, now.saturating_sub(keep_events_ms))
+                        .await
+                    {
                         Ok(purged) => tracing::info!(purged, "purged expired and revoked sessions"),
                         Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
                     },
@@ -205,6 +238,9 @@ impl Actor for UserRepo {
             queue: VecDeque::new(),
             writing: false,
             touches: HashMap::new(),
+            events: Vec::new(),
+            keep_events_ms: i64::from(args.settings.audit_retention_days)
+                .saturating_mul(86_400_000),
         })
     }
 
@@ -243,6 +279,20 @@ impl Actor for UserRepo {
                 {
                     let at = state.touches.entry(session_id).or_insert(now);
                     *at = (*at).max(now);
+                }
+                Self::next_write(&myself, state);
+            }
+            UserRepoMsg::Record(mut event) => {
+                if state.events.is_empty() {
+                    state.queue.push_back(Queued::Events);
+                }
+                if state.events.len() < MAX_PENDING_EVENTS {
+                    if event.at == 0 {
+                        event.at = state.clock.now_ms();
+                    }
+                    state.events.push(*event);
+                } else {
+                    metrics::counter!("gatehouse_audit_events_dropped_total").increment(1);
                 }
                 Self::next_write(&myself, state);
             }
@@ -406,6 +456,14 @@ impl Repo {
                 UserRepoMsg::Touch { session_id, now },
             );
         }
+    }
+
+    /// Stores a security event that came with no write, soon and in a batch.
+    pub fn record(&self, event: Event) {
+        crate::system::cast(
+            self.names.get(ActorKind::UserRepo),
+            UserRepoMsg::Record(Box::new(event)),
+        );
     }
 
     /// Whether the running incarnation's cache was confirmed by a poll lately.

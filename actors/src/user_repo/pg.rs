@@ -31,6 +31,7 @@ use super::rules::{
 use super::store::{
     AFTER_USER, DatabaseSettings, HOUR_MS, USER_COLUMNS, cap_allows, json_list, roles_from,
 };
+use crate::audit::{Entry, Event, Query, details_from, details_text};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
     ActiveSession, AdminChange, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials,
@@ -64,6 +65,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "V6__users_admin",
         include_str!("migrations/postgres/V6__users_admin.sql"),
+    ),
+    (
+        "V7__audit",
+        include_str!("migrations/postgres/V7__audit.sql"),
     ),
 ];
 
@@ -254,6 +259,57 @@ impl PgStore {
         })
         .await?
     }
+}
+
+/// Stores `events`, for `user_id` where they name no user.
+async fn record(
+    tx: &Transaction<'_>,
+    events: &[Event],
+    user_id: Option<&str>,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut columns: [Vec<Option<String>>; 5] = Default::default();
+    let (mut ats, mut names) = (Vec::new(), Vec::new());
+    for e in events {
+        ats.push(e.at);
+        names.push(e.event.clone());
+        let values = [
+            e.user_id.as_deref().or(user_id).map(str::to_owned),
+            e.login.clone(),
+            e.ip.clone(),
+            e.request_id.clone(),
+            Some(details_text(&e.details)),
+        ];
+        for (column, value) in columns.iter_mut().zip(values) {
+            column.push(value);
+        }
+    }
+    let [users, logins, ips, requests, details] = &columns;
+    tx.execute(
+        "INSERT INTO audit_events (at, event, user_id, login, ip, request_id, details)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::text[])",
+        &[&ats, &names, users, logins, ips, requests, details],
+    )
+    .await
+    .map(drop)
+}
+
+fn entry_from(row: &Row) -> std::result::Result<Entry, tokio_postgres::Error> {
+    Ok(Entry {
+        id: row.try_get(0)?,
+        event: Event {
+            at: row.try_get(1)?,
+            event: row.try_get(2)?,
+            user_id: row.try_get(3)?,
+            login: row.try_get(4)?,
+            ip: row.try_get(5)?,
+            request_id: row.try_get(6)?,
+            details: details_from(row.try_get(7)?),
+        },
+    })
 }
 
 fn user_from(row: &Row) -> std::result::Result<User, tokio_postgres::Error> {
@@ -708,7 +764,7 @@ async fn revoke_in(
 
 #[async_trait]
 impl Store for PgStore {
-    async fn create_user(&self, user: NewUser) -> Result<User> {
+    async fn create_user(&self, user: NewUser, events: Vec<Event>) -> Result<User> {
         self.write(async |tx| {
             let sql = format!(
                 "INSERT INTO users (id, email, username, password_hash, is_active, created_at, updated_at)
@@ -720,6 +776,7 @@ impl Store for PgStore {
             if let Some(link) = &user.verify {
                 issue_link(tx, &user.id, &user.email, link, user.now).await?;
             }
+            record(tx, &events, Some(&user.id)).await?;
             user_from(&row)
         })
         .await
@@ -746,9 +803,16 @@ impl Store for PgStore {
         s: NewSession,
         verified_hash: String,
         rehash: Option<String>,
+        events: Vec<Event>,
     ) -> Result<Option<Session>> {
         let created = self
-            .write(async |tx| insert_session(tx, &s, &verified_hash, rehash.as_deref()).await)
+            .write(async |tx| {
+                let created = insert_session(tx, &s, &verified_hash, rehash.as_deref()).await?;
+                if created {
+                    record(tx, &events, Some(&s.user_id)).await?;
+                }
+                Ok(created)
+            })
             .await?;
         Ok(created.then(|| s.opened()))
     }
@@ -946,9 +1010,19 @@ impl Store for PgStore {
         .await
     }
 
-    async fn revoke(&self, by: Principal, scope: Revoke, now: i64) -> Result<Vec<Invalidation>> {
+    async fn revoke(
+        &self,
+        by: Principal,
+        scope: Revoke,
+        now: i64,
+        events: Vec<Event>,
+    ) -> Result<Vec<Invalidation>> {
         self.write_as(&by, now, async |tx| {
-            revoke_in(tx, &by.user_id, &scope, now).await.map(Ok)
+            let changes = revoke_in(tx, &by.user_id, &scope, now).await?;
+            if !changes.is_empty() {
+                record(tx, &events, Some(&by.user_id)).await?;
+            }
+            Ok(Ok(changes))
         })
         .await
     }
@@ -975,6 +1049,7 @@ impl Store for PgStore {
         by: Principal,
         change: ProfileChange,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<(User, Vec<Invalidation>)> {
         let user_id = &by.user_id;
         self.write_as(&by, now, async |tx| {
@@ -1026,6 +1101,7 @@ impl Store for PgStore {
                     issue_link(tx, user_id, address, link, now).await?;
                 }
             }
+            record(tx, &events, Some(user_id)).await?;
             let user = user_in(tx, user_id).await?;
             let changes = log_invalidations(tx, user_id, vec![None], now).await?;
             Ok(Ok((user, changes)))
@@ -1040,6 +1116,7 @@ impl Store for PgStore {
         new_hash: String,
         notice: Option<Outgoing>,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Vec<Invalidation>> {
         self.write_as(&by, now, async |tx| {
             let changed = tx
@@ -1056,6 +1133,7 @@ impl Store for PgStore {
                 let email: String = changed.try_get(0)?;
                 enqueue(tx, notice, &email, now).await?;
             }
+            record(tx, &events, Some(&by.user_id)).await?;
             let keep = Revoke::AllBut(by.session_id.clone());
             revoke_in(tx, &by.user_id, &keep, now).await.map(Ok)
         })
@@ -1090,7 +1168,13 @@ impl Store for PgStore {
         .await
     }
 
-    async fn request_reset(&self, email: String, link: LinkMail, now: i64) -> Result<bool> {
+    async fn request_reset(
+        &self,
+        email: String,
+        link: LinkMail,
+        now: i64,
+        events: Vec<Event>,
+    ) -> Result<bool> {
         self.write(async |tx| {
             // The row lock orders this after (or before) anything else writing the user's links.
             let user = tx
@@ -1104,7 +1188,11 @@ impl Store for PgStore {
                 return Ok(false);
             };
             let (id, address): (String, String) = (user.try_get(0)?, user.try_get(1)?);
-            issue_link(tx, &id, &address, &link, now).await
+            let queued = issue_link(tx, &id, &address, &link, now).await?;
+            if queued {
+                record(tx, &events, Some(&id)).await?;
+            }
+            Ok(queued)
         })
         .await
     }
@@ -1113,6 +1201,7 @@ impl Store for PgStore {
         &self,
         digest: String,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Option<(User, Vec<Invalidation>)>> {
         self.write(async |tx| {
             let Some((user_id, address)) =
@@ -1147,6 +1236,7 @@ impl Store for PgStore {
                 &[&digest, &now],
             )
             .await?;
+            record(tx, &events, Some(&user_id)).await?;
             let user = user_in(tx, &user_id).await?;
             let changes = log_invalidations(tx, &user_id, vec![None], now).await?;
             Ok(Some((user, changes)))
@@ -1160,6 +1250,7 @@ impl Store for PgStore {
         new_hash: String,
         notice: Outgoing,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Option<(String, Vec<Invalidation>)>> {
         self.write(async |tx| {
             let Some((user_id, _)) = usable_link(tx, &digest, LinkPurpose::Reset, now).await?
@@ -1181,6 +1272,7 @@ impl Store for PgStore {
             )
             .await?;
             enqueue(tx, &notice, &email, now).await?;
+            record(tx, &events, Some(&user_id)).await?;
             let changes = revoke_in(tx, &user_id, &Revoke::All, now).await?;
             Ok(Some((user_id, changes)))
         })
@@ -1360,6 +1452,7 @@ impl Store for PgStore {
         digest: String,
         proof: Option<Proof>,
         session: NewSession,
+        events: Vec<Event>,
     ) -> Result<ChallengeOutcome> {
         let now = session.now;
         self.write(async |tx| {
@@ -1408,6 +1501,9 @@ impl Store for PgStore {
             // The session opens only for the password the challenge was opened with.
             let opened = token_digest(&hash) == password_digest
                 && insert_session(tx, &session, &hash, None).await?;
+            if opened {
+                record(tx, &events, Some(&session.user_id)).await?;
+            }
             Ok(if opened {
                 ChallengeOutcome::Completed(session.opened())
             } else {
@@ -1442,6 +1538,7 @@ impl Store for PgStore {
         step: i64,
         codes: Vec<String>,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Vec<Invalidation>> {
         self.write_as(&by, now, async |tx| {
             let row = tx
@@ -1462,6 +1559,7 @@ impl Store for PgStore {
             )
             .await?;
             store_recovery_codes(tx, &by.user_id, &codes).await?;
+            record(tx, &events, Some(&by.user_id)).await?;
             log_invalidations(tx, &by.user_id, vec![None], now)
                 .await
                 .map(Ok)
@@ -1475,6 +1573,7 @@ impl Store for PgStore {
         proof: Option<Proof>,
         notice: Outgoing,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Vec<Invalidation>> {
         self.write_as(&by, now, async |tx| {
             let user = user_in(tx, &by.user_id).await?;
@@ -1484,6 +1583,7 @@ impl Store for PgStore {
             }
             mfa_off(tx, &by.user_id, now).await?;
             enqueue(tx, &notice, &user.email, now).await?;
+            record(tx, &events, Some(&by.user_id)).await?;
             log_invalidations(tx, &by.user_id, vec![None], now)
                 .await
                 .map(Ok)
@@ -1641,6 +1741,7 @@ impl Store for PgStore {
         user_id: String,
         change: AdminChange,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Option<Vec<Invalidation>>> {
         self.write(async |tx| {
             let locked = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE");
@@ -1678,6 +1779,13 @@ impl Store for PgStore {
                             &[&user.email, &user.pending_email],
                         )
                         .await?;
+                        // Of its events, the id, what and when stay.
+                        tx.execute(
+                            "UPDATE audit_events SET login = NULL, ip = NULL, details = '{}'
+                             WHERE user_id = $1 OR login IN (lower($2), lower($3), lower($4))",
+                            &[&user_id, &user.username, &user.email, &user.pending_email],
+                        )
+                        .await?;
                         // Sessions, links, codes and challenges go with it (ON DELETE CASCADE).
                         tx.execute("DELETE FROM users WHERE id = $1", &[&user_id])
                             .await?
@@ -1695,6 +1803,7 @@ impl Store for PgStore {
             if found == 0 {
                 return Ok(None);
             }
+            record(tx, &events, Some(&user_id)).await?;
             let logged = match rules::ends_sessions(&change) {
                 true => revoke_in(tx, &user_id, &Revoke::All, now).await?,
                 false => log_invalidations(tx, &user_id, vec![None], now).await?,
@@ -1704,7 +1813,7 @@ impl Store for PgStore {
         .await
     }
 
-    async fn create_admin_key(&self, new: NewAdminKey) -> Result<()> {
+    async fn create_admin_key(&self, new: NewAdminKey, events: Vec<Event>) -> Result<()> {
         self.write(async |tx| {
             let k = &new.key;
             tx.execute(
@@ -1718,20 +1827,25 @@ impl Store for PgStore {
                     &k.created_at,
                 ],
             )
-            .await
-            .map(drop)
+            .await?;
+            record(tx, &events, None).await
         })
         .await
     }
 
-    async fn revoke_admin_key(&self, id: String, now: i64) -> Result<bool> {
+    async fn revoke_admin_key(&self, id: String, now: i64, events: Vec<Event>) -> Result<bool> {
         self.write(async |tx| {
-            tx.execute(
-                "UPDATE admin_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                &[&id, &now],
-            )
-            .await
-            .map(|changed| changed == 1)
+            let changed = tx
+                .execute(
+                    "UPDATE admin_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                    &[&id, &now],
+                )
+                .await?
+                == 1;
+            if changed {
+                record(tx, &events, None).await?;
+            }
+            Ok(changed)
         })
         .await
     }
@@ -1746,13 +1860,19 @@ impl Store for PgStore {
         Ok(u64::try_from(pending).unwrap_or(0))
     }
 
-    async fn deactivate(&self, by: Principal, now: i64) -> Result<Vec<Invalidation>> {
+    async fn deactivate(
+        &self,
+        by: Principal,
+        now: i64,
+        events: Vec<Event>,
+    ) -> Result<Vec<Invalidation>> {
         self.write_as(&by, now, async |tx| {
             tx.execute(
                 "UPDATE users SET is_active = FALSE, updated_at = $2 WHERE id = $1",
                 &[&by.user_id, &now],
             )
             .await?;
+            record(tx, &events, Some(&by.user_id)).await?;
             revoke_in(tx, &by.user_id, &Revoke::All, now).await.map(Ok)
         })
         .await
@@ -1772,7 +1892,41 @@ impl Store for PgStore {
             .map_err(classify)
     }
 
-    async fn purge(&self, now: i64) -> Result<u64> {
+    async fn append_events(&self, events: Vec<Event>) -> Result<()> {
+        self.write(async |tx| record(tx, &events, None).await).await
+    }
+
+    async fn audit(&self, query: Query) -> Result<Vec<Entry>> {
+        // Only the filters asked for, so each picks its index.
+        let mut sql = String::from(
+            "SELECT id, at, event, user_id, login, ip, request_id, details
+             FROM audit_events WHERE TRUE",
+        );
+        let limit = i64::from(query.limit);
+        let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+        let filters: [(&str, Option<&(dyn tokio_postgres::types::ToSql + Sync)>); 4] = [
+            ("user_id =", query.user_id.as_ref().map(|v| v as _)),
+            ("event =", query.event.as_ref().map(|v| v as _)),
+            ("at >=", query.since.as_ref().map(|v| v as _)),
+            ("id <", query.before.as_ref().map(|v| v as _)),
+        ];
+        for (condition, value) in filters {
+            if let Some(value) = value {
+                args.push(value);
+                sql.push_str(&format!(" AND {condition} ${}", args.len()));
+            }
+        }
+        args.push(&limit);
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len()));
+        let client = self.client().await?;
+        let rows = client.query(&sql, &args).await.map_err(classify)?;
+        rows.iter()
+            .map(entry_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(classify)
+    }
+
+    async fn purge(&self, now: i64, events_before: i64) -> Result<u64> {
         let keep = rules::retention(now);
         self.write(async |tx| {
             let sessions = tx
@@ -1801,6 +1955,8 @@ impl Store for PgStore {
                 &[&keep.mail_before],
             )
             .await?;
+            tx.execute("DELETE FROM audit_events WHERE at < $1", &[&events_before])
+                .await?;
             Ok(sessions)
         })
         .await

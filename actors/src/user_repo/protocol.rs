@@ -4,6 +4,7 @@
 //! dispatch onto the store, and the methods of [`Repo`], the callers'
 //! handle. Adding an operation is one line here plus its SQL in each store.
 
+use crate::audit::{Entry, Event, Query};
 use crate::error::Result;
 use crate::model::{
     ActiveSession, AdminChange, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials,
@@ -171,17 +172,22 @@ repository! {
         AdminKeyById => fn admin_key(id: String) -> Option<(AdminKey, String)>;
         /// Users as operators see them, by id; sessions count as active at `now`.
         Users => fn users(select: UserSelect, now: i64) -> Vec<UserRecord>;
+        /// Stored security events as `query` asks, newest first.
+        Audit => fn audit(query: Query) -> Vec<Entry>;
     }
     writes {
         /// Inserts a user, and its verification link and message when given;
         /// `Conflict` when the email or username is taken (ignoring case).
-        CreateUser => fn create_user(user: NewUser) -> User;
+        ///
+        /// Every write given `events` stores them in its transaction when it
+        /// takes effect (for the user it changed, where they name none).
+        CreateUser => fn create_user(user: NewUser, events: Vec<Event>) -> User;
         /// Creates a session for a login whose password was checked against
         /// `verified_hash`; `None`, and nothing written, when the user's hash is no
         /// longer that one or the user was deactivated meanwhile (a password
         /// change won the race). When `rehash` is given, it replaces the hash in
         /// the same transaction (parameters were upgraded).
-        CreateSession => fn create_session(session: NewSession, verified_hash: String, rehash: Option<String>) -> Option<Session>;
+        CreateSession => fn create_session(session: NewSession, verified_hash: String, rehash: Option<String>, events: Vec<Event>) -> Option<Session>;
         /// Exchanges a refresh token (by digest) for a new one, atomically, by
         /// the rotation rule: rotates a current token (sliding the session's
         /// expiry by `refresh_ttl_ms`), revokes the session of a spent one
@@ -191,15 +197,15 @@ repository! {
         /// when nothing matched. Like every write made for a [`Principal`], it
         /// fails with `SessionRevoked`, writing nothing, unless `by`'s session is
         /// active inside the same transaction.
-        Revoke => fn revoke(by: Principal, scope: Revoke, now: i64) -> Vec<Invalidation>;
+        Revoke => fn revoke(by: Principal, scope: Revoke, now: i64, events: Vec<Event>) -> Vec<Invalidation>;
         /// Changes email and/or username; `Conflict` when taken. A changed
         /// email sends `change.mail`: with a link, the new address waits as
         /// `pending_email` until it is followed.
-        UpdateProfile => fn update_profile(by: Principal, change: ProfileChange, now: i64) -> (User, Vec<Invalidation>);
+        UpdateProfile => fn update_profile(by: Principal, change: ProfileChange, now: i64, events: Vec<Event>) -> (User, Vec<Invalidation>);
         /// Replaces the password hash, if it is still `verified_hash` (else
         /// `WrongCurrentPassword`: another change won), and revokes every session
         /// but `by`'s; `notice` goes to the account's address.
-        SetPassword => fn set_password(by: Principal, verified_hash: String, new_hash: String, notice: Option<Outgoing>, now: i64) -> Vec<Invalidation>;
+        SetPassword => fn set_password(by: Principal, verified_hash: String, new_hash: String, notice: Option<Outgoing>, now: i64, events: Vec<Event>) -> Vec<Invalidation>;
         /// A new verification link for `by`'s pending address, else its
         /// unverified one (voiding older ones); `false`, writing nothing, when
         /// there is nothing to verify or the address is over its hourly cap.
@@ -211,42 +217,43 @@ repository! {
         /// A reset link for the active account whose email is `email`
         /// (voiding older ones); `false`, writing nothing, when there is none
         /// or the address is over its hourly cap.
-        RequestReset => fn request_reset(email: String, link: LinkMail, now: i64) -> bool;
+        RequestReset => fn request_reset(email: String, link: LinkMail, now: i64, events: Vec<Event>) -> bool;
         /// Follows a verify link: the pending address becomes the email, or the
         /// email is verified. `None` when the link is not usable or is for an
         /// address the account no longer has; `Conflict` when the pending
         /// address was taken meanwhile (the link stays usable).
-        ConfirmEmail => fn confirm_email(digest: String, now: i64) -> Option<(User, Vec<Invalidation>)>;
+        ConfirmEmail => fn confirm_email(digest: String, now: i64, events: Vec<Event>) -> Option<(User, Vec<Invalidation>)>;
         /// Follows a reset link: the password becomes `new_hash`, every session
         /// is revoked, every reset link of the user is used up, and `notice`
         /// goes out. `None`, writing nothing, when the link is not usable.
-        ResetPassword => fn reset_password(digest: String, new_hash: String, notice: Outgoing, now: i64) -> Option<(String, Vec<Invalidation>)>;
+        ResetPassword => fn reset_password(digest: String, new_hash: String, notice: Outgoing, now: i64, events: Vec<Event>) -> Option<(String, Vec<Invalidation>)>;
         /// Leases up to `limit` due messages to `owner` until `now + lease_ms`.
         ClaimMail => fn claim_mail(owner: String, now: i64, lease_ms: i64, limit: u32) -> Vec<Claimed>;
         /// Records how a try of a message leased to `owner` ended; `false` when
         /// the lease was lost meanwhile (another sender has it).
         FinishMail => fn finish_mail(id: String, owner: String, outcome: MailOutcome, now: i64) -> bool;
         /// Soft-deletes the user and revokes all their sessions.
-        Deactivate => fn deactivate(by: Principal, now: i64) -> Vec<Invalidation>;
+        Deactivate => fn deactivate(by: Principal, now: i64, events: Vec<Event>) -> Vec<Invalidation>;
         /// Records the second step of a login whose password was right.
         OpenChallenge => fn open_challenge(challenge: Challenge) -> ();
         /// Tries `proof` (`None`: a code that was plainly wrong) against a
         /// usable challenge: spends it and the code, and creates `session`,
         /// if both are good and the account is as it was when the challenge
-        /// was opened; else counts a failure (the fifth kills it).
-        CompleteChallenge => fn complete_challenge(digest: String, proof: Option<Proof>, session: NewSession) -> ChallengeOutcome;
+        /// was opened; else counts a failure (the fifth kills it). `events`
+        /// are stored only with a completed login.
+        CompleteChallenge => fn complete_challenge(digest: String, proof: Option<Proof>, session: NewSession, events: Vec<Event>) -> ChallengeOutcome;
         /// Starts (or restarts) a TOTP enrolment with the sealed secret;
         /// `MfaState` when a second factor is on already.
         BeginTotp => fn begin_totp(by: Principal, sealed: Vec<u8>, now: i64) -> ();
         /// Turns the pending enrolment `sealed` on, with the first code's
         /// step and the recovery codes' digests; `SecondFactorRefused` when
         /// that enrolment is no longer the pending one, `MfaState` when on.
-        ConfirmTotp => fn confirm_totp(by: Principal, sealed: Vec<u8>, step: i64, codes: Vec<String>, now: i64) -> Vec<Invalidation>;
+        ConfirmTotp => fn confirm_totp(by: Principal, sealed: Vec<u8>, step: i64, codes: Vec<String>, now: i64, events: Vec<Event>) -> Vec<Invalidation>;
         /// Turns the second factor off (secret and recovery codes go, open
         /// challenges die), spending `proof` and queueing `notice`. `MfaState`
         /// when off, `SecondFactorRefused` when the proof does not spend
         /// (`None`: the code was plainly wrong).
-        DisableMfa => fn disable_mfa(by: Principal, proof: Option<Proof>, notice: Outgoing, now: i64) -> Vec<Invalidation>;
+        DisableMfa => fn disable_mfa(by: Principal, proof: Option<Proof>, notice: Outgoing, now: i64, events: Vec<Event>) -> Vec<Invalidation>;
         /// Replaces the recovery codes with `codes` (digests), spending `proof`.
         ReplaceRecoveryCodes => fn replace_recovery_codes(by: Principal, proof: Option<Proof>, codes: Vec<String>, now: i64) -> ();
         /// Renews `by`'s session's password check to `now`, if the hash is
@@ -254,12 +261,13 @@ repository! {
         /// second factor on, `proof` spends (else `SecondFactorRefused`).
         Reauthenticate => fn reauthenticate(by: Principal, verified_hash: String, proof: Option<Proof>, now: i64) -> ();
         /// Changes `user_id` as an operator asked; `None`, writing nothing,
-        /// when there is no such user.
-        ChangeUser => fn change_user(user_id: String, change: AdminChange, now: i64) -> Option<Vec<Invalidation>>;
+        /// when there is no such user. An erasure leaves of the user's
+        /// stored events only the id, the event and its time.
+        ChangeUser => fn change_user(user_id: String, change: AdminChange, now: i64, events: Vec<Event>) -> Option<Vec<Invalidation>>;
         /// Stores a new admin key.
-        CreateAdminKey => fn create_admin_key(key: NewAdminKey) -> ();
+        CreateAdminKey => fn create_admin_key(key: NewAdminKey, events: Vec<Event>) -> ();
         /// Revokes an admin key; `false` when there is no such key not yet revoked.
-        RevokeAdminKey => fn revoke_admin_key(id: String, now: i64) -> bool;
+        RevokeAdminKey => fn revoke_admin_key(id: String, now: i64, events: Vec<Event>) -> bool;
         /// Changes the key ring as `op` plans it, under a lock that makes
         /// concurrent instances take turns; `fresh` is the key to add if the
         /// plan creates one. What was changed (nothing, often).
@@ -275,8 +283,11 @@ repository! {
         fn invalidations_since(cursor: i64) -> (Vec<Invalidation>, i64);
         /// Records when sessions were used (session id, Unix ms), in one transaction.
         fn touch_sessions(touches: Vec<(String, i64)>) -> ();
-        /// Deletes expired sessions, long-revoked ones and old invalidations, by the retention rule.
-        fn purge(now: i64) -> u64;
+        /// Deletes expired sessions, long-revoked ones and old invalidations, by
+        /// the retention rule, and stored events from before `events_before`.
+        fn purge(now: i64, events_before: i64) -> u64;
+        /// Stores security events that came with no write, in one transaction.
+        fn append_events(events: Vec<Event>) -> ();
         /// Flushes everything to durable storage; called once when the repository stops.
         fn close() -> ();
     }

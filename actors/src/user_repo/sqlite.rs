@@ -25,6 +25,7 @@ use super::rules::{
 use super::store::{
     AFTER_USER, DatabaseSettings, HOUR_MS, USER_COLUMNS, cap_allows, json_list, roles_from,
 };
+use crate::audit::{Entry, Event, Query, details_from, details_text};
 use crate::error::{Error, Result, Taken};
 use crate::model::{
     ActiveSession, AdminChange, AdminKey, Challenge, ChallengeOutcome, Claimed, Credentials,
@@ -44,6 +45,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/sqlite/004_mfa.sql")),
     M::up(include_str!("migrations/sqlite/005_admin_keys.sql")),
     M::up(include_str!("migrations/sqlite/006_users_admin.sql")),
+    M::up(include_str!("migrations/sqlite/007_audit.sql")),
 ];
 
 pub struct SqliteStore {
@@ -615,9 +617,48 @@ fn change_key(
     Ok(())
 }
 
+/// Stores `events`, for `user_id` where they name no user.
+fn record(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[Event],
+    user_id: Option<&str>,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO audit_events (at, event, user_id, login, ip, request_id, details)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for e in events {
+        insert.execute(params![
+            e.at,
+            e.event,
+            e.user_id.as_deref().or(user_id),
+            e.login,
+            e.ip,
+            e.request_id,
+            details_text(&e.details)
+        ])?;
+    }
+    Ok(())
+}
+
+fn entry_from(r: &Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get(0)?,
+        event: Event {
+            at: r.get(1)?,
+            event: r.get(2)?,
+            user_id: r.get(3)?,
+            login: r.get(4)?,
+            ip: r.get(5)?,
+            request_id: r.get(6)?,
+            details: details_from(&r.get::<_, String>(7)?),
+        },
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create_user(&self, user: NewUser) -> Result<User> {
+    async fn create_user(&self, user: NewUser, events: Vec<Event>) -> Result<User> {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO users (id, email, username, password_hash, is_active, created_at, updated_at)
@@ -627,6 +668,7 @@ impl Store for SqliteStore {
             if let Some(link) = &user.verify {
                 issue_link(tx, &user.id, &user.email, link, user.now)?;
             }
+            record(tx, &events, Some(&user.id))?;
             user_in(tx, &user.id)
         })
         .await
@@ -654,9 +696,16 @@ impl Store for SqliteStore {
         s: NewSession,
         verified_hash: String,
         rehash: Option<String>,
+        events: Vec<Event>,
     ) -> Result<Option<Session>> {
-        self.write(move |tx| insert_session(tx, s, &verified_hash, rehash))
-            .await
+        self.write(move |tx| {
+            let opened = insert_session(tx, s, &verified_hash, rehash)?;
+            if let Some(session) = &opened {
+                record(tx, &events, Some(&session.user_id))?;
+            }
+            Ok(opened)
+        })
+        .await
     }
 
     async fn active_session(&self, session_id: String, now: i64) -> Result<Option<ActiveSession>> {
@@ -849,9 +898,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn revoke(&self, by: Principal, scope: Revoke, now: i64) -> Result<Vec<Invalidation>> {
+    async fn revoke(
+        &self,
+        by: Principal,
+        scope: Revoke,
+        now: i64,
+        events: Vec<Event>,
+    ) -> Result<Vec<Invalidation>> {
         self.write_as(by, now, move |tx, by| {
-            revoke_in(tx, &by.user_id, &scope, now).map(Ok)
+            let changes = revoke_in(tx, &by.user_id, &scope, now)?;
+            if !changes.is_empty() {
+                record(tx, &events, Some(&by.user_id))?;
+            }
+            Ok(Ok(changes))
         })
         .await
     }
@@ -874,6 +933,7 @@ impl Store for SqliteStore {
         by: Principal,
         change: ProfileChange,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<(User, Vec<Invalidation>)> {
         self.write_as(by, now, move |tx, by| {
             let user_id = &by.user_id;
@@ -922,6 +982,7 @@ impl Store for SqliteStore {
                     issue_link(tx, user_id, address, link, now)?;
                 }
             }
+            record(tx, &events, Some(user_id))?;
             let user = user_in(tx, user_id)?;
             let changes = log_invalidations(tx, user_id, vec![None], now)?;
             Ok(Ok((user, changes)))
@@ -936,6 +997,7 @@ impl Store for SqliteStore {
         new_hash: String,
         notice: Option<Outgoing>,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Vec<Invalidation>> {
         self.write_as(by, now, move |tx, by| {
             let changed = tx.execute(
@@ -949,6 +1011,7 @@ impl Store for SqliteStore {
             if let Some(notice) = &notice {
                 enqueue(tx, notice, &user_in(tx, &by.user_id)?.email, now)?;
             }
+            record(tx, &events, Some(&by.user_id))?;
             let keep = Revoke::AllBut(by.session_id.clone());
             revoke_in(tx, &by.user_id, &keep, now).map(Ok)
         })
@@ -979,7 +1042,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn request_reset(&self, email: String, link: LinkMail, now: i64) -> Result<bool> {
+    async fn request_reset(
+        &self,
+        email: String,
+        link: LinkMail,
+        now: i64,
+        events: Vec<Event>,
+    ) -> Result<bool> {
         self.write(move |tx| {
             let user: Option<(String, String)> = tx
                 .prepare_cached(
@@ -988,7 +1057,13 @@ impl Store for SqliteStore {
                 .query_row([&email], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             match user {
-                Some((id, address)) => issue_link(tx, &id, &address, &link, now),
+                Some((id, address)) => {
+                    let queued = issue_link(tx, &id, &address, &link, now)?;
+                    if queued {
+                        record(tx, &events, Some(&id))?;
+                    }
+                    Ok(queued)
+                }
                 None => Ok(false),
             }
         })
@@ -999,6 +1074,7 @@ impl Store for SqliteStore {
         &self,
         digest: String,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Option<(User, Vec<Invalidation>)>> {
         self.write(move |tx| {
             let Some((user_id, address)) = usable_link(tx, &digest, LinkPurpose::Verify, now)?
@@ -1023,6 +1099,7 @@ impl Store for SqliteStore {
                 "UPDATE email_links SET used_at = ?2 WHERE digest = ?1",
                 params![digest, now],
             )?;
+            record(tx, &events, Some(&user_id))?;
             let user = user_in(tx, &user_id)?;
             let changes = log_invalidations(tx, &user_id, vec![None], now)?;
             Ok(Some((user, changes)))
@@ -1036,6 +1113,7 @@ impl Store for SqliteStore {
         new_hash: String,
         notice: Outgoing,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Option<(String, Vec<Invalidation>)>> {
         self.write(move |tx| {
             let Some((user_id, _)) = usable_link(tx, &digest, LinkPurpose::Reset, now)? else {
@@ -1051,6 +1129,7 @@ impl Store for SqliteStore {
                 params![user_id, now],
             )?;
             enqueue(tx, &notice, &user_in(tx, &user_id)?.email, now)?;
+            record(tx, &events, Some(&user_id))?;
             let changes = revoke_in(tx, &user_id, &Revoke::All, now)?;
             Ok(Some((user_id, changes)))
         })
@@ -1198,6 +1277,7 @@ impl Store for SqliteStore {
         digest: String,
         proof: Option<Proof>,
         session: NewSession,
+        events: Vec<Event>,
     ) -> Result<ChallengeOutcome> {
         self.write(move |tx| {
             let now = session.now;
@@ -1236,10 +1316,14 @@ impl Store for SqliteStore {
             )?;
             // The session opens only for the password the challenge was opened with.
             let verified = (token_digest(&hash) == password_digest).then_some(hash);
+            let user_id = session.user_id.clone();
             let opened = match verified {
                 Some(hash) => insert_session(tx, session, &hash, None)?,
                 None => None,
             };
+            if opened.is_some() {
+                record(tx, &events, Some(&user_id))?;
+            }
             Ok(opened.map_or(ChallengeOutcome::Unusable, ChallengeOutcome::Completed))
         })
         .await
@@ -1268,6 +1352,7 @@ impl Store for SqliteStore {
         step: i64,
         codes: Vec<String>,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Vec<Invalidation>> {
         self.write_as(by, now, move |tx, by| {
             let (pending, enabled): (Option<Vec<u8>>, bool) = tx.query_row(
@@ -1284,6 +1369,7 @@ impl Store for SqliteStore {
                 params![by.user_id, step, now],
             )?;
             store_recovery_codes(tx, &by.user_id, &codes)?;
+            record(tx, &events, Some(&by.user_id))?;
             log_invalidations(tx, &by.user_id, vec![None], now).map(Ok)
         })
         .await
@@ -1295,6 +1381,7 @@ impl Store for SqliteStore {
         proof: Option<Proof>,
         notice: Outgoing,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Vec<Invalidation>> {
         self.write_as(by, now, move |tx, by| {
             let user = user_in(tx, &by.user_id)?;
@@ -1304,6 +1391,7 @@ impl Store for SqliteStore {
             }
             mfa_off(tx, &by.user_id, now)?;
             enqueue(tx, &notice, &user.email, now)?;
+            record(tx, &events, Some(&by.user_id))?;
             log_invalidations(tx, &by.user_id, vec![None], now).map(Ok)
         })
         .await
@@ -1438,6 +1526,7 @@ impl Store for SqliteStore {
         user_id: String,
         change: AdminChange,
         now: i64,
+        events: Vec<Event>,
     ) -> Result<Option<Vec<Invalidation>>> {
         self.write(move |tx| {
             let found = match &change {
@@ -1461,6 +1550,12 @@ impl Store for SqliteStore {
                             "DELETE FROM outbox WHERE lower(recipient) IN (lower(?1), lower(?2))",
                             params![user.email, user.pending_email],
                         )?;
+                        // Of its events, the id, what and when stay.
+                        tx.execute(
+                            "UPDATE audit_events SET login = NULL, ip = NULL, details = '{}'
+                             WHERE user_id = ?1 OR login IN (lower(?2), lower(?3), lower(?4))",
+                            params![user_id, user.username, user.email, user.pending_email],
+                        )?;
                         // Sessions, links, codes and challenges go with it (ON DELETE CASCADE).
                         tx.execute("DELETE FROM users WHERE id = ?1", [&user_id])?;
                         true
@@ -1481,6 +1576,7 @@ impl Store for SqliteStore {
             if !found {
                 return Ok(None);
             }
+            record(tx, &events, Some(&user_id))?;
             let logged = match rules::ends_sessions(&change) {
                 true => revoke_in(tx, &user_id, &Revoke::All, now)?,
                 false => log_invalidations(tx, &user_id, vec![None], now)?,
@@ -1490,26 +1586,29 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_admin_key(&self, new: NewAdminKey) -> Result<()> {
+    async fn create_admin_key(&self, new: NewAdminKey, events: Vec<Event>) -> Result<()> {
         self.write(move |tx| {
             let k = &new.key;
             tx.execute(
                 "INSERT INTO admin_keys (id, name, scopes, digest, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![k.id, k.name, json_list(&k.scopes), new.digest, k.created_at],
-            )
-            .map(drop)
+            )?;
+            record(tx, &events, None)
         })
         .await
     }
 
-    async fn revoke_admin_key(&self, id: String, now: i64) -> Result<bool> {
+    async fn revoke_admin_key(&self, id: String, now: i64, events: Vec<Event>) -> Result<bool> {
         self.write(move |tx| {
-            tx.execute(
+            let changed = tx.execute(
                 "UPDATE admin_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, now],
-            )
-            .map(|changed| changed == 1)
+            )? == 1;
+            if changed {
+                record(tx, &events, None)?;
+            }
+            Ok(changed)
         })
         .await
     }
@@ -1526,12 +1625,18 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn deactivate(&self, by: Principal, now: i64) -> Result<Vec<Invalidation>> {
+    async fn deactivate(
+        &self,
+        by: Principal,
+        now: i64,
+        events: Vec<Event>,
+    ) -> Result<Vec<Invalidation>> {
         self.write_as(by, now, move |tx, by| {
             tx.execute(
                 "UPDATE users SET is_active = 0, updated_at = ?2 WHERE id = ?1",
                 params![by.user_id, now],
             )?;
+            record(tx, &events, Some(&by.user_id))?;
             revoke_in(tx, &by.user_id, &Revoke::All, now).map(Ok)
         })
         .await
@@ -1550,7 +1655,44 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn purge(&self, now: i64) -> Result<u64> {
+    async fn append_events(&self, events: Vec<Event>) -> Result<()> {
+        self.write(move |tx| record(tx, &events, None)).await
+    }
+
+    async fn audit(&self, query: Query) -> Result<Vec<Entry>> {
+        self.read(move |conn| {
+            // Only the filters asked for, so each picks its index.
+            let mut sql = String::from(
+                "SELECT id, at, event, user_id, login, ip, request_id, details
+                 FROM audit_events WHERE 1 = 1",
+            );
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut filter = |column: &str, op: &str, value: rusqlite::types::Value| {
+                args.push(value);
+                sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
+            };
+            if let Some(user_id) = query.user_id {
+                filter("user_id", "=", user_id.into());
+            }
+            if let Some(event) = query.event {
+                filter("event", "=", event.into());
+            }
+            if let Some(since) = query.since {
+                filter("at", ">=", since.into());
+            }
+            if let Some(before) = query.before {
+                filter("id", "<", before.into());
+            }
+            args.push(i64::from(query.limit).into());
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+            conn.prepare_cached(&sql)?
+                .query_map(rusqlite::params_from_iter(args), entry_from)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn purge(&self, now: i64, events_before: i64) -> Result<u64> {
         let keep = rules::retention(now);
         self.write(move |tx| {
             let sessions = tx.execute(
@@ -1573,6 +1715,7 @@ impl Store for SqliteStore {
                 "DELETE FROM outbox WHERE state <> 'pending' AND done_at <= ?1",
                 [keep.mail_before],
             )?;
+            tx.execute("DELETE FROM audit_events WHERE at < ?1", [events_before])?;
             Ok(sessions as u64)
         })
         .await
@@ -1657,7 +1800,7 @@ mod tests {
     async fn reopening_keeps_data_and_schema() {
         let dir = tempfile::tempdir().unwrap();
         store(&dir)
-            .create_user(new_user("u1", "a@example.com", "alice"))
+            .create_user(new_user("u1", "a@example.com", "alice"), vec![])
             .await
             .unwrap();
         let again = store(&dir);
@@ -1679,14 +1822,14 @@ mod tests {
         let blocker = Connection::open(dir.path().join("t.db")).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
         let err = s
-            .create_user(new_user("u1", "a@example.com", "alice"))
+            .create_user(new_user("u1", "a@example.com", "alice"), vec![])
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
         // Readers are not blocked by a writer in WAL mode.
         assert!(s.user("u1".into()).await.unwrap().is_none());
         blocker.execute_batch("COMMIT").unwrap();
-        s.create_user(new_user("u1", "a@example.com", "alice"))
+        s.create_user(new_user("u1", "a@example.com", "alice"), vec![])
             .await
             .unwrap();
     }

@@ -56,6 +56,8 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// How long SQLite waits for a lock before giving up.
     pub busy_timeout_ms: u64,
+    /// How long stored security events are kept (the purge deletes older ones).
+    pub audit_retention_days: u32,
 }
 
 impl Default for DatabaseSettings {
@@ -66,6 +68,7 @@ impl Default for DatabaseSettings {
             statement_timeout_ms: 2_000,
             pool_size: 4,
             busy_timeout_ms: 2_000,
+            audit_retention_days: 365,
         }
     }
 }
