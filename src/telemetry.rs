@@ -13,12 +13,14 @@
 //! `gatehouse_log_lines_dropped_total` (the durable record of security
 //! events is the database's, not this stream).
 //!
-//! Beside the writer, the [`AuditLayer`] hands every security event the log
-//! writes without a write of its own (a refused login, a throttled name, a
-//! breaker turning) to the repository, which stores them in batches; events
-//! a write stored already (target [`audit::STORED_TARGET`]) it leaves alone.
-//! It sees them whatever `logging.level` says: its filter enables only
-//! callsites with an `event` field, so a quieter log costs nothing extra.
+//! Security events are logged whatever `logging.level` says, as the
+//! lifecycle lines are: those a write stored already (target
+//! [`audit::STORED_TARGET`]) and those without a write (target
+//! [`audit::SECURITY_TARGET`]: a refused login, a throttled name, a breaker
+//! turning), which the [`AuditLayer`] picks out by their `event` field and
+//! hands to the repository to store in batches. So the log and the audit
+//! table hold the same events, and one global filter decides for every
+//! layer: a line nobody wants costs what it did before the audit layer.
 
 use std::io::BufWriter;
 use std::sync::OnceLock;
@@ -32,7 +34,7 @@ use tracing::field::{Field, Visit};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, filter};
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, LoggingSettings};
 
@@ -48,18 +50,19 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 /// Installs the subscriber. Keep the returned guard until the process ends:
 /// dropping it writes out the last lines.
 pub fn init_tracing(logging: &LoggingSettings) -> Result<WorkerGuard, String> {
-    let filter = EnvFilter::try_new(format!("{},{LIFECYCLE}=info", logging.level))
-        .map_err(|e| format!("logging.level: {e}"))?;
+    let (stored, security) = (audit::STORED_TARGET, audit::SECURITY_TARGET);
+    let filter = EnvFilter::try_new(format!(
+        "{},{LIFECYCLE}=info,{stored}=info,{security}=info",
+        logging.level
+    ))
+    .map_err(|e| format!("logging.level: {e}"))?;
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .thread_name("log-writer")
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let _ = DROPPED.set(writer.error_counter());
-    let audit = AuditLayer.with_filter(filter::filter_fn(|meta| {
-        meta.is_event() && meta.fields().field("event").is_some()
-    }));
-    let registry = tracing_subscriber::registry().with(audit);
+    let registry = tracing_subscriber::registry().with(filter).with(AuditLayer);
     let result = match logging.format {
         LogFormat::Json => registry
             .with(
@@ -68,16 +71,11 @@ pub fn init_tracing(logging: &LoggingSettings) -> Result<WorkerGuard, String> {
                     .flatten_event(true)
                     .flatten_span_list_on_top_level(true)
                     .with_current_span(false)
-                    .with_span_list(false)
-                    .with_filter(filter),
+                    .with_span_list(false),
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(writer)
-                    .with_filter(filter),
-            )
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
             .try_init(),
     };
     result.map(|()| guard).map_err(|e| e.to_string())
@@ -96,7 +94,9 @@ pub struct AuditLayer;
 
 impl<S: tracing::Subscriber> Layer<S> for AuditLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if event.metadata().target() == audit::STORED_TARGET {
+        // What a write stored already, and lines that are no event at all.
+        let meta = event.metadata();
+        if meta.target() == audit::STORED_TARGET || meta.fields().field("event").is_none() {
             return;
         }
         let Some(repo) = AUDIT_SINK.get() else {

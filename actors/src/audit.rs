@@ -6,11 +6,15 @@
 //! logs it ([`Event::log`]) once the write is done, so the log and the table
 //! never disagree about whether it happened. Events without a write (a
 //! refused login, a throttled name, a breaker turning) are only logged where
-//! they happen; the front end's audit layer picks them out of the log by
-//! name ([`is_stored`]) and the repository appends them in batches.
+//! they happen, with target [`SECURITY_TARGET`]; the front end's audit layer
+//! picks them out of the log by name ([`is_stored`]) and the repository
+//! appends them in batches. The log shows both targets whatever
+//! `logging.level` says, so the log and the table hold the same events.
 //!
 //! Who asked (request id, client address) comes from the [`Context`] the
 //! front end sets around each request, so nothing has to pass it down.
+
+use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 use tracing::Level;
@@ -18,6 +22,10 @@ use tracing::Level;
 /// The target of the lines [`Event::log`] writes: the audit layer leaves
 /// them alone, since the write that caused them stored them already.
 pub const STORED_TARGET: &str = "gatehouse::audit";
+
+/// The target of the security events logged without a write behind them
+/// (the audit layer stores them from the log).
+pub const SECURITY_TARGET: &str = "gatehouse::security";
 
 /// Security events the log writes, all of which are stored; admin actions
 /// (`admin.<action>`) are too.
@@ -73,10 +81,10 @@ tokio::task_local! {
 }
 
 /// The request an event happened in.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Context {
     pub request_id: String,
-    pub ip: String,
+    pub ip: IpAddr,
 }
 
 impl Context {
@@ -114,7 +122,7 @@ impl Event {
             at,
             user_id: None,
             login: None,
-            ip: context.as_ref().map(|c| c.ip.clone()),
+            ip: context.as_ref().map(|c| c.ip.to_string()),
             request_id: context.map(|c| c.request_id),
             details: Map::new(),
         }
@@ -215,7 +223,7 @@ mod tests {
         assert_eq!((outside.ip, outside.request_id), (None, None));
         let context = Context {
             request_id: "r-1".into(),
-            ip: "192.0.2.7".into(),
+            ip: IpAddr::from([192, 0, 2, 7]),
         };
         let inside = context
             .scope(async { Event::new("login.failure", 1).user("u") })

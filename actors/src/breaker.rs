@@ -20,6 +20,7 @@ use arc_swap::ArcSwap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Deserialize;
 
+use crate::audit::SECURITY_TARGET;
 use crate::clock::{self, SharedClock};
 use crate::error::{Error, Result};
 use crate::system::{self, ActorKind, Names};
@@ -331,7 +332,7 @@ impl Breaker {
             metrics::gauge!("gatehouse_circuit_breaker_state", "breaker" => id.name())
                 .set(t.to.gauge());
             tracing::warn!(
-                event = "breaker.transition",
+                target: SECURITY_TARGET, event = "breaker.transition",
                 breaker = id.name(),
                 from = t.from.name(),
                 to = t.to.name(),

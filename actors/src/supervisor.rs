@@ -18,6 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
+use crate::audit::SECURITY_TARGET;
 use crate::clock::SharedClock;
 use crate::system::{ActorKind, Names};
 
@@ -183,7 +184,7 @@ impl Supervisor {
                 metrics::counter!("gatehouse_actor_restarts_total", "actor" => kind.name())
                     .increment(1);
                 tracing::warn!(
-                    event = "actor.restarted",
+                    target: SECURITY_TARGET, event = "actor.restarted",
                     actor = kind.name(),
                     "actor restarted"
                 );

@@ -166,7 +166,7 @@ impl App {
         let mut rate = None;
         let context = gatehouse_actors::audit::Context {
             request_id: request_id.clone(),
-            ip: client.to_string(),
+            ip: client,
         };
         let outcome = context
             .scope(async {

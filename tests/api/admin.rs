@@ -881,3 +881,36 @@ async fn audit_pages_visit_each_event_once_while_new_ones_arrive() {
     assert_eq!(once, seen);
     assert!(seen.windows(2).all(|w| w[0] > w[1]), "{seen:?}");
 }
+
+#[tokio::test]
+async fn security_events_are_logged_and_stored_whatever_the_log_level() {
+    let dir = DataDir::new();
+    let s = Server::builder()
+        .dir(&dir)
+        .env("GATEHOUSE__LOGGING__LEVEL", "error")
+        .start();
+    let (_, key) = create(&dir, "auditor", "audit:read");
+    s.register("quietly").await.ok(201);
+    s.login("quietly", "not the password at all")
+        .await
+        .expect(401, "AUTH001");
+
+    // Stored: the one with a write behind it and the one without.
+    audited(&s, &key, "event=user.registered", &["user.registered"]).await;
+    let refused = audited(&s, &key, "event=login.failure", &["login.failure"]).await;
+    assert_eq!(refused[0]["ip"], "127.0.0.1", "{refused:?}");
+    // Logged too, while the access lines stay off.
+    let logged = crate::harness::eventually(Duration::from_secs(5), || async {
+        let logs = s.logs();
+        ["\"user.registered\"", "\"login.failure\""]
+            .iter()
+            .all(|name| logs.iter().any(|l| l.contains(name)))
+    })
+    .await;
+    assert!(logged, "{:#?}", s.logs());
+    assert!(
+        !s.logs().iter().any(|l| l.contains("request completed")),
+        "{:#?}",
+        s.logs()
+    );
+}

@@ -7,7 +7,7 @@ use tracing::Level;
 
 use super::Database;
 use super::email::Composer;
-use crate::audit::{self, Event};
+use crate::audit::{self, Event, SECURITY_TARGET};
 use crate::breaker::BreakerId;
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, FieldError, Result};
@@ -163,7 +163,7 @@ impl Accounts {
             .await?;
         if !verdict.matches {
             call.finish().await;
-            tracing::warn!(event = "password.change_refused", user_id = %user.id,
+            tracing::warn!(target: SECURITY_TARGET, event = "password.change_refused", user_id = %user.id,
                 "current password did not match");
             return Err(Error::WrongCurrentPassword);
         }
@@ -209,7 +209,7 @@ impl Accounts {
         self.mail.wake();
         audit::log_all(&events, Level::INFO, "password changed");
         if !changes.is_empty() {
-            tracing::info!(event = "session.revoked", user_id = %user.id, session_id = "*",
+            tracing::info!(target: SECURITY_TARGET, event = "session.revoked", user_id = %user.id, session_id = "*",
                 reason = "password_change", count = changes.len(), "other sessions revoked");
         }
         Ok(())

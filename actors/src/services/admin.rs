@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::Database;
 use super::recovery::Recovery;
-use crate::audit::{Entry, Event, Query};
+use crate::audit::{Entry, Event, Query, SECURITY_TARGET};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::mailer::MailKind;
@@ -492,7 +492,7 @@ impl Admin {
             KeyOp::Revoke { .. } => "admin.keys_revoke",
             KeyOp::Rotate { .. } | KeyOp::Upkeep => "admin.keys_rotate",
         };
-        tracing::warn!(event, admin_key = %by.id, admin_name = %by.name,
+        tracing::warn!(target: SECURITY_TARGET, event, admin_key = %by.id, admin_name = %by.name,
             "signing keys changed through the admin API");
         let after = self.keys().await?;
         Ok(announced(&after, &op).cloned())

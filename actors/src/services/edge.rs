@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use super::LimiterPolicy;
+use crate::audit::SECURITY_TARGET;
 use crate::clock::SharedClock;
 use crate::error::{Error, RateLimitInfo, Result};
 use crate::rate_limiter::{RateLimits, RouteClass};
@@ -36,7 +37,7 @@ impl Edge {
             return Ok(Some(decision.info));
         }
         if decision.first_refusal {
-            tracing::warn!(event = "rate_limit.exceeded", ip = %client, class = class.name(),
+            tracing::warn!(target: SECURITY_TARGET, event = "rate_limit.exceeded", ip = %client, class = class.name(),
                 limit = decision.info.limit, "client exceeded its rate limit");
         }
         Err(Error::RateLimited(decision.info))

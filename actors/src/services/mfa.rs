@@ -13,7 +13,7 @@ use tracing::Level;
 use super::Database;
 use super::auth::Auth;
 use super::email::Composer;
-use crate::audit::Event;
+use crate::audit::{Event, SECURITY_TARGET};
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, Result};
 use crate::mailer::MailKind;
@@ -264,7 +264,7 @@ impl Mfa {
 
     /// Logs a wrong code and says so, as the routes of this service do.
     fn wrong_code(&self, who: &Principal, ip: IpAddr) -> Error {
-        tracing::warn!(event = "mfa.failure", user_id = %who.user_id, ip = %ip,
+        tracing::warn!(target: SECURITY_TARGET, event = "mfa.failure", user_id = %who.user_id, ip = %ip,
             "wrong second-factor code");
         Error::validation("code", "is not a valid code")
     }

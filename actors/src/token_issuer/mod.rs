@@ -41,7 +41,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::audit::Event;
+use crate::audit::{Event, SECURITY_TARGET};
 use crate::clock::{SharedClock, secs_to_ms};
 use crate::error::{Error, Result};
 use crate::mailer::EmailVerification;
@@ -602,14 +602,14 @@ pub fn log_changes(changes: &[ring::Change], why: &'static str) -> Vec<Event> {
                 ..
             }
             | ring::Change::Promote { kid } => {
-                tracing::warn!(event = "key.rotated", kid = %kid, by = why, "a new signing key signs from now on");
+                tracing::warn!(target: SECURITY_TARGET, event = "key.rotated", kid = %kid, by = why, "a new signing key signs from now on");
                 event("key.rotated", kid);
             }
             ring::Change::Create { kid, .. } => {
                 tracing::info!(kid = %kid, by = why, "a new signing key is published ahead of signing");
             }
             ring::Change::Delete { kid } if why != "upkeep" => {
-                tracing::warn!(event = "key.revoked", kid = %kid, by = why, "a signing key was revoked; its tokens are refused");
+                tracing::warn!(target: SECURITY_TARGET, event = "key.revoked", kid = %kid, by = why, "a signing key was revoked; its tokens are refused");
                 event("key.revoked", kid);
             }
             ring::Change::Delete { kid } => {
