@@ -163,7 +163,8 @@ impl Accounts {
             .await?;
         if !verdict.matches {
             call.finish().await;
-            tracing::warn!(target: SECURITY_TARGET, event = "password.change_refused", user_id = %user.id,
+            tracing::warn!(target: SECURITY_TARGET, event = "password.change_refused",
+                user_id = %user.id,
                 "current password did not match");
             return Err(Error::WrongCurrentPassword);
         }
@@ -209,7 +210,8 @@ impl Accounts {
         self.mail.wake();
         audit::log_all(&events, Level::INFO, "password changed");
         if !changes.is_empty() {
-            tracing::info!(target: SECURITY_TARGET, event = "session.revoked", user_id = %user.id, session_id = "*",
+            tracing::info!(target: SECURITY_TARGET, event = "session.revoked",
+                user_id = %user.id, session_id = "*",
                 reason = "password_change", count = changes.len(), "other sessions revoked");
         }
         Ok(())

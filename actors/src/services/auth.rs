@@ -121,7 +121,8 @@ impl Auth {
             attempt.settle();
             attempt.forgive();
             self.metrics.login(false);
-            tracing::warn!(target: SECURITY_TARGET, event = "login.failure", login = %loggable(&req.login), ip = %req.ip,
+            tracing::warn!(target: SECURITY_TARGET, event = "login.failure",
+                login = %loggable(&req.login), ip = %req.ip,
                 reason = "email_unverified", "login refused until the address is verified");
             // Without a session there is no other way to ask for a new link
             // (the per-recipient cap bounds how many this sends).
@@ -293,7 +294,8 @@ impl Auth {
             ChallengeOutcome::WrongCode { killed } => {
                 attempt.settle();
                 self.metrics.login(false);
-                tracing::warn!(target: SECURITY_TARGET, event = "mfa.failure", user_id = %user_id, ip = %step.ip,
+                tracing::warn!(target: SECURITY_TARGET, event = "mfa.failure",
+                    user_id = %user_id, ip = %step.ip,
                     challenge_killed = killed, "wrong second-factor code at login");
                 Err(Error::SecondFactorRefused)
             }
@@ -342,7 +344,8 @@ impl Auth {
             .await?;
         if !verdict.matches {
             attempt.settle();
-            tracing::warn!(target: SECURITY_TARGET, event = "login.failure", user_id = %who.user_id, ip = %ip,
+            tracing::warn!(target: SECURITY_TARGET, event = "login.failure",
+                user_id = %who.user_id, ip = %ip,
                 reason = "wrong_password", "re-authentication refused");
             return Err(Error::WrongCurrentPassword);
         }
@@ -357,7 +360,8 @@ impl Auth {
             .await;
         if let Err(Error::SecondFactorRefused) = &done {
             attempt.settle();
-            tracing::warn!(target: SECURITY_TARGET, event = "mfa.failure", user_id = %who.user_id, ip = %ip,
+            tracing::warn!(target: SECURITY_TARGET, event = "mfa.failure",
+                user_id = %who.user_id, ip = %ip,
                 "wrong second-factor code at re-authentication");
         }
         done?;
@@ -398,7 +402,8 @@ impl Auth {
                 first,
             } => {
                 if first {
-                    tracing::warn!(target: SECURITY_TARGET, event = "account.throttled", login = %loggable(login),
+                    tracing::warn!(target: SECURITY_TARGET, event = "account.throttled",
+                        login = %loggable(login),
                         ip = %ip, retry_after_s, "login name locked after repeated failures");
                 }
                 Err(Error::AccountThrottled { retry_after_s })
@@ -412,11 +417,13 @@ impl Auth {
         let login = normalize_login(&req.login);
         let now = self.clock.now_ms();
         if let Some(burst) = self.limits.login_failed(req.ip, login, now).await {
-            tracing::warn!(target: SECURITY_TARGET, event = "suspicious", ip = %req.ip, failures = burst.failures,
+            tracing::warn!(target: SECURITY_TARGET, event = "suspicious",
+                ip = %req.ip, failures = burst.failures,
                 distinct_logins = burst.distinct_logins, window_s = SUSPICION_WINDOW_MS / 1000,
                 "burst of failed logins from one address");
         }
-        tracing::warn!(target: SECURITY_TARGET, event = "login.failure", login = %loggable(&req.login), ip = %req.ip,
+        tracing::warn!(target: SECURITY_TARGET, event = "login.failure",
+            login = %loggable(&req.login), ip = %req.ip,
             reason, "login refused");
         Error::InvalidCredentials
     }
@@ -478,7 +485,8 @@ impl Auth {
                 },
                 Some((expected_session, issued)),
             ) if expected_session == session_id => {
-                tracing::info!(target: SECURITY_TARGET, event = "session.refreshed", user_id = %user_id,
+                tracing::info!(target: SECURITY_TARGET, event = "session.refreshed",
+                    user_id = %user_id,
                     session_id = %session_id, "refresh token rotated");
                 Ok(Issued {
                     access_token: issued.access.token,
@@ -494,9 +502,11 @@ impl Auth {
                 },
                 _,
             ) => {
-                tracing::warn!(target: SECURITY_TARGET, event = "refresh.reuse_detected", user_id = %user_id,
+                tracing::warn!(target: SECURITY_TARGET, event = "refresh.reuse_detected",
+                    user_id = %user_id,
                     session_id = %session_id, "a spent refresh token was presented");
-                tracing::warn!(target: SECURITY_TARGET, event = "session.revoked", user_id = %user_id,
+                tracing::warn!(target: SECURITY_TARGET, event = "session.revoked",
+                    user_id = %user_id,
                     session_id = %session_id, reason = "refresh_reuse", "session revoked");
                 Err(Error::SessionRevoked)
             }

@@ -37,7 +37,8 @@ impl Edge {
             return Ok(Some(decision.info));
         }
         if decision.first_refusal {
-            tracing::warn!(target: SECURITY_TARGET, event = "rate_limit.exceeded", ip = %client, class = class.name(),
+            tracing::warn!(target: SECURITY_TARGET, event = "rate_limit.exceeded",
+                ip = %client, class = class.name(),
                 limit = decision.info.limit, "client exceeded its rate limit");
         }
         Err(Error::RateLimited(decision.info))

@@ -264,7 +264,8 @@ impl Mfa {
 
     /// Logs a wrong code and says so, as the routes of this service do.
     fn wrong_code(&self, who: &Principal, ip: IpAddr) -> Error {
-        tracing::warn!(target: SECURITY_TARGET, event = "mfa.failure", user_id = %who.user_id, ip = %ip,
+        tracing::warn!(target: SECURITY_TARGET, event = "mfa.failure",
+            user_id = %who.user_id, ip = %ip,
             "wrong second-factor code");
         Error::validation("code", "is not a valid code")
     }

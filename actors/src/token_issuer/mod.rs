@@ -602,14 +602,16 @@ pub fn log_changes(changes: &[ring::Change], why: &'static str) -> Vec<Event> {
                 ..
             }
             | ring::Change::Promote { kid } => {
-                tracing::warn!(target: SECURITY_TARGET, event = "key.rotated", kid = %kid, by = why, "a new signing key signs from now on");
+                tracing::warn!(target: SECURITY_TARGET, event = "key.rotated",
+                    kid = %kid, by = why, "a new signing key signs from now on");
                 event("key.rotated", kid);
             }
             ring::Change::Create { kid, .. } => {
                 tracing::info!(kid = %kid, by = why, "a new signing key is published ahead of signing");
             }
             ring::Change::Delete { kid } if why != "upkeep" => {
-                tracing::warn!(target: SECURITY_TARGET, event = "key.revoked", kid = %kid, by = why, "a signing key was revoked; its tokens are refused");
+                tracing::warn!(target: SECURITY_TARGET, event = "key.revoked",
+                    kid = %kid, by = why, "a signing key was revoked; its tokens are refused");
                 event("key.revoked", kid);
             }
             ring::Change::Delete { kid } => {
