@@ -94,7 +94,7 @@ pub struct AuditLayer;
 
 impl<S: tracing::Subscriber> Layer<S> for AuditLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        // What a write stored already, and lines that are no event at all.
+        // Not what a write stored already, nor lines without an `event` field.
         let meta = event.metadata();
         if meta.target() == audit::STORED_TARGET || meta.fields().field("event").is_none() {
             return;
