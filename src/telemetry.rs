@@ -7,8 +7,12 @@
 //!
 //! Lines go through `tracing-appender`'s non-blocking writer: a request pays
 //! for formatting and a channel send, and a thread of its own writes them out
-//! in batches (a buffered stderr, flushed whenever the channel runs dry). The
-//! channel is bounded at [`LOG_BUFFER_LINES`]; when a burst fills it, further
+//! in batches (a buffered stderr, flushed whenever the channel runs dry).
+//! After each write the thread rests for [`LOG_WRITE_PAUSE`] ([`Paced`]), so
+//! under a steady trickle of requests the lines gather in the channel instead
+//! of each one waking the thread (a futex wake, a write and a context switch
+//! per line: more than the rest of a cheap request). The channel is bounded
+//! at [`LOG_BUFFER_LINES`]; when a burst fills it, further
 //! lines are dropped rather than blocking requests, and counted in
 //! `gatehouse_log_lines_dropped_total` (the durable record of security
 //! events is the database's, not this stream).
@@ -22,8 +26,9 @@
 //! table hold the same events, and one global filter decides for every
 //! layer: a line nobody wants costs what it did before the audit layer.
 
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use gatehouse_actors::audit;
 use gatehouse_actors::names::normalize_login;
@@ -44,6 +49,10 @@ pub const LIFECYCLE: &str = "gatehouse::lifecycle";
 /// Lines that may wait for the writer thread before new ones are dropped.
 pub const LOG_BUFFER_LINES: usize = 128_000;
 
+/// How long the writer thread rests after writing a batch out: how late a
+/// line may appear, and how often the thread wakes at most.
+pub const LOG_WRITE_PAUSE: Duration = Duration::from_millis(10);
+
 /// How many lines the writer had to drop, for the metric.
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
@@ -60,7 +69,10 @@ pub fn init_tracing(logging: &LoggingSettings) -> Result<WorkerGuard, String> {
         .lossy(true)
         .buffered_lines_limit(LOG_BUFFER_LINES)
         .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+        .finish(Paced(BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        )));
     let _ = DROPPED.set(writer.error_counter());
     let registry = tracing_subscriber::registry().with(filter).with(AuditLayer);
     let result = match logging.format {
@@ -79,6 +91,26 @@ pub fn init_tracing(logging: &LoggingSettings) -> Result<WorkerGuard, String> {
             .try_init(),
     };
     result.map(|()| guard).map_err(|e| e.to_string())
+}
+
+/// The writer thread's output: written out on each flush (when the channel
+/// runs dry), after which the thread rests for [`LOG_WRITE_PAUSE`].
+struct Paced<W>(W);
+
+impl<W: Write> Write for Paced<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the log writer's own thread, not a runtime worker: resting is its batching"
+    )]
+    fn flush(&mut self) -> std::io::Result<()> {
+        let flushed = self.0.flush();
+        std::thread::sleep(LOG_WRITE_PAUSE);
+        flushed
+    }
 }
 
 /// Where the [`AuditLayer`] sends what it picks out; set once the actors run.
