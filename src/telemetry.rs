@@ -12,8 +12,8 @@
 //! under a steady trickle of requests the lines gather in the channel instead
 //! of each one waking the thread (a futex wake, a write and a context switch
 //! per line: more than the rest of a cheap request). The channel is bounded
-//! at [`LOG_BUFFER_LINES`]; when a burst fills it, further
-//! lines are dropped rather than blocking requests, and counted in
+//! at [`LOG_BUFFER_LINES`]; when a burst fills it, further lines are dropped
+//! rather than blocking requests, and counted in
 //! `gatehouse_log_lines_dropped_total` (the durable record of security
 //! events is the database's, not this stream).
 //!
