@@ -8,7 +8,7 @@
 //! Lines go through `tracing-appender`'s non-blocking writer: a request pays
 //! for formatting and a channel send, and a thread of its own writes them out
 //! in batches (a buffered stderr, flushed whenever the channel runs dry).
-//! After each write the thread rests for [`LOG_WRITE_PAUSE`] ([`Paced`]), so
+//! After each write the thread rests for [`LOG_WRITE_PAUSE`] (`Paced`), so
 //! under a steady trickle of requests the lines gather in the channel instead
 //! of each one waking the thread (a futex wake, a write and a context switch
 //! per line: more than the rest of a cheap request). The channel is bounded
