@@ -179,7 +179,12 @@ impl App {
                         }
                     }
                     Matched::Found { route, param } => {
-                        let work = self.dispatch(route, req, param, client, deadline, &mut rate);
+                        // On the heap: the state of every route's handler is
+                        // several KB, which each future wrapping it (the
+                        // timeout, the audit scope, the span, hyper's slot for
+                        // the request in flight) would otherwise copy again.
+                        let work =
+                            Box::pin(self.dispatch(route, req, param, client, deadline, &mut rate));
                         tokio::time::timeout_at(deadline, work)
                             .await
                             .unwrap_or(Err(ApiError::Timeout))
