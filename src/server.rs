@@ -28,7 +28,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::http::App;
@@ -162,15 +162,16 @@ pub async fn serve(
     }
 }
 
-/// What the watchdog knows of one connection.
+/// What the watchdog knows of one connection. Requests only update
+/// atomics; the watchdog reads them when a deadline it slept until comes,
+/// so a busy connection costs it one timer per `idle_timeout`, not a wake-up
+/// per request.
 struct Activity {
     opened: Instant,
     in_flight: AtomicU32,
     /// Milliseconds after `opened` when the last request finished.
     idle_since_ms: AtomicU64,
     served: AtomicBool,
-    /// Wakes the watchdog when a request starts or ends, so it re-reads its deadline.
-    changed: Notify,
 }
 
 impl Activity {
@@ -180,14 +181,12 @@ impl Activity {
             in_flight: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
-            changed: Notify::new(),
         }
     }
 
     fn begin(self: &Arc<Self>) -> BusyGuard {
         self.served.store(true, Ordering::Release);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
         BusyGuard(Arc::clone(self))
     }
 
@@ -197,11 +196,14 @@ impl Activity {
 
     /// Resolves once the connection has been without a request for too long:
     /// `header_read_timeout` before its first, `idle_timeout` after one.
+    /// No sleep is longer than `idle_timeout`: an idle spell that begins
+    /// while it sleeps (a first request served, one in flight ending) can
+    /// then not expire before it wakes, and is measured from its start.
     async fn expired(&self, limits: &ServerLimits) {
         loop {
-            let changed = self.changed.notified();
+            let now = monotonic();
             let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
-                // Requests have their own deadline; wait for this one to end.
+                // Requests have their own deadline.
                 None
             } else if self.served() {
                 let idle = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
@@ -210,12 +212,9 @@ impl Activity {
                 Some(self.opened + limits.header_read_timeout)
             };
             match deadline {
-                Some(at) if at <= monotonic() => return,
-                Some(at) => tokio::select! {
-                    () = tokio::time::sleep_until(at) => {}
-                    () = changed => {}
-                },
-                None => changed.await,
+                Some(at) if at <= now => return,
+                Some(at) => tokio::time::sleep_until(at.min(now + limits.idle_timeout)).await,
+                None => tokio::time::sleep_until(now + limits.idle_timeout).await,
             }
         }
     }
@@ -230,6 +229,5 @@ impl Drop for BusyGuard {
         let since = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.idle_since_ms.store(since, Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-        activity.changed.notify_one();
     }
 }
