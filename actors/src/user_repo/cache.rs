@@ -111,15 +111,25 @@ impl SessionCache {
         revoked.get(key).is_none_or(|at| epoch >= at)
     }
 
+    /// Whether nothing at all was invalidated since a lookup began in
+    /// `epoch` (every invalidation bumps the epoch): then no key can have
+    /// been, and the lists of invalidations need not be searched.
+    fn unchanged_since(&self, epoch: u64) -> bool {
+        epoch >= self.epoch()
+    }
+
     pub fn session(&self, session_id: &str, now: i64) -> Option<ActiveSession> {
         if !self.trusted(now) {
             return None;
         }
         let cached = self.sessions.get(session_id)?;
+        let not_revoked = || {
+            Self::current(&self.revoked_sessions, session_id, cached.epoch)
+                && Self::current(&self.revoked_users, &cached.session.user_id, cached.epoch)
+        };
         let fresh = cached.session.expires_at > now
             && now - cached.cached_at < MAX_AGE_MS
-            && Self::current(&self.revoked_sessions, session_id, cached.epoch)
-            && Self::current(&self.revoked_users, &cached.session.user_id, cached.epoch);
+            && (self.unchanged_since(cached.epoch) || not_revoked());
         fresh.then(|| cached.session.clone())
     }
 
@@ -131,7 +141,8 @@ impl SessionCache {
             .get(user_id)
             .filter(|c| {
                 now - c.cached_at < MAX_AGE_MS
-                    && Self::current(&self.revoked_users, user_id, c.epoch)
+                    && (self.unchanged_since(c.epoch)
+                        || Self::current(&self.revoked_users, user_id, c.epoch))
             })
             .map(|c| c.user)
     }
