@@ -252,11 +252,24 @@ pub struct Outcome {
     /// CPU cores kept busy by other work during the run (neither the bench
     /// nor the server), when the server's pid was given.
     pub background_cores: Option<f64>,
+    /// The server's own CPU time (user + system) over the whole run, warm-up
+    /// included, when its pid was given.
+    pub server_cpu_s: Option<f64>,
+    /// Requests sent over the whole run, warm-up included.
+    pub sent: u64,
 }
 
 impl Outcome {
     pub fn rps(&self) -> f64 {
         self.rate_estimate
+    }
+
+    /// The server's CPU time per request, in microseconds: a figure that
+    /// does not move with the other load on the machine as throughput does.
+    pub fn server_cpu_us(&self) -> Option<f64> {
+        self.server_cpu_s
+            .filter(|_| self.sent > 0)
+            .map(|s| s * 1e6 / self.sent as f64)
     }
 
     /// Latency quantile `q` (0..1) in milliseconds.
@@ -352,6 +365,8 @@ pub async fn run(addr: SocketAddr, plan: &Plan, make: MakeRequest) -> Outcome {
         transport_errors: 0,
         timeline: Vec::new(),
         background_cores: None,
+        server_cpu_s: None,
+        sent: 0,
     };
     let mut parts = Vec::with_capacity(plan.connections);
     let mut last_done: Option<Instant> = None;
@@ -397,6 +412,11 @@ pub async fn run(addr: SocketAddr, plan: &Plan, make: MakeRequest) -> Outcome {
         })
         .sum();
     outcome.timeline.sort_by_key(|e| e.sent);
+    outcome.sent = counter.load(Ordering::Relaxed);
+    if let Some(max) = plan.max_requests {
+        outcome.sent = outcome.sent.min(max);
+    }
+    outcome.server_cpu_s = cpu.as_ref().and_then(CpuWatch::server_seconds);
     outcome.background_cores = cpu.and_then(CpuWatch::background_cores);
     outcome
 }
@@ -409,6 +429,7 @@ pub struct CpuWatch {
     pids: [Option<u32>; 2],
     machine: u64,
     ours: u64,
+    server: u64,
     at: Instant,
 }
 
@@ -421,8 +442,15 @@ impl CpuWatch {
             pids,
             machine: machine_busy_ticks().unwrap_or(0),
             ours: pids.iter().filter_map(|&p| process_ticks(p)).sum(),
+            server: process_ticks(Some(server)).unwrap_or(0),
             at: Instant::now(),
         }
+    }
+
+    /// CPU seconds the server has used since `start`.
+    pub fn server_seconds(&self) -> Option<f64> {
+        let now = process_ticks(self.pids[1])?;
+        Some(now.checked_sub(self.server)? as f64 / TICKS_PER_S)
     }
 
     /// Cores busy with other work since `start`, or None when /proc says nothing.

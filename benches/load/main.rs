@@ -23,9 +23,12 @@
 //! | `BENCH_IPS` | 100000 | distinct client addresses (at most 131072) |
 //! | `BENCH_USERS` | 200 | virtual users in the simulation |
 //! | `BENCH_SESSIONS` | 110000 | active sessions in `sessions`, beside one (more than the 100 000 the session cache of `fe28f6b` held) |
-//! | `BENCH_SCENARIOS` | all | `all`, `core`, or a list of `throughput,hashing,storm,memory,ratelimit,breaker,users,sessions,signing,postgres` |
+//! | `BENCH_SCENARIOS` | all | `all`, `core`, or a list of `throughput,hashing,storm,memory,ratelimit,breaker,users,sessions,signing,postgres`, and `compare` (only when named) |
 //! | `BENCH_GATEHOUSE_BIN` | built | the `gatehouse` binary to measure (say, an older build); unset: `cargo build --release -p gatehouse` first, and `<target dir>/release/gatehouse` |
 //! | `BENCH_CONFIG` | `config.toml` | the configuration file the servers start with (an older build wants its own) |
+//! | `BENCH_COMPARE_BIN` | unset | `compare`: the build to measure beside the one under test |
+//! | `BENCH_COMPARE_CONFIG` | `config.toml` | `compare`: the configuration file that build starts with |
+//! | `BENCH_ROUNDS` | 7 | `compare`: rounds of every point on both builds |
 //!
 //! `sessions` checks the session cache's bound: `/users/me` with
 //! `BENCH_SESSIONS` active sessions, all cached, reaches at least 0.9 × its
@@ -37,6 +40,12 @@
 //! It sets `auth.signing_algorithm = "HS256"` only where the binary knows
 //! that key, so it can drive builds from before signing keys too.
 //!
+//! `compare` (run only when named, with `BENCH_COMPARE_BIN` set) measures
+//! the routes of `throughput` and `hashing` on both builds in alternating
+//! rounds and reports, per route, the median of the paired ratios after /
+//! before (bound 0.95) and the server's CPU time per request; see
+//! [`compare`].
+//!
 //! `signing` measures `/users/me` with HS256, EdDSA and ES256 tokens (one
 //! server each) beside the bare hyper baseline; EdDSA's bound is 0.9 × HS256.
 
@@ -46,6 +55,7 @@
 )]
 
 mod baseline;
+mod compare;
 mod loadgen;
 mod procs;
 mod report;
@@ -74,6 +84,8 @@ const ALL: [&str; 10] = [
     "signing",
     "postgres",
 ];
+/// Run only when named: it needs a second build.
+const COMPARE: &str = "compare";
 const CORE: [&str; 4] = ["throughput", "hashing", "storm", "memory"];
 
 /// The run's settings, from the environment.
@@ -95,6 +107,7 @@ pub struct Knobs {
     pub breaker_reference: Duration,
     pub breaker_hold: Duration,
     pub breaker_after: Duration,
+    pub rounds: usize,
 }
 
 fn var<T: FromStr>(name: &str, default: T) -> T {
@@ -148,8 +161,9 @@ impl Knobs {
                 .map(|n| {
                     let n = n.trim();
                     assert!(
-                        ALL.contains(&n),
-                        "BENCH_SCENARIOS: unknown scenario {n:?}; known: {ALL:?}, or all, core"
+                        ALL.contains(&n) || n == COMPARE,
+                        "BENCH_SCENARIOS: unknown scenario {n:?}; known: {ALL:?}, {COMPARE}, \
+                         or all, core"
                     );
                     n.to_owned()
                 })
@@ -177,6 +191,7 @@ impl Knobs {
             breaker_reference: Duration::from_secs(2),
             breaker_hold: Duration::from_secs(4),
             breaker_after: Duration::from_secs(3),
+            rounds: var("BENCH_ROUNDS", 7usize).max(1),
         }
     }
 
@@ -277,6 +292,9 @@ fn main() {
         if knobs.runs("postgres") {
             scenarios::postgres(&knobs, &bounds, &mut report).await;
         }
+        if knobs.runs(COMPARE) {
+            compare::compare(&knobs, &mut report).await;
+        }
         report
     });
     // Connections still closing belong to no one now.
@@ -323,6 +341,7 @@ fn main() {
             "users": knobs.users,
             "sessions": knobs.sessions,
             "scenarios": knobs.scenarios,
+            "rounds": knobs.rounds,
         },
         "elapsed_s": started.elapsed().as_secs_f64(),
     });

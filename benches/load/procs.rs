@@ -21,6 +21,10 @@ pub const BASELINE_ENV: &str = "GATEHOUSE_BENCH_BASELINE_BODY";
 /// Env var naming the `gatehouse` binary to measure, instead of building one.
 pub const BIN_ENV: &str = "BENCH_GATEHOUSE_BIN";
 
+/// Env vars naming the build the `compare` scenario measures beside it.
+pub const COMPARE_BIN_ENV: &str = "BENCH_COMPARE_BIN";
+pub const COMPARE_CONFIG_ENV: &str = "BENCH_COMPARE_CONFIG";
+
 /// A password that passes Gatehouse's policy.
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -224,6 +228,38 @@ fn build_gatehouse() -> PathBuf {
         .unwrap_or_else(|| crate::report::target_dir().join("release/gatehouse"))
 }
 
+/// A `gatehouse` binary and the configuration file it starts with.
+#[derive(Clone, Debug)]
+pub struct Build {
+    pub binary: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Build {
+    /// The build every scenario measures.
+    pub fn under_test() -> Self {
+        Self {
+            binary: gatehouse_binary().to_path_buf(),
+            config: config_file(),
+        }
+    }
+
+    /// The build `BENCH_COMPARE_BIN` names, with the file
+    /// `BENCH_COMPARE_CONFIG` names (else `config.toml`); `None` when unset.
+    pub fn compared() -> Option<Self> {
+        let binary = PathBuf::from(std::env::var_os(COMPARE_BIN_ENV).filter(|v| !v.is_empty())?);
+        assert!(
+            binary.is_file(),
+            "{COMPARE_BIN_ENV}={} is not a file",
+            binary.display()
+        );
+        let config = std::env::var_os(COMPARE_CONFIG_ENV)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| workspace_root().join("config.toml"), PathBuf::from);
+        Some(Self { binary, config })
+    }
+}
+
 /// A Gatehouse process with a private database.
 pub struct Gatehouse {
     pub proc: Proc,
@@ -234,12 +270,17 @@ impl Gatehouse {
     /// Starts the binary with the shipped `config.toml`, the shipped logging
     /// (info, JSON), rate limits out of the way, and `overrides` on top.
     pub fn start(name: &str, overrides: &[(&str, String)]) -> Self {
+        Self::start_build(&Build::under_test(), name, overrides)
+    }
+
+    /// [`Gatehouse::start`] with another build.
+    pub fn start_build(build: &Build, name: &str, overrides: &[(&str, String)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("gatehouse-bench-")
             .tempdir()
             .expect("create a temp dir");
         let db = dir.path().join("gatehouse.db");
-        Self::spawn(name, dir, db, overrides)
+        Self::spawn(build, name, dir, db, overrides)
     }
 
     /// [`Gatehouse::start`] on an existing (or to be created) SQLite file
@@ -249,12 +290,18 @@ impl Gatehouse {
             .prefix("gatehouse-bench-")
             .tempdir()
             .expect("create a temp dir");
-        Self::spawn(name, dir, db.to_path_buf(), overrides)
+        Self::spawn(&Build::under_test(), name, dir, db.to_path_buf(), overrides)
     }
 
-    fn spawn(name: &str, dir: TempDir, db: PathBuf, overrides: &[(&str, String)]) -> Self {
-        let mut command = Command::new(gatehouse_binary());
-        command.arg("--config").arg(config_file());
+    fn spawn(
+        build: &Build,
+        name: &str,
+        dir: TempDir,
+        db: PathBuf,
+        overrides: &[(&str, String)],
+    ) -> Self {
+        let mut command = Command::new(&build.binary);
+        command.arg("--config").arg(&build.config);
         // Nothing from the caller's environment may change what is measured.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("GATEHOUSE") {

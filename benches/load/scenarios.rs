@@ -18,9 +18,9 @@ use crate::loadgen::{self, Client, MakeRequest, Plan, Reply, histogram, quantile
 use crate::procs::{self, Gatehouse, PASSWORD};
 use crate::report::{Report, Row, fmt_ms, fmt_rps, mib};
 
-const ME: &str = "/api/v1/users/me";
-const HEALTH: &str = "/api/v1/monitoring/health";
-const LOGIN: &str = "/api/v1/auth/login";
+pub(crate) const ME: &str = "/api/v1/users/me";
+pub(crate) const HEALTH: &str = "/api/v1/monitoring/health";
+pub(crate) const LOGIN: &str = "/api/v1/auth/login";
 const REGISTER: &str = "/api/v1/auth/register";
 const REFRESH: &str = "/api/v1/auth/refresh";
 const LOGOUT: &str = "/api/v1/auth/logout";
@@ -48,7 +48,7 @@ fn register_body(username: &str) -> Value {
     json!({"email": format!("{username}@example.com"), "username": username, "password": PASSWORD})
 }
 
-fn login_body(username: &str) -> Bytes {
+pub(crate) fn login_body(username: &str) -> Bytes {
     Bytes::from(json!({"username": username, "password": PASSWORD}).to_string())
 }
 
@@ -63,7 +63,7 @@ fn expect_status(reply: &Reply, status: u16, what: &str) {
 }
 
 /// Registers `username` and logs in; returns the access token.
-async fn user(c: &mut Client, username: &str) -> String {
+pub(crate) async fn user(c: &mut Client, username: &str) -> String {
     expect_status(
         &c.post(REGISTER, &register_body(username), None).await,
         201,
@@ -83,7 +83,7 @@ async fn user(c: &mut Client, username: &str) -> String {
         .to_owned()
 }
 
-fn get(path: &'static str, token: Option<String>) -> MakeRequest {
+pub(crate) fn get(path: &'static str, token: Option<String>) -> MakeRequest {
     let auth = token.map(|t| {
         HeaderValue::from_str(&format!("Bearer {t}")).expect("a token is a valid header value")
     });
@@ -96,12 +96,12 @@ fn get(path: &'static str, token: Option<String>) -> MakeRequest {
     })
 }
 
-fn post_fixed(path: &'static str, body: Bytes) -> MakeRequest {
+pub(crate) fn post_fixed(path: &'static str, body: Bytes) -> MakeRequest {
     Arc::new(move |_| loadgen::request(Method::POST, path, None, Some(body.clone())))
 }
 
 /// Registrations with distinct usernames `{prefix}{seq}`.
-fn registrations(prefix: String) -> MakeRequest {
+pub(crate) fn registrations(prefix: String) -> MakeRequest {
     Arc::new(move |seq| {
         let body = register_body(&format!("{prefix}{seq}")).to_string();
         loadgen::request(Method::POST, REGISTER, None, Some(Bytes::from(body)))
