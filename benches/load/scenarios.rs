@@ -69,6 +69,11 @@ pub(crate) async fn user(c: &mut Client, username: &str) -> String {
         201,
         "register",
     );
+    login(c, username).await
+}
+
+/// Logs `username` in; returns the access token.
+pub(crate) async fn login(c: &mut Client, username: &str) -> String {
     let login = c
         .post(
             LOGIN,
