@@ -148,33 +148,35 @@ pub fn workspace_root() -> &'static Path {
 /// the workspace's service, made once per run.
 pub fn gatehouse_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(
-        || match std::env::var_os(BIN_ENV).filter(|v| !v.is_empty()) {
-            Some(given) => {
-                let binary = PathBuf::from(given);
-                assert!(
-                    binary.is_file(),
-                    "{BIN_ENV}={} is not a file",
-                    binary.display()
-                );
-                println!("  gatehouse: {} (from {BIN_ENV})", binary.display());
-                binary
-            }
-            None => {
-                let binary = build_gatehouse();
-                println!("  gatehouse: {} (release build)", binary.display());
-                binary
-            }
-        },
-    )
+    BINARY.get_or_init(|| match path_from(BIN_ENV) {
+        Some(binary) => {
+            assert!(
+                binary.is_file(),
+                "{BIN_ENV}={} is not a file",
+                binary.display()
+            );
+            println!("  gatehouse: {} (from {BIN_ENV})", binary.display());
+            binary
+        }
+        None => {
+            let binary = build_gatehouse();
+            println!("  gatehouse: {} (release build)", binary.display());
+            binary
+        }
+    })
 }
 
 /// The configuration file every server starts with: `BENCH_CONFIG` if set
 /// (an older build wants the file it shipped with), else `config.toml`.
 fn config_file() -> PathBuf {
-    std::env::var_os("BENCH_CONFIG")
+    path_from("BENCH_CONFIG").unwrap_or_else(|| workspace_root().join("config.toml"))
+}
+
+/// The path the environment variable `name` holds, if set and not empty.
+fn path_from(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
         .filter(|v| !v.is_empty())
-        .map_or_else(|| workspace_root().join("config.toml"), PathBuf::from)
+        .map(PathBuf::from)
 }
 
 /// Whether the binary under test has signing keys (`gatehouse keys`, and
@@ -247,15 +249,14 @@ impl Build {
     /// The build `BENCH_COMPARE_BIN` names, with the file
     /// `BENCH_COMPARE_CONFIG` names (else `config.toml`); `None` when unset.
     pub fn compared() -> Option<Self> {
-        let binary = PathBuf::from(std::env::var_os(COMPARE_BIN_ENV).filter(|v| !v.is_empty())?);
+        let binary = path_from(COMPARE_BIN_ENV)?;
         assert!(
             binary.is_file(),
             "{COMPARE_BIN_ENV}={} is not a file",
             binary.display()
         );
-        let config = std::env::var_os(COMPARE_CONFIG_ENV)
-            .filter(|v| !v.is_empty())
-            .map_or_else(|| workspace_root().join("config.toml"), PathBuf::from);
+        let config =
+            path_from(COMPARE_CONFIG_ENV).unwrap_or_else(|| workspace_root().join("config.toml"));
         Some(Self { binary, config })
     }
 }
