@@ -114,10 +114,7 @@ impl Point {
         let (duration, make): (_, MakeRequest) = match self.route {
             Route::Me => (k.duration, get(ME, Some(token.clone()))),
             Route::Health => (k.duration, get(HEALTH, None)),
-            Route::Login => (
-                k.hash_duration,
-                post_fixed(LOGIN, login_body("bench_compare")),
-            ),
+            Route::Login => (k.hash_duration, post_fixed(LOGIN, login_body(USER))),
             Route::Register => (
                 k.hash_duration,
                 registrations(format!("cmp{round}_{}_{}_", side.label, self.connections)),
