@@ -61,7 +61,8 @@ impl Side {
         }
     }
 
-    /// New access tokens, so that none expires during a long run.
+    /// New access tokens, so that none expires during a long run (each
+    /// round after the first, whose tokens `start` got).
     async fn log_in_again(&mut self) {
         self.info_token = login(&mut Client::new(self.info.addr()), USER).await;
         self.warn_token = login(&mut Client::new(self.warn.addr()), USER).await;
@@ -208,8 +209,10 @@ pub async fn compare(k: &Knobs, report: &mut Report) {
     let mut samples: Vec<[Samples; 2]> = points.iter().map(|_| Default::default()).collect();
     for round in 0..k.rounds {
         println!("  compare: round {} of {}", round + 1, k.rounds);
-        for side in &mut sides {
-            side.log_in_again().await;
+        if round > 0 {
+            for side in &mut sides {
+                side.log_in_again().await;
+            }
         }
         for (i, point) in points.iter().enumerate() {
             let order = if (round + i) % 2 == 0 { [0, 1] } else { [1, 0] };
